@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Build, install, try and test plpy_bg. Standard library only.
+
+    python3 build.py install        apt packages, server-side Python packages, extension files
+    python3 build.py demo           a short demo on a throwaway cluster
+    python3 build.py test [ARGS]    the whole test suite against a real server (pytest ARGS)
+    python3 build.py serve --dir D [--port P]   start a throwaway cluster; prints its DSN last
+    python3 build.py stop --dir D   stop it again
+    python3 build.py sql            write the install script to build/ and print its path
+
+Every action is a function below; its docstring is its help.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+# the one version list: the last is current; it names the control file's default_version,
+# the install script and the versioned package directory
+VERSIONS = ["0.1.0"]
+VERSION = VERSIONS[-1]
+EXT = "plpy_bg"
+SERVER_PYTHON = "/usr/bin/python3"  # the interpreter plpython3u embeds on Debian 12
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+LIBDIR = Path(os.environ.get("PLPY_BG_LIBDIR", "/usr/local/lib/plpy_bg")) / VERSION
+APT_PACKAGES = ["postgresql-15", "postgresql-plpython3-15", "postgresql-contrib", "libseccomp2",
+                "strace", "python3-venv", "python3-pip", "postgresql-client-15"]
+SERVER_REQUIREMENTS = ["psycopg[binary]>=3.1,<4", "pglast>=7,<9", "pyseccomp>=0.1.2,<0.2"]
+TEST_REQUIREMENTS = SERVER_REQUIREMENTS + ["pytest>=7", "hypothesis>=6"]
+VENV = ROOT / ".venv"
+
+
+def fatal(msg: str) -> None:
+    print(f"build.py: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(cmd: list[str], **kw) -> None:
+    print("+", " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0:
+        fatal(f"command failed ({r.returncode}): {' '.join(cmd)}")
+
+
+def pg_config(flag: str) -> str:
+    return subprocess.run([PG_CONFIG, flag], capture_output=True, text=True, check=True).stdout.strip()
+
+
+# ---- the install script ---------------------------------------------------------
+
+PREAMBLE = """\
+if GD.get('plpy_bg.path') != {libdir!r}:
+    import sys
+    if 'plpy_bg.path' in GD:
+        plpy.error('plpy_bg ' + {version!r} + ' cannot run in a session that loaded ' + GD['plpy_bg.path'],
+                   hint='Reconnect after ALTER EXTENSION plpy_bg UPDATE.')
+    if {libdir!r} not in sys.path:
+        sys.path.insert(0, {libdir!r})
+    GD['plpy_bg.path'] = {libdir!r}"""
+
+
+def sql_files() -> list[Path]:
+    return sorted((ROOT / "sql" / "incremental").glob("*.sql")) + sorted((ROOT / "sql" / "idempotent").glob("*.sql"))
+
+
+def build_sql(libdir: Path = LIBDIR) -> str:
+    """The full install script: head, incremental files once, idempotent files after."""
+    pre = PREAMBLE.format(libdir=str(libdir), version=VERSION)
+    parts = [(ROOT / "sql" / "head.sql").read_text()]
+    for f in sql_files():
+        parts.append(f"-- {f.relative_to(ROOT)}\n" + f.read_text().replace("#PLPY_BG_PREAMBLE", pre))
+    return "\n".join(parts)
+
+
+def control() -> str:
+    return (f"# plpy_bg: background SQL jobs, a seccomp sandbox and provenance checks\n"
+            f"comment = 'background SQL jobs (pg_background 1.8 API), seccomp sandbox, provenance policy'\n"
+            f"default_version = '{VERSION}'\n"
+            f"relocatable = false\n"
+            f"requires = 'plpython3u'\n"
+            f"superuser = true\n")
+
+
+def action_sql(args) -> None:
+    """Write the control file and install script to build/ and print the script's path."""
+    out = ROOT / "build"
+    out.mkdir(exist_ok=True)
+    (out / f"{EXT}.control").write_text(control())
+    p = out / f"{EXT}--{VERSION}.sql"
+    p.write_text(build_sql())
+    print(p)
+
+
+# ---- install --------------------------------------------------------------------
+
+def _missing_apt() -> list[str]:
+    missing = []
+    for pkg in APT_PACKAGES:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+        if "install ok installed" not in r.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def install_apt() -> None:
+    missing = _missing_apt()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        fatal(f"missing packages {missing}; run as root or install them")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-q"], env=env)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing, env=env)
+
+
+def _stamp() -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(SERVER_REQUIREMENTS).encode())
+    for p in sorted((ROOT / EXT).rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(ROOT)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def install_python() -> None:
+    """Server-side packages for the server's own Python, in the versioned directory."""
+    deps = LIBDIR.parent / f".deps-{VERSION}"
+    req_stamp = hashlib.sha256("\n".join(SERVER_REQUIREMENTS).encode()).hexdigest()
+    if not (deps / ".stamp").exists() or (deps / ".stamp").read_text() != req_stamp:
+        shutil.rmtree(deps, ignore_errors=True)
+        deps.mkdir(parents=True)
+        run([SERVER_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--no-warn-script-location", "--target", str(deps)] + SERVER_REQUIREMENTS)
+        (deps / ".stamp").write_text(req_stamp)
+    stamp = _stamp()
+    if (LIBDIR / ".stamp").exists() and (LIBDIR / ".stamp").read_text() == stamp:
+        return
+    tmp = LIBDIR.with_name(LIBDIR.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(deps, tmp, symlinks=True)
+    shutil.copytree(ROOT / EXT, tmp / EXT, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp / ".stamp").write_text(stamp)
+    shutil.rmtree(LIBDIR, ignore_errors=True)
+    tmp.rename(LIBDIR)
+    for p in [LIBDIR] + list(LIBDIR.rglob("*")):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    print(f"installed the plpy_bg package into {LIBDIR}")
+
+
+def install_extension_files() -> None:
+    ext = Path(pg_config("--sharedir")) / "extension"
+    (ext / f"{EXT}.control").write_text(control())
+    (ext / f"{EXT}--{VERSION}.sql").write_text(build_sql())
+    print(f"installed {EXT}.control and {EXT}--{VERSION}.sql into {ext}")
+
+
+def action_install(args) -> None:
+    """Install everything: apt packages when missing, server-side Python packages, extension files."""
+    if not getattr(args, "no_apt", False):
+        install_apt()
+    install_python()
+    install_extension_files()
+
+
+# ---- throwaway clusters -----------------------------------------------------------
+
+def _cluster_mod():
+    from plpy_bg import cluster
+    return cluster
+
+
+def serve(base: str | None, port: int | None, settings: dict | None = None):
+    """Create (or reuse) and start a cluster with the extension installed; return it."""
+    cl = _cluster_mod()
+    base_p = Path(base).resolve() if base else None
+    if base_p is not None and (base_p / "data" / "PG_VERSION").exists():
+        conf = (base_p / "data" / "postgresql.conf").read_text()
+        import re
+        ports = re.findall(r"^port = (\d+)", conf, re.M)
+        c = cl.Cluster(base=base_p, port=int(ports[-1]))
+        if not c.is_running():
+            c.start()
+        return c
+    c = cl.Cluster.create(base_p, port, settings=settings)
+    c.start()
+    c.psql("CREATE EXTENSION IF NOT EXISTS plpy_bg CASCADE")
+    return c
+
+
+def action_serve(args) -> None:
+    """Start a throwaway cluster (as OS user postgres) with plpy_bg installed; print its DSN last."""
+    action_install(argparse.Namespace(no_apt=True))
+    c = serve(args.dir, args.port)
+    print(f"data directory: {c.datadir}\nserver log: {c.logfile}\nstop with: python3 build.py stop --dir {c.base}")
+    print(c.dsn())
+
+
+def action_stop(args) -> None:
+    """Stop a cluster started by serve (--destroy also removes its directory)."""
+    cl = _cluster_mod()
+    c = cl.Cluster(base=Path(args.dir).resolve(), port=0)
+    if args.destroy:
+        c.destroy()
+    else:
+        c.stop()
+    print(f"stopped {c.datadir}")
+
+
+def action_demo(args) -> None:
+    """Run a short demo of the job API on an embedded throwaway cluster, then remove it."""
+    action_install(args)
+    c = serve(None, None)
+    try:
+        script = (ROOT / "demo" / "demo.sql")
+        r = subprocess.run(["/usr/lib/postgresql/15/bin/psql", "-X", "-h", "127.0.0.1", "-p", str(c.port),
+                            "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=0", "-e",
+                            "-f", str(script)], text=True)
+        if r.returncode not in (0, 3):
+            fatal("the demo failed")
+    finally:
+        c.destroy()
+
+
+# ---- tests ------------------------------------------------------------------------
+
+def ensure_venv() -> Path:
+    py = VENV / "bin" / "python"
+    stamp = VENV / ".stamp"
+    want = "\n".join(TEST_REQUIREMENTS)
+    if not py.exists():
+        run([SERVER_PYTHON, "-m", "venv", str(VENV)])
+    if not stamp.exists() or stamp.read_text() != want:
+        run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"] + TEST_REQUIREMENTS)
+        stamp.write_text(want)
+    return py
+
+
+def action_test(args) -> None:
+    """Install, then run the whole suite (unit and real-server tests) with pytest."""
+    action_install(args)
+    py = ensure_venv()
+    cmd = [str(py), "-m", "pytest", "-p", "no:cacheprovider", str(ROOT / "tests")] + args.pytest_args
+    print("+", " ".join(cmd), flush=True)
+    sys.exit(subprocess.run(cmd, cwd=ROOT).returncode)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="action", required=True)
+    for name, fn in [("install", action_install), ("demo", action_demo), ("test", action_test),
+                     ("serve", action_serve), ("stop", action_stop), ("sql", action_sql)]:
+        p = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
+        p.set_defaults(fn=fn)
+        if name in ("install", "demo", "test"):
+            p.add_argument("--no-apt", action="store_true", help="do not install apt packages")
+        if name == "serve":
+            p.add_argument("--dir", help="cluster directory (default: a new temporary one)")
+            p.add_argument("--port", type=int, help="port (default: a free one)")
+        if name == "stop":
+            p.add_argument("--dir", required=True)
+            p.add_argument("--destroy", action="store_true")
+        if name == "test":
+            p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

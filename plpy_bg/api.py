@@ -1,0 +1,347 @@
+"""Entry points of the SQL API: each SQL function body calls one function here.
+
+Every function takes `plpy` (and `GD`), validates its arguments, talks to the
+dispatcher through `dispatcher.client`, and turns a `PgError` into a
+PostgreSQL error with the same SQLSTATE, message, detail and hint.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+
+from plpy_bg.dispatcher import client as dclient
+from plpy_bg.dispatcher import protocol as P
+from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
+from plpy_bg.jobs import preview as jpreview
+
+DEFAULT_QUEUE = 65536
+MIN_QUEUE = 4096
+DEFAULT_MAX_WORKERS = 16
+GRACE_CAP_MS = 3_600_000
+CANCEL_GRACE_MS = 1000
+SLICE_MS = 200
+
+# settings a job inherits beyond everything the session changed
+ALWAYS_INHERIT = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+                  "TimeZone", "DateStyle", "IntervalStyle", "application_name", "extra_float_digits",
+                  "bytea_output")
+NEVER_INHERIT = ("client_encoding", "session_authorization", "role", "transaction_isolation",
+                 "transaction_read_only", "transaction_deferrable", "seed", "is_superuser")
+
+CONTEXT_SQL = """
+SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
+  (SELECT s.oid::int8 FROM pg_catalog.pg_roles s WHERE s.rolname = SESSION_USER) AS suid,
+  pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
+  pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
+  pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
+  pg_catalog.current_setting('pgseccomp.enabled', true) AS seccomp,
+  ARRAY(SELECT ARRAY[s.name, s.setting, s.context] FROM pg_catalog.pg_settings s
+        WHERE (s.source IN ('session', 'client', 'database', 'user', 'database user')
+               OR s.name = ANY($1))
+          AND s.context IN ('user', 'superuser') AND s.name <> ALL($2)
+          AND s.name NOT LIKE 'pgseccomp.%%' AND s.name NOT LIKE 'plpy_bg.%%') AS settings
+FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
+"""
+
+BLOCKED_BY_ME = """
+SELECT EXISTS (
+  WITH RECURSIVE b(p, d) AS (
+    SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids($1)), 1
+    UNION
+    SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.p)), b.d + 1 FROM b WHERE b.d < 8)
+  SELECT 1 FROM b WHERE b.p = pg_catalog.pg_backend_pid()) AS blocked
+"""
+
+
+def sql_errors(fn):
+    """Raise PgError in the backend with all its fields (plpy.error needs keyword args)."""
+    @functools.wraps(fn)
+    def wrap(plpy, *a, **kw):
+        try:
+            return fn(plpy, *a, **kw)
+        except PgError as e:
+            e.raise_in(plpy)
+    return wrap
+
+
+def _plan(plpy, GD, key: str, sql: str, types: list[str]):
+    k = "plpy_bg.plan." + key
+    p = GD.get(k)
+    if p is None:
+        p = GD[k] = plpy.prepare(sql, types)
+    return p
+
+
+# ---- argument checks --------------------------------------------------------
+
+def _require(name: str, value) -> None:
+    if value is None:
+        raise NullValue(f"{name} must not be null")
+
+
+_UNITS_BYTES = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
+_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_setting(name: str, raw: str | None, default: int, units: dict, base: str) -> int:
+    """An integer setting with optional unit (as PostgreSQL writes them), e.g. '256kB', '5min'."""
+    if raw is None or raw == "":
+        return default
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", raw)
+    unit = (m.group(2).lower() if m else "") or base
+    if not m or unit not in units:
+        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"',
+                               hint=f"Valid units are {', '.join(units)}.")
+    val = int(float(m.group(1)) * units[unit])
+    if val < 0:
+        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"', detail="It must not be negative.")
+    return val
+
+
+def check_sql(sql) -> str:
+    _require("SQL text of a background job", sql)
+    if not sql.strip():
+        raise InvalidParameter("SQL text of a background job must not be empty")
+    return sql
+
+
+def queue_bytes(queue_size, default_raw: str | None) -> int:
+    _require("queue_size", queue_size)
+    if queue_size < 0:
+        raise InvalidParameter(f"queue size must not be negative: {queue_size}",
+                               hint="Pass 0 for pg_background.default_queue_size.")
+    if queue_size == 0:
+        queue_size = parse_setting("pg_background.default_queue_size", default_raw, DEFAULT_QUEUE,
+                                   _UNITS_BYTES, "b")
+    return max(queue_size, MIN_QUEUE)
+
+
+def _handle(pid, cookie) -> None:
+    _require("pid", pid)
+    _require("cookie", cookie)
+
+
+# ---- launch -----------------------------------------------------------------
+
+def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
+    check_sql(sql)
+    ctx = _plan(plpy, GD, "context", CONTEXT_SQL, ["text[]", "text[]"]).execute(
+        [list(ALWAYS_INHERIT), list(NEVER_INHERIT)])
+    if not ctx:
+        raise PgError("current role not found", sqlstate="42704")
+    r = ctx[0]
+    qsize = queue_bytes(queue_size, r["default_queue_size"])
+    max_workers = parse_setting("pg_background.max_workers", r["max_workers"], DEFAULT_MAX_WORKERS,
+                                {"": 1}, "")
+    worker_timeout = parse_setting("pg_background.worker_timeout", r["worker_timeout"], 0, _UNITS_MS, "ms")
+    settings = [[n, v] for n, v, c in r["settings"] if c == "user" or r["superuser"]]
+    cl = dclient.get(plpy, GD)
+    stmts, preview = jpreview.summarize(sql)
+    req = {
+        "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "role": r["cu"], "user_id": r["uid"],
+        "session_user_id": r["suid"], "sql": sql, "queue_size": qsize, "max_workers": max_workers,
+        "worker_timeout_ms": worker_timeout, "settings": settings, "statements": stmts,
+        "preview": preview, "seccomp": (r["seccomp"] or "").lower() in ("on", "true", "1", "yes"),
+    }
+    policy = GD.get("plpy_bg.policy")
+    if policy is not None:
+        req.update(policy(plpy, sql, r["cu"]))
+    return cl.request("launch", **req)
+
+
+@sql_errors
+def launch_v1(plpy, GD, sql, queue_size) -> int:
+    return _launch(plpy, GD, sql, queue_size, "v1")["pid"]
+
+
+@sql_errors
+def launch_v2(plpy, GD, sql, queue_size) -> dict:
+    return _launch(plpy, GD, sql, queue_size, "launch")
+
+
+@sql_errors
+def submit_v2(plpy, GD, sql, queue_size) -> dict:
+    return _launch(plpy, GD, sql, queue_size, "submit")
+
+
+# ---- waiting without hanging ----------------------------------------------------
+
+def _check_blocked(plpy, GD, pid: int) -> None:
+    """Between slices of waiting: let the backend process interrupts and refuse a deadlock.
+
+    A job that waits for a lock (or a snapshot, as CREATE INDEX CONCURRENTLY
+    does) held by this session would never end while we wait for it.
+    """
+    rows = _plan(plpy, GD, "blocked", BLOCKED_BY_ME, ["int4"]).execute([pid])
+    if rows and rows[0]["blocked"]:
+        raise DeadlockDetected(
+            "deadlock detected: this session waits for background job with pid %d, which waits for this session" % pid,
+            detail=f"Process {pid} is blocked by a lock or snapshot held by this session's transaction.",
+            hint="Commit or roll back before waiting for the job, or let it run detached.")
+
+
+def _raise_job_error(final: dict) -> None:
+    err = final.get("error")
+    if err:
+        raise PgError.from_dict(err)
+
+
+def _results(plpy, GD, pid, cookie):
+    cl = dclient.get(plpy, GD)
+    kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
+    first = True
+    while True:
+        frames = cl.call("fetch", continuing=not first, **kw)
+        first = False
+        got = False
+        for kind, payload in frames:
+            if kind == b"R":
+                rows = P.unpack_rows(payload)
+                got = got or bool(rows)
+                yield from rows
+            elif kind == b"E":
+                raise PgError.from_dict(json.loads(payload))
+            elif kind == b"Z":
+                _raise_job_error(json.loads(payload))
+                return
+        if not got:
+            _check_blocked(plpy, GD, pid)
+
+
+def _result_gen(plpy, GD, pid, cookie):
+    try:
+        yield from _results(plpy, GD, pid, cookie)
+    except PgError as e:
+        e.raise_in(plpy)
+
+
+@sql_errors
+def result_v1(plpy, GD, pid):
+    _require("pid", pid)
+    return _result_gen(plpy, GD, pid, None)
+
+
+@sql_errors
+def result_v2(plpy, GD, pid, cookie):
+    _handle(pid, cookie)
+    return _result_gen(plpy, GD, pid, cookie)
+
+
+def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
+    cl = dclient.get(plpy, GD)
+    me = _whoami(plpy, GD)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    while True:
+        slice_ms = SLICE_MS
+        if deadline is not None:
+            left = (deadline - time.monotonic()) * 1000
+            if left <= 0:
+                return cl.request("wait", pid=pid, cookie=cookie, slice_ms=0, **me)["done"]
+            slice_ms = min(slice_ms, max(1, int(left)))
+        if cl.request("wait", pid=pid, cookie=cookie, slice_ms=slice_ms, **me)["done"]:
+            return True
+        _check_blocked(plpy, GD, pid)
+
+
+@sql_errors
+def wait_v2(plpy, GD, pid, cookie) -> None:
+    _handle(pid, cookie)
+    _wait(plpy, GD, pid, cookie, None)
+
+
+@sql_errors
+def wait_v2_timeout(plpy, GD, pid, cookie, timeout_ms) -> bool:
+    _handle(pid, cookie)
+    _require("timeout_ms", timeout_ms)
+    if timeout_ms < 0:
+        raise InvalidParameter(f"timeout must not be negative: {timeout_ms}")
+    return _wait(plpy, GD, pid, cookie, timeout_ms)
+
+
+@sql_errors
+def detach_v1(plpy, GD, pid) -> None:
+    _require("pid", pid)
+    dclient.get(plpy, GD).request("detach", pid=pid, cookie=None)
+
+
+@sql_errors
+def detach_v2(plpy, GD, pid, cookie) -> None:
+    _handle(pid, cookie)
+    dclient.get(plpy, GD).request("detach", pid=pid, cookie=cookie)
+
+
+def _whoami(plpy, GD) -> dict:
+    r = _plan(plpy, GD, "whoami",
+              "SELECT r.oid::int8 AS uid, r.rolsuper AS superuser FROM pg_catalog.pg_roles r "
+              "WHERE r.rolname = CURRENT_USER", []).execute([])
+    return {"user_id": r[0]["uid"], "is_superuser": r[0]["superuser"]} if r else {}
+
+
+def _cancel(plpy, GD, pid, cookie, grace_ms: int) -> None:
+    cl = dclient.get(plpy, GD)
+    cl.request("cancel", pid=pid, cookie=cookie, grace_ms=grace_ms, **_whoami(plpy, GD))
+    # wait (interruptibly) until the job has stopped or the grace and the terminate are through
+    _wait(plpy, GD, pid, cookie, grace_ms + 2000)
+
+
+@sql_errors
+def cancel_v2(plpy, GD, pid, cookie) -> None:
+    _handle(pid, cookie)
+    _cancel(plpy, GD, pid, cookie, CANCEL_GRACE_MS)
+
+
+@sql_errors
+def cancel_v2_grace(plpy, GD, pid, cookie, grace_ms) -> None:
+    _handle(pid, cookie)
+    _require("grace_ms", grace_ms)
+    if grace_ms < 0:
+        raise InvalidParameter(f"grace period must not be negative: {grace_ms}")
+    _cancel(plpy, GD, pid, cookie, min(grace_ms, GRACE_CAP_MS))
+
+
+@sql_errors
+def list_v2(plpy, GD):
+    jobs = dclient.get(plpy, GD).request("list")["jobs"]
+    return [(j["pid"], j["cookie"], j["launched_at"], j["user_id"], j["queue_size"], j["state"],
+             j["sql_preview"], j["last_error"], j["consumed"]) for j in jobs]
+
+
+@sql_errors
+def stats_v2(plpy, GD) -> dict:
+    r = _plan(plpy, GD, "maxw", "SELECT pg_catalog.current_setting('pg_background.max_workers', true) AS v",
+              []).execute([])
+    st = dclient.get(plpy, GD).request("stats")
+    st["max_workers"] = parse_setting("pg_background.max_workers", r[0]["v"], DEFAULT_MAX_WORKERS, {"": 1}, "")
+    return st
+
+
+@sql_errors
+def progress(plpy, GD, pct, msg) -> None:
+    _require("pct", pct)
+    if not 0 <= pct <= 100:
+        raise InvalidParameter(f"progress must be between 0 and 100: {pct}")
+    dclient.get(plpy, GD).request("progress", pct=pct, msg=msg)
+
+
+@sql_errors
+def get_progress_v2(plpy, GD, pid, cookie):
+    _handle(pid, cookie)
+    p = dclient.get(plpy, GD).request("get_progress", pid=pid, cookie=cookie, **_whoami(plpy, GD))["progress"]
+    if p is None:
+        return None
+    return {"progress_pct": p[0], "progress_msg": p[1]}
+
+
+@sql_errors
+def register_role(plpy, GD, role) -> None:
+    """Add the peer-map line that lets job workers log in as `role`."""
+    _require("role_name", role)
+    ctx = dclient.cluster_context(plpy, GD)
+    dclient.get(plpy, GD).request("ensure_role", db=ctx["db"], role=role)
+
+
+@sql_errors
+def invariants(plpy, GD) -> list:
+    return dclient.get(plpy, GD).request("invariants")["violations"]

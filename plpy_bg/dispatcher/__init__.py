@@ -1,0 +1,1 @@
+"""The dispatcher process and its protocol; `client` is the backend's side."""

@@ -1,0 +1,5 @@
+import sys
+
+from plpy_bg.dispatcher.server import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""The backend's side of the dispatcher socket: one connection per session.
+
+The connection lives in PL/Python's GD for the life of the backend; the
+dispatcher ties the session's jobs to it, so when the backend exits the jobs
+are detached and run on. Every request gets exactly one reply (ending in an
+A, E or Z frame), so an error raised between requests never desynchronizes
+the stream. The first backend that finds no dispatcher starts one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from plpy_bg.dispatcher import protocol as P
+from plpy_bg.errors import ConnectionFailure, PgError
+
+GD_KEY = "plpy_bg.client"
+CTX_KEY = "plpy_bg.cluster"
+SPAWN_TIMEOUT = 15.0
+
+
+class Client:
+    def __init__(self, path: str):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.broken = False
+
+    def call(self, op: str, **kw) -> list[tuple[bytes, bytes]]:
+        """Send one request; return its reply frames, the last being A, E or Z."""
+        if self.broken:
+            raise ConnectionFailure("connection to the plpy_bg dispatcher was lost")
+        kw["op"] = op
+        try:
+            self.sock.sendall(P.pack_json(b"Q", kw))
+            frames = []
+            while True:
+                kind, payload = P.recv_frame(self.sock)
+                frames.append((kind, payload))
+                if kind in (b"A", b"E", b"Z"):
+                    return frames
+        except (OSError, EOFError, P.ProtocolError) as e:
+            self.broken = True
+            raise ConnectionFailure("connection to the plpy_bg dispatcher was lost",
+                                    detail=str(e),
+                                    hint="Jobs of this session were detached; they run on.") from None
+
+    def request(self, op: str, **kw) -> dict:
+        kind, payload = self.call(op, **kw)[-1]
+        obj = json.loads(payload) if payload else {}
+        if kind == b"E":
+            raise PgError.from_dict(obj)
+        return obj
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def cluster_context(plpy, GD) -> dict:
+    """Where the dispatcher listens and how it logs in; read once per session."""
+    ctx = GD.get(CTX_KEY)
+    if ctx is None:
+        r = plpy.execute(
+            "SELECT pg_catalog.current_setting('unix_socket_directories') AS dirs, "
+            "pg_catalog.current_setting('port') AS port, "
+            "(SELECT rolname FROM pg_catalog.pg_roles WHERE oid = 10)::text AS admin, "
+            "pg_catalog.current_database()::text AS db")[0]
+        dirs = [d.strip() for d in r["dirs"].split(",") if d.strip().startswith("/")]
+        if not dirs:
+            raise PgError("plpy_bg needs a Unix socket directory",
+                          detail="Job workers log in over the server's Unix socket with peer authentication.",
+                          hint="Set unix_socket_directories to an absolute path.", sqlstate="55000")
+        from plpy_bg.dispatcher.server import socket_path_for
+
+        ctx = {"sockdir": dirs[0], "port": int(r["port"]), "admin": r["admin"], "db": r["db"],
+               "path": socket_path_for(dirs[0], int(r["port"]))}
+        GD[CTX_KEY] = ctx
+    return ctx
+
+
+def _postmaster_pid() -> int:
+    pid = os.getppid()
+    if pid > 1:
+        return pid
+    with open("/proc/self/stat") as f:  # a seccomp filter can make getppid() lie
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def spawn(ctx: dict) -> None:
+    """Start a dispatcher for this cluster; a lock file keeps it to one."""
+    python = os.path.join(sys.base_exec_prefix, "bin", "python3")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
+    with open(ctx["path"] + ".log", "ab") as logf:
+        subprocess.Popen(
+            [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),
+             "--admin-role", ctx["admin"], "--postmaster-pid", str(_postmaster_pid())],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+            close_fds=True, env=env, cwd="/")
+
+
+def get(plpy, GD) -> Client:
+    c = GD.get(GD_KEY)
+    if c is not None and not c.broken:
+        return c
+    if c is not None:
+        c.close()
+        GD.pop(GD_KEY, None)
+    ctx = cluster_context(plpy, GD)
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    spawned = False
+    while True:
+        try:
+            c = Client(ctx["path"])
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            if not spawned:
+                spawn(ctx)
+                spawned = True
+            if time.monotonic() > deadline:
+                raise ConnectionFailure("could not reach the plpy_bg dispatcher", detail=str(e),
+                                        hint=f"See {ctx['path']}.log.") from None
+            time.sleep(0.02)
+    GD[GD_KEY] = c
+    return c

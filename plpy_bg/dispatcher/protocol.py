@@ -1,0 +1,92 @@
+"""Wire protocol between backends and the dispatcher, over a Unix stream socket.
+
+A frame is a 5-byte header (payload length as uint32 big-endian, one type
+byte) followed by the payload. Control frames carry JSON; row frames carry
+row literals ready for `record_in`, so the backend does no per-column work.
+
+Types:
+  Q  request (JSON: {"op": ..., ...})       backend -> dispatcher
+  A  answer (JSON)                          dispatcher -> backend
+  E  error (JSON: sqlstate, message, ...)   dispatcher -> backend
+  R  a batch of rows: repeated (uint32 length, UTF-8 literal)
+  Z  end of a row stream (JSON: command tag or error)
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+HEADER = struct.Struct("!IB")
+ROWLEN = struct.Struct("!I")
+MAX_FRAME = 1 << 30  # a 1 GB statement is PostgreSQL's own limit too
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def pack(kind: bytes, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), kind[0]) + payload
+
+
+def pack_json(kind: bytes, obj) -> bytes:
+    return pack(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def pack_rows(rows: list[bytes]) -> bytes:
+    parts = []
+    for r in rows:
+        parts.append(ROWLEN.pack(len(r)))
+        parts.append(r)
+    return pack(b"R", b"".join(parts))
+
+
+def unpack_rows(payload: bytes) -> list[str]:
+    out = []
+    pos = 0
+    n = len(payload)
+    unpack = ROWLEN.unpack_from
+    while pos < n:
+        (ln,) = unpack(payload, pos)
+        pos += 4
+        out.append(payload[pos:pos + ln].decode())
+        pos += ln
+    return out
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
+    ln, kind = HEADER.unpack(recv_exact(sock, HEADER.size))
+    if ln > MAX_FRAME:
+        raise ProtocolError(f"frame of {ln} bytes exceeds the limit")
+    return bytes([kind]), recv_exact(sock, ln) if ln else b""
+
+
+# ---- row literals -----------------------------------------------------------
+
+_NEEDS_QUOTE = frozenset(b'",\\() \t\n\r\v\f')
+
+
+def row_literal(values: list[bytes | None]) -> bytes:
+    """A composite literal as record_out writes it, so record_in reads each field exactly."""
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append(b"")
+        elif v == b"" or not _NEEDS_QUOTE.isdisjoint(v):
+            parts.append(b'"' + v.replace(b"\\", b"\\\\").replace(b'"', b'""') + b'"')
+        else:
+            parts.append(v)
+    return b"(" + b",".join(parts) + b")"

@@ -1,0 +1,706 @@
+"""The dispatcher: one long-lived process per cluster that runs every job.
+
+Backends talk to it over a Unix socket that only the OS user postgres can
+open (SO_PEERCRED gives each request's backend pid). A launch walks:
+
+  api.launch (launcher backend) -> LAUNCH request -> Dispatcher.launch:
+  worker connection as the job's role (pool) -> job row (store) -> handle back
+  -> job thread runs the SQL, rows flow into the job's RowSink -> FETCH
+  requests from the launcher stream them out.
+
+Jobs belong to the socket connection of the session that launched them; when
+that session ends, its jobs are detached (they run on, rows discarded). The
+dispatcher leaves when the postmaster does; a new one marks jobs of the old
+one `lost`.
+
+Invariants (checked by `check_invariants`, which the tests call):
+- every job reaches exactly one terminal state: completed, failed, canceled or
+  lost, with a reason for all but completed;
+- a job in state running has a live worker thread and a worker backend pid;
+- a worker connection is either running one job or idle in the pool.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import pq
+
+from plpy_bg.dispatcher import protocol as P
+from plpy_bg.dispatcher.pool import Pool, Worker, error_fields
+from plpy_bg.dispatcher.sink import RowSink
+from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
+from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
+                            ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
+                            WrongState)
+from plpy_bg.jobs import identmap
+
+log = logging.getLogger("plpy_bg.dispatcher")
+
+TERMINAL = ("completed", "failed", "canceled", "lost")
+ERROR_LIMIT = 512
+
+
+def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
+    """Cut at `limit` bytes without splitting a UTF-8 sequence."""
+    if text is None:
+        return None
+    b = text.encode()
+    if len(b) <= limit:
+        return text
+    return b[:limit].decode("utf-8", "ignore")
+
+
+@dataclass(eq=False)
+class Job:
+    cookie: int
+    pid: int
+    db: str
+    role: str
+    user_id: int
+    sql: str
+    preview: str
+    queue_size: int
+    mode: str  # launch | submit | v1
+    launcher_pid: int
+    settings: list
+    launched_at: datetime
+    session: "Session | None"
+    streaming: bool
+    worker_timeout_ms: int = 0
+    state: str = "running"
+    last_error: dict | None = None
+    command_tag: str | None = None
+    consumed: bool = False
+    detached: bool = False
+    progress: tuple | None = None
+    cancel_requested: bool = False
+    terminate_at: float | None = None
+    terminated: bool = False
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    sink: RowSink | None = None
+    worker: Worker | None = None
+    thread: threading.Thread | None = None
+    provenance: dict | None = None
+    classification: dict | None = None
+    parent_cookie: int | None = None
+
+    def listing(self) -> dict:
+        err = self.last_error
+        return {
+            "pid": self.pid, "cookie": self.cookie, "launched_at": self.launched_at.isoformat(),
+            "user_id": self.user_id, "queue_size": self.queue_size, "state": self.state,
+            "sql_preview": self.preview,
+            "last_error": cut_utf8(err["message"]) if err else None,
+            "consumed": self.consumed,
+        }
+
+
+@dataclass(eq=False)
+class Session:
+    sock: socket.socket
+    peer_pid: int
+    jobs: dict = field(default_factory=dict)  # cookie -> Job, launched here and not detached
+    launched: int = 0
+    completed: int = 0
+    failed: int = 0
+    canceled: int = 0
+    total_ms: float = 0.0
+    closed: bool = False
+
+
+class Dispatcher:
+    def __init__(self, sockdir: str, port: int, admin_role: str, postmaster_pid: int,
+                 socket_path: str, os_user: str = "postgres"):
+        self.sockdir = sockdir
+        self.port = port
+        self.admin_role = admin_role
+        self.postmaster_pid = postmaster_pid
+        self.socket_path = socket_path
+        self.os_user = os_user
+        self.epoch = secrets.token_hex(8)
+        self.lock = threading.RLock()
+        self.jobs: dict[int, Job] = {}
+        self.by_worker_pid: dict[int, Job] = {}
+        self.stores: dict[str, Store] = {}
+        self.admin_conns: dict[str, psycopg.Connection] = {}
+        self.admin_lock = threading.Lock()
+        self.mapped_roles: set[str] = set()
+        self.ident_lock = threading.Lock()
+        self.pool = Pool(self._open_worker)
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+
+    # ---- connections back into the server ----
+    def _conninfo(self, db: str, role: str, appname: str) -> dict:
+        return {"host": self.sockdir, "port": self.port, "dbname": db, "user": role,
+                "application_name": appname, "connect_timeout": 10,
+                "client_encoding": "UTF8"}
+
+    def admin(self, db: str) -> psycopg.Connection:
+        """A superuser connection for control (cancel, terminate, ident reload)."""
+        with self.admin_lock:
+            c = self.admin_conns.get(db)
+            if c is None or c.closed or c.broken:
+                c = psycopg.connect(**self._conninfo(db, self.admin_role, "plpy_bg dispatcher"),
+                                    autocommit=True)
+                self.admin_conns[db] = c
+            return c
+
+    def admin_exec(self, db: str, sql: str, params=None):
+        for attempt in (1, 2):
+            try:
+                with self.admin_lock:
+                    c = self.admin_conns.get(db)
+                c = self.admin(db) if c is None or c.closed or c.broken else c
+                with self.admin_lock:
+                    return c.execute(sql, params).fetchall()
+            except psycopg.OperationalError:
+                with self.admin_lock:
+                    self.admin_conns.pop(db, None)
+                if attempt == 2:
+                    raise
+
+    def store(self, db: str) -> Store:
+        with self.lock:
+            s = self.stores.get(db)
+            if s is None:
+                s = Store(lambda d: psycopg.connect(**self._conninfo(d, self.admin_role, "plpy_bg dispatcher")),
+                          db, self.epoch)
+                self.stores[db] = s
+            return s
+
+    def _open_worker(self, key: tuple) -> Worker:
+        db, role, profile = key
+        last = None
+        for attempt in range(40):
+            try:
+                conn = psycopg.connect(**self._conninfo(db, role, "plpy_bg worker"), autocommit=True)
+                break
+            except psycopg.OperationalError as e:
+                last = e
+                msg = str(e)
+                if "too many clients" in msg or "remaining connection slots" in msg:
+                    raise TooManyConnections(
+                        "could not start background job: no free connection slot",
+                        detail=msg.strip().splitlines()[-1] if msg.strip() else None,
+                        hint="Raise max_connections or wait for running jobs to end.")
+                if "Peer authentication failed" in msg and attempt < 39:
+                    # the map line may be missing or the postmaster not reloaded yet
+                    if self.ensure_ident(db, role):
+                        time.sleep(0.05)
+                        continue
+                    time.sleep(0.05)
+                    continue
+                if "not permitted to log in" in msg:
+                    raise InsufficientPrivilege(
+                        f'role "{role}" cannot run background jobs because it cannot log in',
+                        detail="Background jobs run on a connection authenticated as the job's role.",
+                        hint=f'ALTER ROLE "{role}" LOGIN, or launch from a role that can log in.')
+                if "the database system is" in msg:  # starting up / shutting down / in recovery
+                    raise ConnectionFailure("could not start background job: the server is not accepting connections",
+                                            detail=msg.strip())
+                raise ConnectionFailure("could not open a worker connection for a background job",
+                                        detail=msg.strip())
+        else:
+            raise ConnectionFailure(f'could not log in as role "{role}" for a background job',
+                                    detail=str(last).strip(),
+                                    hint=f'Add "{identmap.map_line(self.os_user, role)}" to pg_ident.conf '
+                                         'and "local all all peer map=plpy_bg" to pg_hba.conf.')
+        w = Worker(key=key, conn=conn, pid=conn.info.backend_pid)
+        try:
+            if profile == "seccomp":
+                conn.execute("SELECT plpy_bg.install_worker_filter()")
+        except Exception as e:
+            w.close()
+            raise PgError("could not install the seccomp filter in a job worker", detail=str(e),
+                          sqlstate="XX000")
+        return w
+
+    def ensure_ident(self, db: str, role: str) -> bool:
+        """Add the peer-map line for `role` and reload; True when the file changed."""
+        with self.ident_lock:
+            if role in self.mapped_roles:
+                return False
+            path = self.admin_exec(db, "SELECT pg_catalog.current_setting('ident_file')")[0][0]
+            try:
+                with open(path) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            new = identmap.add_roles(text, self.os_user, [role])
+            self.mapped_roles.add(role)
+            if new is None:
+                return False
+            tmp = path + ".plpy_bg.tmp"
+            with open(tmp, "w") as f:
+                f.write(new)
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, path)
+            self.admin_exec(db, "SELECT pg_catalog.pg_reload_conf()")
+            log.info("added peer map line for role %s", role)
+            return True
+
+    # ---- launch ----
+    def launch(self, sess: Session, req: dict) -> dict:
+        mode = req["mode"]
+        max_workers = int(req.get("max_workers") or 16)
+        with self.lock:
+            active = sum(1 for j in sess.jobs.values() if j.state == "running")
+            if active >= max_workers:
+                raise TooManyWorkers(
+                    "too many background workers in this session",
+                    detail=f"{active} jobs of this session are running; pg_background.max_workers is {max_workers}.",
+                    hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
+        key = (req["db"], req["role"], "seccomp" if req.get("seccomp") else "plain")
+        worker, _ = self.pool.acquire(key)
+        try:
+            statements = int(req.get("statements") or 1)
+            job = Job(
+                cookie=secrets.randbits(63) or 1, pid=worker.pid, db=req["db"], role=req["role"],
+                user_id=int(req["user_id"]), sql=req["sql"], preview=req.get("preview") or "",
+                queue_size=int(req["queue_size"]), mode=mode, launcher_pid=sess.peer_pid,
+                settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
+                session=sess, streaming=(statements == 1),
+                worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
+                provenance=req.get("provenance"), classification=req.get("classification"))
+            parent = self.by_worker_pid.get(sess.peer_pid)
+            if parent is not None:
+                job.parent_cookie = parent.cookie
+            job.sink = RowSink(job.queue_size, job.streaming)
+            if mode == "submit":
+                job.sink.discard()
+            job.worker = worker
+            self.store(job.db).write(INSERT, {
+                "cookie": job.cookie, "pid": job.pid, "user_id": job.user_id,
+                "launcher_pid": sess.peer_pid, "launcher_user_id": req.get("session_user_id"),
+                "mode": mode, "queue_size": job.queue_size, "sql": job.sql, "preview": job.preview,
+                "launched_at": job.launched_at, "epoch": self.epoch,
+                "provenance": json.dumps(job.provenance) if job.provenance is not None else None,
+                "classification": json.dumps(job.classification) if job.classification is not None else None,
+                "parent_cookie": job.parent_cookie,
+            }, wait=True)
+        except BaseException:
+            self.pool.release(worker)
+            raise
+        with self.lock:
+            self.jobs[job.cookie] = job
+            self.by_worker_pid[job.pid] = job
+            sess.jobs[job.cookie] = job
+            sess.launched += 1
+        job.thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.pid}", daemon=True)
+        job.thread.start()
+        return {"pid": job.pid, "cookie": job.cookie}
+
+    # ---- running a job ----
+    def _run_job(self, job: Job) -> None:
+        w = job.worker
+        error = None
+        tag = None
+        had_rows = False
+        in_set = False
+        reusable = True
+        try:
+            if job.settings:
+                names = [s[0] for s in job.settings]
+                values = [s[1] for s in job.settings]
+                w.conn.execute("SELECT pg_catalog.set_config(n, v, false) FROM "
+                               "unnest(%s::text[], %s::text[]) AS s(n, v)", (names, values))
+            w.send(job.sql.encode())
+            cancelled = lambda: job.cancel_requested
+            for res in w.results(single_row=True):
+                st = res.status
+                if st == pq.ExecStatus.SINGLE_TUPLE:
+                    if not in_set:
+                        in_set = True
+                        had_rows = True
+                        job.sink.new_set()
+                    nf = res.nfields
+                    job.sink.put(P.row_literal([res.get_value(0, i) for i in range(nf)]), cancelled)
+                elif st == pq.ExecStatus.TUPLES_OK:
+                    if not in_set:  # a row set with no rows
+                        job.sink.new_set()
+                        had_rows = True
+                    in_set = False
+                    tag = (res.command_status or b"").decode()
+                elif st == pq.ExecStatus.COMMAND_OK:
+                    tag = (res.command_status or b"").decode()
+                elif st == pq.ExecStatus.EMPTY_QUERY:
+                    tag = tag or ""
+                elif st == pq.ExecStatus.FATAL_ERROR:
+                    error = error_fields(res)
+                elif st in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH):
+                    error = {"sqlstate": "0A000",
+                             "message": "COPY to or from the client is not supported in a background job",
+                             "hint": "COPY to or from a server file, or use INSERT ... SELECT.",
+                             "detail": None, "context": None}
+            if w.pgconn.status != pq.ConnStatus.OK:
+                reusable = False
+        except psycopg.OperationalError as e:
+            reusable = False
+            error = error or {"sqlstate": "08006", "message": f"job worker connection lost: {str(e).strip()}",
+                              "detail": None, "hint": None, "context": None}
+        except psycopg.Error as e:  # the inherited settings were refused
+            d = e.diag
+            error = {"sqlstate": e.sqlstate or "XX000", "message": d.message_primary or str(e),
+                     "detail": d.message_detail, "hint": d.message_hint, "context": d.context}
+        except PgError as e:
+            error = e.as_dict()
+        except Exception as e:  # never leave a job without a final state
+            log.exception("job %s failed in the dispatcher", job.pid)
+            reusable = False
+            error = {"sqlstate": "XX000", "message": f"background job failed in the dispatcher: {e}",
+                     "detail": None, "hint": None, "context": None}
+        if w.pgconn.status != pq.ConnStatus.OK:
+            reusable = False
+            if error is None:
+                error = {"sqlstate": "08006", "message": "job worker connection lost",
+                         "detail": None, "hint": None, "context": None}
+        self._finish(job, error, tag, had_rows)
+        if reusable and not job.terminated:
+            self.pool.release(w)
+        else:
+            w.close()
+
+    def _finish(self, job: Job, error: dict | None, tag: str | None, had_rows: bool) -> None:
+        if error is not None:
+            canceled = job.cancel_requested and error["sqlstate"] in ("57014", "57P01", "08006")
+            state = "canceled" if canceled else "failed"
+            if canceled and job.last_error:
+                error = job.last_error
+        else:
+            state = "completed"
+        if not had_rows and error is None:
+            job.sink.put(P.row_literal([(tag or "").encode()]))
+        job.command_tag = tag
+        with self.lock:
+            job.state = state
+            job.last_error = error
+            job.finished = time.monotonic()
+            self.by_worker_pid.pop(job.pid, None) if self.by_worker_pid.get(job.pid) is job else None
+            s = job.session
+            if s is not None:
+                s.total_ms += (job.finished - job.started) * 1000
+                if state == "completed":
+                    s.completed += 1
+                elif state == "canceled":
+                    s.canceled += 1
+                else:
+                    s.failed += 1
+            self._forget_if_done(job)
+        job.sink.finish({"tag": tag, "error": error, "state": state})
+        job.done.set()
+        self.store(job.db).write(FINISH, {
+            "cookie": job.cookie, "state": state, "finished_at": datetime.now(timezone.utc),
+            "tag": tag, "last_error": cut_utf8(error["message"]) if error else None,
+            "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
+        })
+
+    def _forget_if_done(self, job: Job) -> None:
+        """Drop a finished job from memory once no session can ask for it (the table keeps it)."""
+        if job.state in TERMINAL and (job.session is None or job.detached):
+            self.jobs.pop(job.cookie, None)
+
+    # ---- handles ----
+    def find(self, sess: Session, req: dict, op: str) -> Job:
+        pid = req.get("pid")
+        cookie = req.get("cookie")
+        if cookie is None:  # v1: the newest job of this session with that pid
+            cands = [j for j in sess.jobs.values() if j.pid == pid and j.mode == "v1"]
+            if not cands:
+                raise ObjectNotFound(f"PID {pid} is not attached to this session",
+                                     hint="Launch it with pg_background_launch in this session.")
+            return max(cands, key=lambda j: j.started)
+        with self.lock:
+            job = sess.jobs.get(cookie) or self.jobs.get(cookie)
+        if job is None or job.pid != pid:
+            raise ObjectNotFound(f"no background job with pid {pid} and this cookie",
+                                 detail="The job may have ended and been detached, or the handle is wrong.",
+                                 hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
+        if job.session is not sess or job.detached:
+            owner = job.user_id == req.get("user_id") or req.get("is_superuser")
+            if not owner:
+                raise InsufficientPrivilege(f"permission denied for background job with pid {pid}",
+                                            detail="The job belongs to another role.")
+            if op in ("result", "detach"):
+                raise ObjectNotFound(f"background job with pid {pid} is not attached to this session",
+                                     detail="Only the session that launched a job can read its results or detach it.")
+        return job
+
+    def detach(self, sess: Session, job: Job) -> None:
+        with self.lock:
+            job.detached = True
+            sess.jobs.pop(job.cookie, None)
+            self._forget_if_done(job)
+        job.sink.discard()
+        self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
+
+    def cancel(self, job: Job, grace_ms: int) -> None:
+        if job.done.is_set():
+            return
+        job.cancel_requested = True
+        job.last_error = {"sqlstate": "57014", "message": "canceling statement due to user request",
+                          "detail": None, "hint": None, "context": None}
+        job.sink.discard() if job.session is None or job.detached else job.sink.allow_spill()
+        try:
+            job.worker.pgconn.get_cancel().cancel()
+        except Exception as e:
+            log.warning("cancel request for job %s failed: %s", job.pid, e)
+        job.terminate_at = time.monotonic() + grace_ms / 1000.0
+
+    def _terminate(self, job: Job) -> None:
+        """SIGTERM the job's backend; never SIGKILL, which would crash-restart the cluster."""
+        job.terminated = True
+        try:
+            self.admin_exec(job.db, "SELECT pg_catalog.pg_terminate_backend(%s)", (job.pid,))
+        except Exception as e:
+            log.warning("could not terminate job %s: %s", job.pid, e)
+
+    # ---- the watchdog ----
+    def watchdog(self) -> None:
+        last_pm = 0.0
+        last_reap = time.monotonic()
+        while not self.stopping.is_set():
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self.lock:
+                running = [j for j in self.jobs.values() if not j.done.is_set()]
+            for j in running:
+                if j.terminate_at is not None and now >= j.terminate_at and not j.terminated:
+                    self._terminate(j)
+                elif (j.worker_timeout_ms and not j.cancel_requested
+                      and (now - j.started) * 1000 >= j.worker_timeout_ms):
+                    self.cancel(j, 1000)
+                    j.last_error = {"sqlstate": "57014",
+                                    "message": f"background job exceeded pg_background.worker_timeout ({j.worker_timeout_ms} ms)",
+                                    "detail": None, "hint": None, "context": None}
+            if now - last_pm >= 1.0:
+                last_pm = now
+                if not self._postmaster_alive():
+                    log.info("postmaster %s is gone; dispatcher exits", self.postmaster_pid)
+                    self.stopping.set()
+                    os._exit(0)
+            if now - last_reap >= 1.0:
+                last_reap = now
+                self.pool.reap()
+
+    def _postmaster_alive(self) -> bool:
+        try:
+            os.kill(self.postmaster_pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    # ---- one backend session ----
+    def serve_session(self, sess: Session) -> None:
+        sock = sess.sock
+        try:
+            while True:
+                try:
+                    kind, payload = P.recv_frame(sock)
+                except (EOFError, ConnectionError, OSError):
+                    break
+                if kind != b"Q":
+                    break
+                req = json.loads(payload)
+                try:
+                    out = self.handle(sess, req)
+                except PgError as e:
+                    sock.sendall(P.pack_json(b"E", e.as_dict()))
+                    continue
+                except psycopg.Error as e:
+                    sock.sendall(P.pack_json(b"E", {"sqlstate": getattr(e, "sqlstate", None) or "08006",
+                                                   "message": f"plpy_bg dispatcher: {str(e).strip()}"}))
+                    continue
+                except Exception as e:
+                    log.exception("request %s failed", req.get("op"))
+                    sock.sendall(P.pack_json(b"E", {"sqlstate": "XX000",
+                                                   "message": f"plpy_bg dispatcher: internal error: {e}"}))
+                    continue
+                if isinstance(out, bytes):
+                    sock.sendall(out)
+                else:
+                    sock.sendall(P.pack_json(b"A", out))
+        finally:
+            self.end_session(sess)
+
+    def end_session(self, sess: Session) -> None:
+        """The launcher's session is gone: its jobs run on, detached."""
+        sess.closed = True
+        with self.lock:
+            jobs = list(sess.jobs.values())
+            sess.jobs.clear()
+        for j in jobs:
+            self.detach(sess, j)
+        try:
+            sess.sock.close()
+        except OSError:
+            pass
+
+    def handle(self, sess: Session, req: dict):
+        op = req.get("op")
+        if op == "launch":
+            return self.launch(sess, req)
+        if op == "fetch":
+            job = self.find(sess, req, "result")
+            if job.mode == "submit":
+                raise WrongState(f"background job with pid {job.pid} was submitted without results",
+                                 hint="Use pg_background_launch_v2 to keep results, or pg_background_wait_v2 to wait.")
+            if job.consumed and not req.get("continuing"):
+                raise WrongState(f"results of background job with pid {job.pid} were already consumed",
+                                 hint="Results can be read once.")
+            if not job.consumed:
+                job.consumed = True
+                self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": True,
+                                                 "detached": job.detached})
+            rows, final = job.sink.take(int(req.get("max_bytes") or 262144), req.get("slice_ms", 200) / 1000)
+            frames = [P.pack_rows(rows)] if rows else []
+            if final is not None:
+                frames.append(P.pack_json(b"Z", final))
+                if job.mode == "v1":
+                    self.detach(sess, job)
+            else:
+                frames.append(P.pack_json(b"A", {}))
+            return b"".join(frames)
+        if op == "wait":
+            job = self.find(sess, req, "wait")
+            job.sink.allow_spill()  # waiting must never hang on a full result queue
+            done = job.done.wait(max(0, req.get("slice_ms", 200)) / 1000)
+            return {"done": done, "state": job.state}
+        if op == "detach":
+            job = self.find(sess, req, "detach")
+            self.detach(sess, job)
+            return {}
+        if op == "cancel":
+            job = self.find(sess, req, "cancel")
+            self.cancel(job, int(req.get("grace_ms") or 0))
+            return {"done": job.done.is_set()}
+        if op == "list":
+            with self.lock:
+                return {"jobs": [j.listing() for j in sorted(sess.jobs.values(), key=lambda j: j.started)]}
+        if op == "stats":
+            with self.lock:
+                active = sum(1 for j in sess.jobs.values() if j.state == "running")
+                ended = sess.completed + sess.failed + sess.canceled
+            return {"workers_launched": sess.launched, "workers_completed": sess.completed,
+                    "workers_failed": sess.failed, "workers_canceled": sess.canceled,
+                    "workers_active": active,
+                    "avg_execution_ms": (sess.total_ms / ended) if ended else 0.0}
+        if op == "progress":
+            with self.lock:
+                job = self.by_worker_pid.get(sess.peer_pid)
+            if job is None:
+                raise WrongState("pg_background_progress can only be called inside a background job")
+            job.progress = (req.get("pct"), req.get("msg"))
+            self.store(job.db).write(PROGRESS, {"cookie": job.cookie, "pct": req.get("pct"), "msg": req.get("msg")})
+            return {}
+        if op == "get_progress":
+            job = self.find(sess, req, "progress")
+            return {"progress": job.progress}
+        if op == "job_info":
+            with self.lock:
+                job = self.by_worker_pid.get(sess.peer_pid)
+            if job is None:
+                return {"job": None}
+            return {"job": {"pid": job.pid, "cookie": job.cookie, "role": job.role,
+                            "provenance": job.provenance, "classification": job.classification}}
+        if op == "ensure_role":
+            self.ensure_ident(req["db"], req["role"])
+            return {}
+        if op == "ping":
+            return {"epoch": self.epoch, "pid": os.getpid()}
+        if op == "invariants":
+            return {"violations": self.check_invariants()}
+        raise InvalidParameter(f"unknown dispatcher request {op!r}")
+
+    def check_invariants(self) -> list[str]:
+        bad = []
+        with self.lock:
+            jobs = list(self.jobs.values())
+            by_pid = dict(self.by_worker_pid)
+        for j in jobs:
+            if j.state == "running":
+                if j.thread is None or not j.thread.is_alive():
+                    bad.append(f"job {j.pid}/{j.cookie} is running without a live thread")
+                if by_pid.get(j.pid) is not j:
+                    bad.append(f"job {j.pid}/{j.cookie} is running but not registered on its worker")
+            elif j.state not in TERMINAL:
+                bad.append(f"job {j.pid}/{j.cookie} has unknown state {j.state}")
+            elif j.state != "completed" and not j.last_error:
+                bad.append(f"job {j.pid}/{j.cookie} ended {j.state} without a reason")
+        return bad
+
+    # ---- main loop ----
+    def serve_forever(self) -> None:
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            srv.bind(self.socket_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        srv.listen(256)
+        threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
+        log.info("dispatcher %s listening on %s (postmaster %s)", self.epoch, self.socket_path, self.postmaster_pid)
+        while not self.stopping.is_set():
+            conn, _ = srv.accept()
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            if uid not in (os.geteuid(), 0):
+                conn.close()
+                continue
+            sess = Session(sock=conn, peer_pid=pid)
+            threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def socket_path_for(sockdir: str, port: int) -> str:
+    return os.path.join(sockdir, f".s.plpy_bg.{port}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m plpy_bg.dispatcher",
+                                 description="Run the plpy_bg job dispatcher for one cluster.")
+    ap.add_argument("--sockdir", required=True, help="the server's Unix socket directory")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--admin-role", required=True, help="superuser role the dispatcher logs in as")
+    ap.add_argument("--postmaster-pid", type=int, required=True)
+    args = ap.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
+    path = socket_path_for(args.sockdir, args.port)
+    lockf = open(path + ".lock", "a")
+    try:
+        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another dispatcher serves this cluster
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s plpy_bg dispatcher[%(process)d] %(levelname)s %(message)s")
+    d = Dispatcher(args.sockdir, args.port, args.admin_role, args.postmaster_pid, path)
+    lockf.seek(0)
+    lockf.truncate()
+    lockf.write(f"{os.getpid()}\n")
+    lockf.flush()
+    d.serve_forever()
+    return 0

@@ -1,0 +1,126 @@
+"""Where a job's rows wait for the launcher: bounded memory, backpressure, spill.
+
+A single-statement job streams: rows become readable at once and the worker
+thread blocks when `limit` bytes are unread (backpressure, like pg_background's
+shm_mq). A multi-statement job returns only its last row set, which is known
+only at the end, so its rows go to a spooled file and become readable when the
+job finishes. `wait_v2` must never hang on a full queue, so it switches the
+sink to spilling. A detached or submitted job discards its rows.
+"""
+from __future__ import annotations
+
+import struct
+import tempfile
+import threading
+from collections import deque
+
+_LEN = struct.Struct("!I")
+
+
+class RowSink:
+    def __init__(self, limit: int, streaming: bool):
+        self.limit = limit
+        self.streaming = streaming
+        self.cond = threading.Condition()
+        self.mem: deque[bytes] = deque()
+        self.mem_bytes = 0
+        self.file = None  # overflow, read after mem
+        self.file_unread = 0
+        self.file_rpos = 0
+        self.file_wpos = 0
+        self.spill = not streaming
+        self.discarding = False
+        self.finished = False
+        self.final: dict | None = None  # {"tag": ...} or {"error": {...}}
+        self.rows_total = 0
+
+    # ---- writer side (the job's thread) ----
+    def new_set(self) -> None:
+        """A new row set begins: earlier sets of a multi-statement job are dropped."""
+        with self.cond:
+            if not self.streaming:
+                self._clear()
+
+    def put(self, row: bytes, cancelled=lambda: False) -> None:
+        with self.cond:
+            if self.discarding:
+                return
+            while (self.streaming and not self.spill and not self.discarding
+                   and self.mem_bytes >= self.limit and not cancelled()):
+                self.cond.wait(0.5)
+            if self.discarding:
+                return
+            self.rows_total += 1
+            if self.file is None and self.mem_bytes + len(row) <= self.limit:
+                self.mem.append(row)
+                self.mem_bytes += len(row)
+            else:
+                self._to_file(row)
+            if self.streaming:
+                self.cond.notify_all()
+
+    def _to_file(self, row: bytes) -> None:
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="plpy_bg_rows_")
+        self.file.seek(self.file_wpos)
+        self.file.write(_LEN.pack(len(row)) + row)
+        self.file_wpos = self.file.tell()
+        self.file_unread += 1
+
+    def finish(self, final: dict) -> None:
+        with self.cond:
+            self.finished = True
+            self.final = final
+            self.cond.notify_all()
+
+    # ---- control ----
+    def allow_spill(self) -> None:
+        with self.cond:
+            self.spill = True
+            self.cond.notify_all()
+
+    def discard(self) -> None:
+        with self.cond:
+            self.discarding = True
+            self._clear()
+            self.cond.notify_all()
+
+    def _clear(self) -> None:
+        self.mem.clear()
+        self.mem_bytes = 0
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.file_unread = self.file_rpos = self.file_wpos = 0
+
+    # ---- reader side (the launcher's fetch requests) ----
+    def take(self, max_bytes: int, timeout: float) -> tuple[list[bytes], dict | None]:
+        """Up to max_bytes of rows; (rows, final) where final is set once all rows are read."""
+        with self.cond:
+            readable = lambda: self.finished or (self.streaming and (self.mem or self.file_unread))
+            if not readable():
+                self.cond.wait(timeout)
+            if not readable():
+                return [], None
+            out: list[bytes] = []
+            size = 0
+            while self.mem and size < max_bytes:
+                r = self.mem.popleft()
+                self.mem_bytes -= len(r)
+                out.append(r)
+                size += len(r)
+            while self.file_unread and size < max_bytes:
+                self.file.seek(self.file_rpos)
+                (n,) = _LEN.unpack(self.file.read(4))
+                r = self.file.read(n)
+                self.file_rpos += 4 + n
+                self.file_unread -= 1
+                out.append(r)
+                size += len(r)
+            if self.file is not None and not self.file_unread:
+                self.file.close()
+                self.file = None
+                self.file_rpos = self.file_wpos = 0
+            self.cond.notify_all()
+            done = self.finished and not self.mem and not self.file_unread
+            return out, (self.final if done else None)

@@ -1,0 +1,155 @@
+-- The pg_background 1.8 API. Bodies are thin: all logic is in plpy_bg.api.
+-- Not STRICT: a NULL argument is an error (22004), not a silent NULL result.
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_launch(sql pg_catalog.text, queue_size pg_catalog.int4 DEFAULT 0)
+RETURNS pg_catalog.int4
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+-- no SET search_path: the job inherits the caller's search_path and settings,
+-- so every name used inside plpy_bg.api is schema-qualified instead
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.launch_v1(plpy, GD, sql, queue_size)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_result(pid pg_catalog.int4)
+RETURNS SETOF pg_catalog.record
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.result_v1(plpy, GD, pid)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_detach(pid pg_catalog.int4)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.detach_v1(plpy, GD, pid)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_launch_v2(sql pg_catalog.text, queue_size pg_catalog.int4 DEFAULT 0)
+RETURNS @extschema@.pg_background_handle
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+-- no SET search_path: the job inherits the caller's search_path and settings,
+-- so every name used inside plpy_bg.api is schema-qualified instead
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.launch_v2(plpy, GD, sql, queue_size)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_submit_v2(sql pg_catalog.text, queue_size pg_catalog.int4 DEFAULT 0)
+RETURNS @extschema@.pg_background_handle
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+-- no SET search_path: the job inherits the caller's search_path and settings,
+-- so every name used inside plpy_bg.api is schema-qualified instead
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.submit_v2(plpy, GD, sql, queue_size)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_result_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
+RETURNS SETOF pg_catalog.record
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.result_v2(plpy, GD, pid, cookie)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_detach_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.detach_v2(plpy, GD, pid, cookie)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_cancel_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.cancel_v2(plpy, GD, pid, cookie)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_cancel_v2_grace(pid pg_catalog.int4, cookie pg_catalog.int8, grace_ms pg_catalog.int4)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.cancel_v2_grace(plpy, GD, pid, cookie, grace_ms)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_wait_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.wait_v2(plpy, GD, pid, cookie)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_wait_v2_timeout(pid pg_catalog.int4, cookie pg_catalog.int8, timeout_ms pg_catalog.int4)
+RETURNS pg_catalog.bool
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.wait_v2_timeout(plpy, GD, pid, cookie, timeout_ms)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_list_v2()
+RETURNS SETOF pg_catalog.record
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.list_v2(plpy, GD)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_stats_v2()
+RETURNS @extschema@.pg_background_stats
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.stats_v2(plpy, GD)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_progress(pct pg_catalog.int4, msg pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.progress(plpy, GD, pct, msg)
+$python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_get_progress_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
+RETURNS @extschema@.pg_background_progress
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.get_progress_v2(plpy, GD, pid, cookie)
+$python$;

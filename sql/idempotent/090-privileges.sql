@@ -1,0 +1,146 @@
+-- Privilege helpers, internal functions and the grants; runs last.
+
+CREATE OR REPLACE FUNCTION plpy_bg.register_role(role_name pg_catalog.text)
+RETURNS pg_catalog.void
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.register_role(plpy, GD, role_name)
+$python$;
+COMMENT ON FUNCTION plpy_bg.register_role(pg_catalog.text) IS
+'Adds the pg_ident.conf line that lets job workers log in as the role (peer map plpy_bg)';
+
+CREATE OR REPLACE FUNCTION plpy_bg.check_invariants()
+RETURNS SETOF pg_catalog.text
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.invariants(plpy, GD)
+$python$;
+
+-- the objects a role needs to use background jobs, as format() patterns
+CREATE OR REPLACE FUNCTION plpy_bg.api_objects()
+RETURNS SETOF pg_catalog.text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT unnest(ARRAY[
+    'FUNCTION %I.pg_background_launch(pg_catalog.text, pg_catalog.int4)',
+    'FUNCTION %I.pg_background_result(pg_catalog.int4)',
+    'FUNCTION %I.pg_background_detach(pg_catalog.int4)',
+    'TYPE %I.pg_background_handle',
+    'TYPE %I.pg_background_stats',
+    'TYPE %I.pg_background_progress',
+    'FUNCTION %I.pg_background_launch_v2(pg_catalog.text, pg_catalog.int4)',
+    'FUNCTION %I.pg_background_submit_v2(pg_catalog.text, pg_catalog.int4)',
+    'FUNCTION %I.pg_background_result_v2(pg_catalog.int4, pg_catalog.int8)',
+    'FUNCTION %I.pg_background_detach_v2(pg_catalog.int4, pg_catalog.int8)',
+    'FUNCTION %I.pg_background_cancel_v2(pg_catalog.int4, pg_catalog.int8)',
+    'FUNCTION %I.pg_background_cancel_v2_grace(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4)',
+    'FUNCTION %I.pg_background_wait_v2(pg_catalog.int4, pg_catalog.int8)',
+    'FUNCTION %I.pg_background_wait_v2_timeout(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4)',
+    'FUNCTION %I.pg_background_list_v2()',
+    'FUNCTION %I.pg_background_stats_v2()',
+    'FUNCTION %I.pg_background_progress(pg_catalog.int4, pg_catalog.text)',
+    'FUNCTION %I.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8)'
+]) $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.grant_pg_background_privileges(
+    role_name pg_catalog.text, print_commands pg_catalog.bool DEFAULT false)
+RETURNS pg_catalog.bool
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _sql pg_catalog.text;
+    _obj pg_catalog.text;
+    _schema pg_catalog.text;
+BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION 'role_name must not be null' USING ERRCODE = '22004';
+    END IF;
+    SELECT n.nspname INTO _schema FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'plpy_bg';
+    FOR _obj IN SELECT plpy_bg.api_objects() LOOP
+        _sql := pg_catalog.format('GRANT %s TO %I',
+                  pg_catalog.format(_obj, _schema),
+                  role_name);
+        _sql := pg_catalog.replace(_sql, 'GRANT TYPE', 'GRANT USAGE ON TYPE');
+        _sql := pg_catalog.replace(_sql, 'GRANT FUNCTION', 'GRANT EXECUTE ON FUNCTION');
+        EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    END LOOP;
+    _sql := pg_catalog.format('GRANT USAGE ON SCHEMA plpy_bg TO %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    _sql := pg_catalog.format('GRANT SELECT ON plpy_bg.jobs TO %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    _sql := pg_catalog.format('GRANT SELECT ON %I.pg_background_jobs TO %I', _schema, role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name AND rolcanlogin) THEN
+        PERFORM plpy_bg.register_role(role_name);
+    END IF;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'error granting plpy_bg privileges to %: %', role_name, SQLERRM;
+    RETURN false;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION @extschema@.revoke_pg_background_privileges(
+    role_name pg_catalog.text, print_commands pg_catalog.bool DEFAULT false)
+RETURNS pg_catalog.bool
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _sql pg_catalog.text;
+    _obj pg_catalog.text;
+    _schema pg_catalog.text;
+BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION 'role_name must not be null' USING ERRCODE = '22004';
+    END IF;
+    SELECT n.nspname INTO _schema FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'plpy_bg';
+    FOR _obj IN SELECT plpy_bg.api_objects() LOOP
+        _sql := pg_catalog.format('REVOKE %s FROM %I', pg_catalog.format(_obj, _schema), role_name);
+        _sql := pg_catalog.replace(_sql, 'REVOKE TYPE', 'REVOKE USAGE ON TYPE');
+        _sql := pg_catalog.replace(_sql, 'REVOKE FUNCTION', 'REVOKE EXECUTE ON FUNCTION');
+        EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    END LOOP;
+    _sql := pg_catalog.format('REVOKE SELECT ON %I.pg_background_jobs FROM %I', _schema, role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    _sql := pg_catalog.format('REVOKE SELECT ON plpy_bg.jobs FROM %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    _sql := pg_catalog.format('REVOKE USAGE ON SCHEMA plpy_bg FROM %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'error revoking plpy_bg privileges from %: %', role_name, SQLERRM;
+    RETURN false;
+END;
+$function$;
+
+-- nothing is granted to PUBLIC; the executor role gets the API
+REVOKE ALL ON FUNCTION @extschema@.pg_background_launch(pg_catalog.text, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_result(pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_detach(pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_launch_v2(pg_catalog.text, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_submit_v2(pg_catalog.text, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_result_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_detach_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_cancel_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_cancel_v2_grace(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_wait_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_wait_v2_timeout(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_list_v2() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_stats_v2() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_progress(pg_catalog.int4, pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
+SELECT @extschema@.grant_pg_background_privileges('pgbackground_role', false);

@@ -268,9 +268,11 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--dir", required=True)
             p.add_argument("--destroy", action="store_true")
-        if name == "test":
-            p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()
+    if args.action == "test":
+        args.pytest_args = extra  # everything else goes to pytest
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     args.fn(args)
 
 

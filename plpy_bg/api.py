@@ -37,12 +37,17 @@ SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('pgseccomp.enabled', true) AS seccomp,
+  pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
   ARRAY(SELECT ARRAY[s.name, s.setting, s.context] FROM pg_catalog.pg_settings s
         WHERE (s.source IN ('session', 'client', 'database', 'user', 'database user')
                OR s.name = ANY($1))
           AND s.context IN ('user', 'superuser') AND s.name <> ALL($2)
           AND s.name NOT LIKE 'pgseccomp.%%' AND s.name NOT LIKE 'plpy_bg.%%') AS settings
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
+"""
+
+EXTRA_SQL = """
+SELECT n, pg_catalog.current_setting(n, true) AS v FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n
 """
 
 BLOCKED_BY_ME = """
@@ -137,6 +142,11 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
                                 {"": 1}, "")
     worker_timeout = parse_setting("pg_background.worker_timeout", r["worker_timeout"], 0, _UNITS_MS, "ms")
     settings = [[n, v] for n, v, c in r["settings"] if c == "user" or r["superuser"]]
+    if r["extra_names"]:
+        # custom placeholder settings (myapp.tenant) are not listed in pg_settings
+        names = [n.strip() for n in r["extra_names"].split(",") if n.strip()]
+        settings += [[x["n"], x["v"]] for x in _plan(plpy, GD, "extra", EXTRA_SQL, ["text[]"]).execute([names])
+                     if x["v"] is not None]
     cl = dclient.get(plpy, GD)
     stmts, preview = jpreview.summarize(sql)
     req = {
@@ -182,37 +192,77 @@ def _check_blocked(plpy, GD, pid: int) -> None:
             hint="Commit or roll back before waiting for the job, or let it run detached.")
 
 
-def _raise_job_error(final: dict) -> None:
+def _raise_job_error(final: dict, pid: int) -> None:
     err = final.get("error")
     if err:
-        raise PgError.from_dict(err)
+        e = PgError.from_dict(err)
+        e.origin = f"background job {pid}"
+        raise e
 
 
-def _results(plpy, GD, pid, cookie):
-    cl = dclient.get(plpy, GD)
-    kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
-    first = True
-    while True:
-        frames = cl.call("fetch", continuing=not first, **kw)
-        first = False
-        got = False
-        for kind, payload in frames:
-            if kind == b"R":
-                rows = P.unpack_rows(payload)
-                got = got or bool(rows)
-                yield from rows
-            elif kind == b"E":
-                raise PgError.from_dict(json.loads(payload))
-            elif kind == b"Z":
-                _raise_job_error(json.loads(payload))
-                return
-        if not got:
-            _check_blocked(plpy, GD, pid)
+PREFETCH_BYTES = 1 << 20
 
 
-def _result_gen(plpy, GD, pid, cookie):
+class _Fetcher:
+    """Pulls a job's rows from the dispatcher in slices that can be interrupted."""
+
+    def __init__(self, plpy, GD, pid, cookie):
+        self.plpy, self.GD, self.pid = plpy, GD, pid
+        self.cl = dclient.get(plpy, GD)
+        self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
+        self.first = True
+        self.final = None
+
+    def next_batch(self) -> list[str]:
+        """Rows of the next reply; [] with self.final set at the end."""
+        while self.final is None:
+            frames = self.cl.call("fetch", continuing=not self.first, **self.kw)
+            self.first = False
+            rows: list[str] = []
+            for kind, payload in frames:
+                if kind == b"R":
+                    rows += P.unpack_rows(payload)
+                elif kind == b"E":
+                    raise PgError.from_dict(json.loads(payload))
+                elif kind == b"Z":
+                    self.final = json.loads(payload)
+            if rows:
+                return rows
+            if self.final is None:
+                _check_blocked(self.plpy, self.GD, self.pid)
+        return []
+
+
+def _result_rows(plpy, GD, pid, cookie):
+    """Rows of a job for a SETOF record function.
+
+    An error raised from inside the row iterator reaches the caller with
+    PL/Python's own message ("error fetching next item from iterator"), so
+    the first MB of rows is read here, before returning: a job that fails
+    within it raises its own SQLSTATE, message, detail and hint.
+    """
+    f = _Fetcher(plpy, GD, pid, cookie)
+    head: list[str] = []
+    size = 0
+    while f.final is None and size < PREFETCH_BYTES:
+        batch = f.next_batch()
+        head += batch
+        size += sum(len(r) for r in batch)
+    if f.final is not None:
+        _raise_job_error(f.final, f.pid)
+        return head
+    return _stream(plpy, f, head)
+
+
+def _stream(plpy, f: _Fetcher, head: list[str]):
+    yield from head
     try:
-        yield from _results(plpy, GD, pid, cookie)
+        while True:
+            batch = f.next_batch()
+            if not batch:
+                break
+            yield from batch
+        _raise_job_error(f.final, f.pid)
     except PgError as e:
         e.raise_in(plpy)
 
@@ -220,13 +270,13 @@ def _result_gen(plpy, GD, pid, cookie):
 @sql_errors
 def result_v1(plpy, GD, pid):
     _require("pid", pid)
-    return _result_gen(plpy, GD, pid, None)
+    return _result_rows(plpy, GD, pid, None)
 
 
 @sql_errors
 def result_v2(plpy, GD, pid, cookie):
     _handle(pid, cookie)
-    return _result_gen(plpy, GD, pid, cookie)
+    return _result_rows(plpy, GD, pid, cookie)
 
 
 def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PG_BIN = Path(os.environ.get("PLPY_BG_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -74,6 +74,7 @@ def _free_port() -> int:
 class Cluster:
     base: Path  # holds data/, sock/ and server.log
     port: int
+    proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     @property
     def datadir(self) -> Path:
@@ -142,8 +143,8 @@ class Cluster:
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", OS_USER, "--"] + cmd
         with open(self.logfile, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd="/")
+            proc = self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, cwd="/")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -168,6 +169,12 @@ class Cluster:
             return
         _as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", mode,
                       "-t", str(timeout), "-w"])
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
 
     def restart(self, wrapper: list[str] | None = None) -> None:
         self.stop()

@@ -30,14 +30,31 @@ class PgError(Exception):
         return cls(d.get("message") or "unknown error", d.get("detail"), d.get("hint"),
                    d.get("sqlstate") or "XX000", d.get("context"))
 
+    origin = "plpy_bg"
+
     def raise_in(self, plpy) -> None:
-        """Raise this error in the calling backend with all its fields."""
-        kw = {"sqlstate": self.sqlstate}
-        if self.detail:
-            kw["detail"] = self.detail
-        if self.hint:
-            kw["hint"] = self.hint
-        plpy.error(self.message, **kw)
+        """Raise this error in the calling backend with all its fields.
+
+        PL/Python writes every error as "<exception type>: <message>"; a
+        subclass of plpy.Error named for the origin makes that prefix say
+        where the error comes from ("background job 1234: division by zero").
+        """
+        cls = _error_class(plpy, self.origin)
+        e = cls(self.message)
+        e.sqlstate = self.sqlstate
+        e.detail = self.detail
+        e.hint = self.hint
+        raise e
+
+
+_classes: dict = {}
+
+
+def _error_class(plpy, origin: str):
+    cls = _classes.get(origin)
+    if cls is None or not issubclass(cls, plpy.Error):
+        cls = _classes[origin] = type(origin, (plpy.Error,), {"__module__": "builtins"})
+    return cls
 
 
 class InvalidParameter(PgError):

@@ -67,11 +67,8 @@ def cluster_context(plpy, GD) -> dict:
     """Where the dispatcher listens and how it logs in; read once per session."""
     ctx = GD.get(CTX_KEY)
     if ctx is None:
-        r = plpy.execute(
-            "SELECT pg_catalog.current_setting('unix_socket_directories') AS dirs, "
-            "pg_catalog.current_setting('port') AS port, "
-            "(SELECT rolname FROM pg_catalog.pg_roles WHERE oid = 10)::text AS admin, "
-            "pg_catalog.current_database()::text AS db")[0]
+        r = plpy.execute("SELECT c.dirs, c.port, c.admin, pg_catalog.current_database()::text AS db "
+                         "FROM plpy_bg.cluster_context() c")[0]
         dirs = [d.strip() for d in r["dirs"].split(",") if d.strip().startswith("/")]
         if not dirs:
             raise PgError("plpy_bg needs a Unix socket directory",

@@ -222,6 +222,7 @@ class Dispatcher:
                                     detail=str(last).strip(),
                                     hint=f'Add "{identmap.map_line(self.os_user, role)}" to pg_ident.conf '
                                          'and "local all all peer map=plpy_bg" to pg_hba.conf.')
+        conn.prepare_threshold = None  # DISCARD ALL between jobs drops prepared statements
         w = Worker(key=key, conn=conn, pid=conn.info.backend_pid)
         try:
             if profile == "seccomp":

@@ -22,12 +22,22 @@ from plpy_bg import api
 return api.invariants(plpy, GD)
 $python$;
 
+-- where the dispatcher listens: superuser-only settings, read for the launching role
+CREATE OR REPLACE FUNCTION plpy_bg.cluster_context(OUT dirs pg_catalog.text, OUT port pg_catalog.int4,
+                                                   OUT admin pg_catalog.text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.current_setting('unix_socket_directories'),
+             pg_catalog.current_setting('port')::pg_catalog.int4,
+             (SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_roles r WHERE r.oid = 10) $$;
+
 -- the objects a role needs to use background jobs, as format() patterns
 CREATE OR REPLACE FUNCTION plpy_bg.api_objects()
 RETURNS SETOF pg_catalog.text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT unnest(ARRAY[
+    'FUNCTION plpy_bg.cluster_context()',
     'FUNCTION %I.pg_background_launch(pg_catalog.text, pg_catalog.int4)',
     'FUNCTION %I.pg_background_result(pg_catalog.int4)',
     'FUNCTION %I.pg_background_detach(pg_catalog.int4)',
@@ -143,4 +153,5 @@ REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.tex
 REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.cluster_context() FROM PUBLIC;
 SELECT @extschema@.grant_pg_background_privileges('pgbackground_role', false);

@@ -1,0 +1,101 @@
+"""The real-server fixture: one throwaway cluster with plpy_bg for the session.
+
+It runs as the OS user postgres through `plpy_bg.cluster` (the path
+`build.py serve` uses). A server that cannot start is a test error, never a
+skip. Roles: alice, bob (application roles with pgbackground_role), admin (a
+DBA role that owns SECURITY DEFINER wrappers) and mallory (no privileges).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+import pytest
+
+from plpy_bg.cluster import Cluster
+
+LIST_COLS = ("pid int4, cookie int8, launched_at timestamptz, user_id oid, queue_size int4, "
+             "state text, sql_preview text, last_error text, consumed bool")
+
+
+class Server:
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def connect(self, user: str = "postgres", dbname: str = "postgres", autocommit: bool = True,
+                **kw) -> psycopg.Connection:
+        return psycopg.connect(self.cluster.dsn(user, dbname), autocommit=autocommit, **kw)
+
+    def sql(self, query: str, params=None, user: str = "postgres", dbname: str = "postgres"):
+        with self.connect(user, dbname) as c:
+            cur = c.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+    def restart(self) -> None:
+        self.cluster.restart()
+
+
+def launch(conn, sql: str, queue_size: int = 0, fn: str = "pg_background_launch_v2") -> tuple[int, int]:
+    row = conn.execute(f"SELECT * FROM {fn}(%s, %s)", (sql, queue_size)).fetchone()
+    return row[0], row[1]
+
+
+def result(conn, h, coldef: str = "r text") -> list[tuple]:
+    return conn.execute(f"SELECT * FROM pg_background_result_v2(%s, %s) AS ({coldef})", h).fetchall()
+
+
+def wait(conn, h, timeout_ms: int = 30000) -> bool:
+    return conn.execute("SELECT pg_background_wait_v2_timeout(%s, %s, %s)", (*h, timeout_ms)).fetchone()[0]
+
+
+def job_row(server: Server, cookie: int) -> dict:
+    with server.connect() as c:
+        c.row_factory = psycopg.rows.dict_row
+        return c.execute("SELECT * FROM plpy_bg.jobs WHERE cookie = %s", (cookie,)).fetchone()
+
+
+def wait_for(pred, timeout: float = 20.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s")
+        time.sleep(interval)
+
+
+def invariants(server: Server) -> list[str]:
+    return [r[0] for r in server.sql("SELECT * FROM plpy_bg.check_invariants()")]
+
+
+ROLES_SQL = """
+CREATE ROLE alice LOGIN;
+CREATE ROLE bob LOGIN;
+CREATE ROLE admin LOGIN;
+CREATE ROLE mallory LOGIN;
+GRANT pgbackground_role TO alice, bob, admin;
+SELECT grant_pg_background_privileges('alice');
+SELECT grant_pg_background_privileges('bob');
+SELECT grant_pg_background_privileges('admin');
+GRANT CREATE ON SCHEMA public TO alice, bob, admin;
+GRANT CREATE ON DATABASE postgres TO alice, bob, admin;
+"""
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory) -> Server:
+    base = tmp_path_factory.mktemp("cluster")
+    os.chmod(base.parent, 0o755)
+    os.chmod(base.parent.parent, 0o755)
+    c = Cluster.create(base, settings={"max_connections": "60"})
+    c.start()
+    s = Server(c)
+    try:
+        s.sql("CREATE EXTENSION plpy_bg CASCADE")
+        with s.connect() as conn:
+            conn.execute(ROLES_SQL)
+        yield s
+    finally:
+        c.destroy()

@@ -1,0 +1,261 @@
+"""Semantics of background jobs on a real server: autonomy, identity, settings, results, errors."""
+import decimal
+import json
+import os
+import signal
+import time
+
+import psycopg
+import pytest
+
+from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait, wait_for
+
+pytestmark = pytest.mark.server
+
+
+def test_launch_returns_at_once_and_runs_concurrently(pg):
+    with pg.connect("alice") as c:
+        t = time.monotonic()
+        h = launch(c, "SELECT pg_sleep(1.5)")
+        assert time.monotonic() - t < 1.0
+        assert h[0] != c.info.backend_pid
+        active = pg.sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (h[0],))
+        assert active == [("active",)]
+        assert wait(c, h)
+
+
+def test_autonomy_survives_rollback(pg):
+    pg.sql("CREATE TABLE IF NOT EXISTS audit (id serial, msg text)", user="alice")
+    with pg.connect("alice", autocommit=False) as c:
+        h = launch(c, "INSERT INTO audit (msg) VALUES ('kept')")
+        c.execute("INSERT INTO audit (msg) VALUES ('rolled back')")
+        assert wait(c, h)
+        c.rollback()
+    msgs = [r[0] for r in pg.sql("SELECT msg FROM audit", user="alice")]
+    assert "kept" in msgs and "rolled back" not in msgs
+
+
+def test_job_row_visible_at_once_and_kept_after_rollback(pg):
+    with pg.connect("alice", autocommit=False) as c:
+        h = launch(c, "SELECT pg_sleep(0.3)")
+        seen = pg.sql("SELECT state FROM plpy_bg.jobs WHERE cookie = %s", (h[1],), user="alice")
+        assert seen == [("running",)]
+        c.rollback()
+    wait_for(lambda: job_row(pg, h[1])["state"] == "completed")
+
+
+def test_identity_is_the_launching_role(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT session_user::text, current_user::text")
+        assert result(c, h, "s text, u text") == [("alice", "alice")]
+
+
+def test_identity_inside_security_definer_is_its_owner(pg):
+    with pg.connect("admin") as c:
+        c.execute("""CREATE OR REPLACE FUNCTION admin_whoami() RETURNS pg_background_handle
+                     LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_catalog AS
+                     $$ SELECT * FROM pg_background_launch_v2('SELECT session_user::text, current_user::text') $$""")
+        c.execute("GRANT EXECUTE ON FUNCTION admin_whoami() TO alice")
+    with pg.connect("alice") as c:
+        h = c.execute("SELECT * FROM admin_whoami()").fetchone()
+        assert result(c, h, "s text, u text") == [("admin", "admin")]
+
+
+@pytest.mark.parametrize("escape", [
+    "RESET SESSION AUTHORIZATION",
+    "SET SESSION AUTHORIZATION postgres",
+    "SET ROLE postgres",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('session_authorization', 'postgres', false)",
+])
+def test_identity_escapes_gain_nothing(pg, escape):
+    with pg.connect("alice") as c:
+        h = launch(c, f"{escape}; SELECT session_user::text, current_user::text, "
+                      "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)")
+        try:
+            rows = result(c, h, "s text, u text, su bool")
+        except psycopg.errors.InsufficientPrivilege:
+            return  # refused outright
+        assert rows == [("alice", "alice", False)]
+
+
+def test_settings_are_inherited(pg):
+    with pg.connect("alice") as c:
+        c.execute("CREATE SCHEMA IF NOT EXISTS alice_s")
+        c.execute("SET search_path = alice_s, public")
+        c.execute("SET statement_timeout = '12345ms'")
+        c.execute("SET lock_timeout = '2s'")
+        c.execute("SET TimeZone = 'Asia/Tokyo'")
+        c.execute("SET DateStyle = 'SQL, DMY'")
+        c.execute("SET application_name = 'myapp'")
+        c.execute("SET myapp.tenant = '42'")
+        c.execute("SET plpy_bg.inherit_settings = 'myapp.tenant'")  # placeholders are not in pg_settings
+        h = launch(c, "SELECT current_setting('search_path'), current_setting('statement_timeout'), "
+                      "current_setting('lock_timeout'), current_setting('TimeZone'), "
+                      "current_setting('DateStyle'), current_setting('application_name'), "
+                      "current_setting('myapp.tenant')")
+        assert result(c, h, "a text, b text, c text, d text, e text, f text, g text") == [
+            ("alice_s, public", "12345ms", "2s", "Asia/Tokyo", "SQL, DMY", "myapp", "42")]
+
+
+TYPE_SETUP = """
+DROP TYPE IF EXISTS mood CASCADE;
+DROP TYPE IF EXISTS pair CASCADE;
+CREATE TYPE mood AS ENUM ('sad', 'happy', 'odd "quoted", (one)');
+CREATE TYPE pair AS (a int, b text);
+"""
+
+FIDELITY_SQL = r"""
+SELECT 123456789012345678901234567890.123456789::numeric AS n,
+       ARRAY[1, NULL, 3]::int[] AS arr,
+       ARRAY[['a b', '"q"'], ['{x}', NULL]]::text[] AS arr2,
+       '{"k": [1, 2.50, null], "s": "é\"\\"}'::jsonb AS j,
+       '\x00ff10'::bytea AS b,
+       '2024-02-29 13:14:15.123456+05:30'::timestamptz AS ts,
+       'odd "quoted", (one)'::mood AS m,
+       ROW(7, 'x, (y) "z"')::pair AS p,
+       NULL::text AS nul,
+       '' AS empty,
+       'unicode ✓ 日本 🎉' AS u,
+       true AS t, false AS f,
+       'NaN'::float8 AS nan, 1e-300::float8 AS tiny,
+       ARRAY[ROW(1, 'a')::pair, ROW(2, NULL)::pair] AS parr
+"""
+FIDELITY_COLS = ("n numeric, arr int[], arr2 text[], j jsonb, b bytea, ts timestamptz, m mood, p pair, "
+                 "nul text, empty text, u text, t bool, f bool, nan float8, tiny float8, parr pair[]")
+
+
+def test_result_type_fidelity(pg):
+    with pg.connect("alice") as c:
+        c.execute(TYPE_SETUP)
+        h = launch(c, FIDELITY_SQL)
+        got = c.execute(f"SELECT row_to_json(r)::text FROM pg_background_result_v2(%s, %s) AS r({FIDELITY_COLS})",
+                        h).fetchone()[0]
+        want = c.execute(f"SELECT row_to_json(r)::text FROM ({FIDELITY_SQL}) r").fetchone()[0]
+        assert got == want
+        # and typed values through the driver
+        h = launch(c, FIDELITY_SQL)
+        row = c.execute(f"SELECT * FROM pg_background_result_v2(%s, %s) AS ({FIDELITY_COLS})", h).fetchone()
+        assert row[0] == decimal.Decimal("123456789012345678901234567890.123456789")
+        assert row[1] == [1, None, 3]
+        assert row[4] == b"\x00\xff\x10"
+        assert row[8] is None and row[9] == "" and row[10] == "unicode ✓ 日本 🎉"
+        assert row[11] is True and row[12] is False
+
+
+def test_big_result_100k_rows(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
+        rows = result(c, h, "g int, m text")
+        assert len(rows) == 100000
+        assert rows[0] == (1, "c4ca4238a0b923820dcc509a6f75849b") and rows[-1][0] == 100000
+
+
+def test_last_row_returning_statement_wins(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT 1; SELECT 'two'::text, 2; CREATE TEMP TABLE tt (a int); INSERT INTO tt VALUES (1)")
+        assert result(c, h, "a text, b int") == [("two", 2)]
+
+
+def test_command_tag_for_commands(pg):
+    pg.sql("CREATE TABLE IF NOT EXISTS tags (a int)", user="alice")
+    with pg.connect("alice") as c:
+        h = launch(c, "INSERT INTO tags SELECT generate_series(1, 3)")
+        assert result(c, h) == [("INSERT 0 3",)]
+        h = launch(c, "SELECT 1 WHERE false")
+        assert result(c, h, "a int") == []
+
+
+def test_results_can_be_read_once(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT 1")
+        assert result(c, h, "a int") == [(1,)]
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="already consumed"):
+            result(c, h, "a int")
+
+
+def test_wrong_column_list_is_a_clear_error(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT 1, 2")
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="malformed record literal"):
+            result(c, h, "a int")
+
+
+@pytest.mark.parametrize("sql, state, msg", [
+    ("SELECT 1/0", "22012", "division by zero"),
+    ("SELEC 1", "42601", "syntax error"),
+])
+def test_job_errors_are_reraised(pg, sql, state, msg):
+    with pg.connect("alice") as c:
+        h = launch(c, sql)
+        with pytest.raises(psycopg.Error) as ei:
+            result(c, h)
+        assert ei.value.sqlstate == state and msg in ei.value.diag.message_primary
+        row = job_row(pg, h[1])
+        assert row["state"] == "failed" and msg in row["last_error"]
+
+
+def test_unique_violation_and_raise_with_detail_hint(pg):
+    with pg.connect("alice") as c:
+        c.execute("CREATE TABLE IF NOT EXISTS uq (a int PRIMARY KEY)")
+        c.execute("INSERT INTO uq VALUES (1) ON CONFLICT DO NOTHING")
+        h = launch(c, "INSERT INTO uq VALUES (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation) as ei:
+            result(c, h)
+        assert "Key (a)=(1) already exists" in ei.value.diag.message_detail
+        h = launch(c, "DO $$ BEGIN RAISE EXCEPTION 'custom failure' USING DETAIL = 'the detail', "
+                      "HINT = 'the hint', ERRCODE = 'P0042'; END $$")
+        with pytest.raises(psycopg.Error) as ei:
+            result(c, h)
+        d = ei.value.diag
+        assert (ei.value.sqlstate, d.message_primary, d.message_detail, d.message_hint) == (
+            "P0042", f"background job {h[0]}: custom failure", "the detail", "the hint")
+
+
+def test_last_error_cut_at_512_bytes_on_utf8_boundary(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "DO $$ BEGIN RAISE EXCEPTION '%', 'a' || repeat('é', 600); END $$")
+        assert wait(c, h)
+        rows = c.execute(f"SELECT last_error FROM pg_background_list_v2() AS ({LIST_COLS}) WHERE cookie = %s",
+                         (h[1],)).fetchall()
+        err = rows[0][0]
+        assert len(err.encode()) <= 512 and len(err.encode()) >= 510
+        assert err == ("a" + "é" * 600).encode()[:512].decode("utf-8", "ignore")
+        assert len(job_row(pg, h[1])["last_error"].encode()) <= 512
+
+
+def test_list_stats_progress(pg):
+    with pg.connect("bob") as c:
+        before = c.execute("SELECT * FROM pg_background_stats_v2()").fetchone()
+        h = launch(c, "SELECT pg_background_progress(40, 'forty'); SELECT pg_sleep(0.6); "
+                      "SELECT pg_background_progress(100, 'done')")
+        wait_for(lambda: c.execute("SELECT * FROM pg_background_get_progress_v2(%s, %s)", h).fetchone()
+                 == (40, "forty"))
+        listed = c.execute(f"SELECT pid, cookie, state, user_id::regrole::text, sql_preview, consumed "
+                           f"FROM pg_background_list_v2() AS ({LIST_COLS})").fetchall()
+        assert (h[0], h[1], "running", "bob") == listed[-1][:4]
+        assert wait(c, h)
+        assert c.execute("SELECT * FROM pg_background_get_progress_v2(%s, %s)", h).fetchone() == (100, "done")
+        after = c.execute("SELECT * FROM pg_background_stats_v2()").fetchone()
+        assert after[0] == before[0] + 1 and after[1] == before[1] + 1 and after[4] == 0 and after[6] == 16
+
+
+def test_progress_outside_a_job_is_an_error(pg):
+    with pg.connect("alice") as c:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="inside a background job"):
+            c.execute("SELECT pg_background_progress(10)")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("SELECT pg_background_progress(101)")
+
+
+def test_sql_preview_hides_literals(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT 'hunter2' AS password, 42")
+        prev = c.execute(f"SELECT sql_preview FROM pg_background_list_v2() AS ({LIST_COLS}) WHERE cookie = %s",
+                         (h[1],)).fetchone()[0]
+        assert "hunter2" not in prev and "42" not in prev
+        result(c, h, "a text, b int")
+
+
+def test_invariants_hold(pg):
+    assert invariants(pg) == []

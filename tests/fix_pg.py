@@ -86,6 +86,16 @@ GRANT CREATE ON DATABASE postgres TO alice, bob, admin;
 
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory) -> Server:
+    yield from _server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_pg(tmp_path_factory) -> Server:
+    """A cluster of the module's own, for tests that kill or restart the server."""
+    yield from _server(tmp_path_factory)
+
+
+def _server(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     os.chmod(base.parent, 0o755)
     os.chmod(base.parent.parent, 0o755)

@@ -112,18 +112,24 @@ def get(plpy, GD) -> Client:
         GD.pop(GD_KEY, None)
     ctx = cluster_context(plpy, GD)
     deadline = time.monotonic() + SPAWN_TIMEOUT
-    spawned = False
+    spawned_at = 0.0
+    pm = _postmaster_pid()
     while True:
         try:
             c = Client(ctx["path"])
+            c.request("hello", postmaster_pid=pm)
             break
+        except PgError as e:  # a dispatcher of a server that restarted: it retires
+            c.close()
+            err = e
         except (FileNotFoundError, ConnectionRefusedError) as e:
-            if not spawned:
+            err = e
+            if time.monotonic() - spawned_at > 1.0:
                 spawn(ctx)
-                spawned = True
-            if time.monotonic() > deadline:
-                raise ConnectionFailure("could not reach the plpy_bg dispatcher", detail=str(e),
-                                        hint=f"See {ctx['path']}.log.") from None
-            time.sleep(0.02)
+                spawned_at = time.monotonic()
+        if time.monotonic() > deadline:
+            raise ConnectionFailure("could not reach the plpy_bg dispatcher", detail=str(err),
+                                    hint=f"See {ctx['path']}.log.") from None
+        time.sleep(0.02)
     GD[GD_KEY] = c
     return c

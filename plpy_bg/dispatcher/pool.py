@@ -48,7 +48,15 @@ class Worker:
         return self.conn.pgconn
 
     def alive(self) -> bool:
-        return self.pgconn.status == pq.ConnStatus.OK
+        """Still connected; reads pending input so a server-side close is noticed."""
+        pg = self.pgconn
+        if pg.status != pq.ConnStatus.OK:
+            return False
+        try:
+            pg.consume_input()
+        except Exception:
+            return False
+        return pg.status == pq.ConnStatus.OK
 
     def close(self) -> None:
         try:

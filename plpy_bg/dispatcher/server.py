@@ -145,6 +145,8 @@ class Dispatcher:
         self.pool = Pool(self._open_worker)
         self.stopping = threading.Event()
         self.started_at = time.time()
+        self.listener: socket.socket | None = None
+        self.lockfile = None
 
     # ---- connections back into the server ----
     def _conninfo(self, db: str, role: str, appname: str) -> dict:
@@ -500,6 +502,20 @@ class Dispatcher:
                 last_reap = now
                 self.pool.reap()
 
+    def retire(self) -> None:
+        """Leave the socket to a dispatcher of the restarted server, then exit."""
+        log.info("postmaster %s was replaced; dispatcher retires", self.postmaster_pid)
+        self.stopping.set()
+        try:
+            if self.listener is not None:
+                self.listener.close()
+            os.unlink(self.socket_path)
+            if self.lockfile is not None:
+                self.lockfile.close()  # releases the flock for the next dispatcher
+        except OSError:
+            pass
+        threading.Timer(0.2, lambda: os._exit(0)).start()
+
     def _postmaster_alive(self) -> bool:
         try:
             os.kill(self.postmaster_pid, 0)
@@ -625,6 +641,12 @@ class Dispatcher:
         if op == "ensure_role":
             self.ensure_ident(req["db"], req["role"])
             return {}
+        if op == "hello":
+            if int(req.get("postmaster_pid") or 0) != self.postmaster_pid:
+                self.retire()
+                raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
+                              hint="Reconnect; a new dispatcher starts.")
+            return {"epoch": self.epoch}
         if op == "ping":
             return {"epoch": self.epoch, "pid": os.getpid()}
         if op == "invariants":
@@ -662,10 +684,16 @@ class Dispatcher:
             os.umask(old)
         os.chmod(self.socket_path, 0o600)
         srv.listen(256)
+        self.listener = srv
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
         log.info("dispatcher %s listening on %s (postmaster %s)", self.epoch, self.socket_path, self.postmaster_pid)
         while not self.stopping.is_set():
-            conn, _ = srv.accept()
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                if self.stopping.is_set():
+                    break
+                raise
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, _gid = struct.unpack("3i", creds)
             if uid not in (os.geteuid(), 0):
@@ -692,13 +720,19 @@ def main(argv=None) -> int:
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
     path = socket_path_for(args.sockdir, args.port)
     lockf = open(path + ".lock", "a")
-    try:
-        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another dispatcher serves this cluster
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return 0  # another dispatcher serves this cluster
+            time.sleep(0.05)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s plpy_bg dispatcher[%(process)d] %(levelname)s %(message)s")
     d = Dispatcher(args.sockdir, args.port, args.admin_role, args.postmaster_pid, path)
+    d.lockfile = lockf
     lockf.seek(0)
     lockf.truncate()
     lockf.write(f"{os.getpid()}\n")

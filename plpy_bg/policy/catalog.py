@@ -1,0 +1,144 @@
+"""Catalog lookups for provenance and policy, cached with PostgreSQL's own invalidation.
+
+A cached answer is used only while the backend's SharedInvalidMessageCounter
+is unchanged (any committed catalog change anywhere bumps it when this
+backend next accepts invalidations, exactly when its syscache would notice)
+and only in a transaction without an xid (one that wrote nothing, so no
+uncommitted catalog change of our own can be hiding). Otherwise we query.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from plpy_bg.policy import native
+
+_Q_ROLE = ("SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = $1", ["oid"])
+_Q_ROLE_BY_NAME = ("SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = $1", ["name"])
+_Q_PROC = ("""
+SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
+       p.proowner, r.rolname AS owner, l.lanname, p.prosecdef, p.prokind,
+       p.xmin::text::int8 AS xmin, p.ctid::text AS ctid
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+WHERE p.oid = $1""", ["oid"])
+_Q_RELS = ("""
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules, c.relowner, r.rolname AS owner
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+WHERE c.oid = ANY($1)""", ["oid[]"])
+_Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["oid", "oid"])
+_Q_FUNCS = ("""
+SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
+       p.proowner, r.rolname AS owner, p.prosecdef, p.pronargs, p.pronargdefaults,
+       p.provariadic <> 0 AS variadic, l.lanname
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+WHERE p.proname = $1 AND n.nspname = ANY($2)
+  AND NOT coalesce(r.rolsuper, false)  -- superusers are trusted by everyone""", ["name", "name[]"])
+_Q_OPS = ("""
+SELECT o.oid, n.nspname, o.oprname, o.oprowner, ro.rolname AS opowner,
+       o.oprleft, o.oprright, o.oprcode::oid AS func, p.proowner, rp.rolname AS funcowner,
+       p.prosecdef, pg_catalog.format('%s(%s)', o.oprname,
+         pg_catalog.concat_ws(', ', o.oprleft::regtype, o.oprright::regtype)) AS signature
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = o.oprowner
+LEFT JOIN pg_catalog.pg_roles rp ON rp.oid = p.proowner
+WHERE o.oprname = $1 AND n.nspname = ANY($2)
+  AND NOT (coalesce(ro.rolsuper, false) AND coalesce(rp.rolsuper, false))""", ["name", "name[]"])
+_Q_TRUST = ("SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster = $1", ["oid"])
+_Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
+
+
+class Catalog:
+    """Cached lookups for one backend; `catalog(plpy)` returns the shared instance."""
+
+    def __init__(self, plpy, be: native.Backend):
+        self.plpy = plpy
+        self.be = be
+        self._plans: dict[str, Any] = {}
+        self._cache: dict[tuple, Any] = {}
+        self._tag: int | None = None
+        self.queries = 0  # for tests and the benchmark: how often we went to SPI
+
+    def _cacheable(self) -> bool:
+        if self.be.has_xid():
+            return False
+        tag = self.be.sinval_counter()
+        if tag != self._tag:
+            self._cache.clear()
+            self._tag = tag
+        return True
+
+    def _run(self, q: tuple[str, list[str]], *args) -> list:
+        plan = self._plans.get(q[0])
+        if plan is None:
+            plan = self._plans[q[0]] = self.plpy.prepare(q[0], q[1])
+        self.queries += 1
+        return list(self.plpy.execute(plan, list(args)))
+
+    def _cached(self, key: tuple, q: tuple[str, list[str]], *args) -> list:
+        use = self._cacheable()
+        if use and key in self._cache:
+            return self._cache[key]
+        rows = [dict(r) for r in self._run(q, *args)]
+        if use:
+            self._cache[key] = rows
+        return rows
+
+    def role(self, oid: int) -> dict | None:
+        rows = self._cached(("role", oid), _Q_ROLE, oid)
+        return {"oid": oid, "name": rows[0]["rolname"], "superuser": rows[0]["rolsuper"]} if rows else None
+
+    def role_by_name(self, name: str) -> dict | None:
+        rows = self._cached(("rolename", name), _Q_ROLE_BY_NAME, name)
+        return {"oid": int(rows[0]["oid"]), "name": name, "superuser": rows[0]["rolsuper"]} if rows else None
+
+    def proc(self, oid: int) -> dict | None:
+        rows = self._cached(("proc", oid), _Q_PROC, oid)
+        if not rows:
+            return None
+        r = rows[0]
+        block, off = r["ctid"].strip("()").split(",")
+        return {"oid": oid, "schema": r["nspname"], "name": r["proname"], "args": r["args"],
+                "owner_oid": int(r["proowner"]), "owner": r["owner"], "language": r["lanname"],
+                "security_definer": r["prosecdef"], "prokind": r["prokind"],
+                "xmin": int(r["xmin"]), "ctid": (int(block), int(off))}
+
+    def relations(self, oids: list[int]) -> list[dict]:
+        key = ("rels", tuple(sorted(set(oids))))
+        return self._cached(key, _Q_RELS, list(key[1]))
+
+    def can_become(self, member: int, role: int) -> bool:
+        """True when `member` may SET ROLE to `role` (superusers may become anyone)."""
+        rows = self._cached(("member", member, role), _Q_MEMBER, member, role)
+        return bool(rows and rows[0]["m"])
+
+    def functions_named(self, name: str, schemas: tuple[str, ...]) -> list[dict]:
+        return self._cached(("funcs", name, schemas), _Q_FUNCS, name, list(schemas))
+
+    def operators_named(self, name: str, schemas: tuple[str, ...]) -> list[dict]:
+        return self._cached(("ops", name, schemas), _Q_OPS, name, list(schemas))
+
+    def declared_trustees(self, truster: int) -> set[int]:
+        """Roles `truster` declared trust in; never cached (plain DML sends no invalidation)."""
+        ok = self._cached(("has_trust",), _Q_HAS_TRUST)
+        if not (ok and ok[0]["ok"]):
+            return set()
+        return {int(r["trustee"]) for r in self._run(_Q_TRUST, truster)}
+
+
+_CATALOG: Catalog | None = None
+
+
+def catalog(plpy) -> Catalog:
+    global _CATALOG
+    if _CATALOG is None or _CATALOG.plpy is not plpy:
+        _CATALOG = Catalog(plpy, native.backend(plpy))
+    return _CATALOG

@@ -1,0 +1,242 @@
+"""The launch-time decision: may this chain make `job_role` run this SQL?
+
+Rules, in order:
+1. Identity changes (SET ROLE, SESSION AUTHORIZATION, set_config of them,
+   RESET ALL, DISCARD ALL) are refused in every job.
+2. A function or operator the job may call, owned by a role the job role
+   does not trust and not SECURITY DEFINER, is refused: it would run that
+   role's code with the job role's privileges. Unqualified names are
+   resolved against the job's search_path, counting every visible overload
+   a better type match could pick, not only the first schema.
+3. When the effective chain (see `provenance`) holds a role the job role
+   does not trust, statements of the kinds in
+   `classify.KINDS_REFUSED_WHEN_UNTRUSTED` are refused.
+Reads, writes and ordinary settings stay allowed: untrusted code that
+already runs as the job role could do those itself.
+"""
+from __future__ import annotations
+
+import re
+
+from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
+from plpy_bg.policy import catalog as _catalog
+from plpy_bg.policy.classify import (KINDS_ALWAYS_REFUSED, KINDS_REFUSED_WHEN_UNTRUSTED,
+                                     ClassifyError, classify)
+from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
+
+FIRST_NORMAL_OID = 16384
+_PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
+
+
+def parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
+    """Schemas searched for functions, in order, pg_catalog first unless placed explicitly."""
+    out: list[str] = []
+    for m in _PATH_ITEM.finditer(path or ""):
+        item = m.group(1).strip()
+        if not item:
+            continue
+        if item.startswith('"'):
+            name = item[1:-1].replace('""', '"')
+        else:
+            name = item.lower()
+        if name == "$user":
+            name = role
+        if name == "pg_temp" or name.startswith("pg_temp_"):
+            continue  # functions are never looked up in the temporary schema unqualified
+        out.append(name)
+    if "pg_catalog" not in out:
+        out.insert(0, "pg_catalog")
+    return tuple(dict.fromkeys(out))
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _describe(e: dict) -> str:
+    k = e["kind"]
+    role = f'"{e.get("role")}"'
+    if k == "session":
+        return f"session user {role}"
+    if k == "unknown":
+        return f'unidentified frame ({e.get("detail", "no detail")})'
+    if k == "inline":
+        return f'anonymous code block ({e.get("language")})'
+    if k in ("view", "rule"):
+        what = "view" if k == "view" else "table with rules"
+        return f'{what} {e.get("name")} owned by {role}'
+    if k == "job":
+        return f'parent job (pid {e.get("pid")}) running as {role}'
+    sd = "SECURITY DEFINER" if e.get("security_definer") else "SECURITY INVOKER"
+    what = {"trigger": "trigger function", "statement function": "function used by the statement"}.get(k, "function")
+    return f'{what} {e.get("name")} owned by {role} ({e.get("language")}, {sd})'
+
+
+def chain_detail(chain: list[dict], job_role: str, culprit: int | None) -> str:
+    lines = ["Chain of custody, outermost first:"]
+    for i, e in enumerate(chain):
+        mark = ""
+        if i == culprit:
+            mark = f'   <-- not trusted by "{job_role}": it enters here'
+        elif not e.get("effective", True):
+            mark = "   (outside the SECURITY DEFINER boundary)"
+        elif e.get("inherited"):
+            mark = "   (inherited from the parent job)"
+        lines.append(f"  {i + 1}. {_describe(e)}{mark}")
+    lines.append(f'The job would run as "{job_role}".')
+    return "\n".join(lines)
+
+
+def _induce(who: str | None, job_role: str, command: str, detail: str, hint: str | None) -> InsufficientPrivilege:
+    subject = f'user "{who}"' if who else "unidentified code"
+    return InsufficientPrivilege(f'{subject} may not induce user "{job_role}" to execute "{command}"',
+                                 detail=detail, hint=hint)
+
+
+def _trust_hint(job_role: str, who: str | None) -> str:
+    if who is None:
+        return ("Launch the job from top level or from a PL/pgSQL, PL/Python or SQL function, "
+                "so its origin can be established.")
+    return (f'If "{job_role}" trusts "{who}", run SELECT {TRUST_FUNCTION}({_lit(who)}) '
+            f'as "{job_role}", or launch the job from code "{job_role}" trusts.')
+
+
+def _plausible(c: dict, nargs: int) -> bool:
+    lo = int(c["pronargs"]) - int(c["pronargdefaults"])
+    return lo <= nargs <= int(c["pronargs"]) or (bool(c["variadic"]) and nargs >= int(c["pronargs"]) - 1)
+
+
+def _risky_functions(cat, tc: TrustCache, job_oid: int, statements: list[dict], base_path: tuple[str, ...] | None,
+                     path_source, job_role: str) -> tuple[list[dict], list[dict]]:
+    """(functions/operators resolved with owners, the untrusted ones)."""
+    resolved: list[dict] = []
+    bad: list[dict] = []
+    path = base_path
+    for st in statements:
+        if "sets_search_path" in st:
+            p = st["sets_search_path"]
+            path = path_source() if p is None else parse_search_path(p, job_role)
+            if p == "?":
+                bad.append({"name": "set_config('search_path')", "role": None, "role_oid": None,
+                            "detail": "search_path set to a value computed at run time"})
+        refs = [("function", f["name"], f["nargs"]) for f in st["functions"]] + \
+               [("operator", o["name"], None) for o in st["operators"]]
+        for what, parts, nargs in refs:
+            if not parts:
+                continue
+            if path is None:
+                path = path_source()
+            schemas = (parts[0],) if len(parts) > 1 else path
+            name = parts[-1]
+            if what == "function":
+                cands = [c for c in cat.functions_named(name, schemas) if _plausible(c, nargs)]
+                for c in cands:
+                    owner = int(c["proowner"])
+                    entry = {"kind": "function", "name": f'{c["nspname"]}.{c["proname"]}({c["args"]})',
+                             "oid": int(c["oid"]), "role_oid": owner, "role": c["owner"],
+                             "language": c["lanname"], "security_definer": bool(c["prosecdef"])}
+                    resolved.append(entry)
+                    if not c["prosecdef"] and tc.reason(job_oid, owner) is None:
+                        bad.append(entry)
+            else:
+                for c in cat.operators_named(name, schemas):
+                    builtin_types = int(c["oprleft"]) < FIRST_NORMAL_OID and int(c["oprright"]) < FIRST_NORMAL_OID
+                    if len(parts) == 1 and not builtin_types:
+                        continue  # only operands of the owner's own types can pick it
+                    entry = {"kind": "operator", "name": f'{c["nspname"]}.{c["signature"]}',
+                             "oid": int(c["oid"]), "role_oid": int(c["proowner"]), "role": c["funcowner"],
+                             "operator_owner": c["opowner"], "security_definer": bool(c["prosecdef"])}
+                    resolved.append(entry)
+                    for owner, role in ((int(c["proowner"]), c["funcowner"]), (int(c["oprowner"]), c["opowner"])):
+                        if (owner == int(c["proowner"]) and c["prosecdef"]) or tc.reason(job_oid, owner):
+                            continue
+                        bad.append({**entry, "role_oid": owner, "role": role})
+                        break
+    return resolved, bad
+
+
+def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | None = None) -> dict:
+    """Classify `sql`, decide, and return the classification to store with the job.
+
+    Raises InsufficientPrivilege (42501) when the job is refused. `search_path`
+    is the path the job will start with (default: this session's).
+    """
+    try:
+        cls = classify(sql)
+    except ClassifyError as e:
+        raise PgError("syntax error in background job SQL", detail=str(e), sqlstate="42601") from None
+    cat = _catalog.catalog(plpy)
+    role = cat.role_by_name(job_role)
+    if role is None:
+        raise ObjectNotFound(f'role "{job_role}" does not exist')
+    job_oid = role["oid"]
+    tc = TrustCache(cat)
+    chain = provenance.get("chain") or []
+    culprit = None
+    for i, e in enumerate(chain):
+        if not e.get("effective", True) or e["kind"] == "inline":
+            continue  # inline code is authored by whoever ran it, already in the chain
+        if tc.reason(job_oid, e.get("role_oid")) is None:
+            culprit = i
+            break
+    statements = cls["statements"]
+    detail = None
+
+    def lazy_detail() -> str:
+        return chain_detail(chain, job_role, culprit)
+
+    for st in statements:
+        if st["kind"] in KINDS_ALWAYS_REFUSED:
+            if culprit is not None:
+                who = chain[culprit].get("role")
+                raise _induce(who, job_role, st["command"], lazy_detail(), _trust_hint(job_role, who))
+            raise InsufficientPrivilege(
+                f'background job may not execute "{st["command"]}"',
+                detail=f'A job runs as the role that launched it ("{job_role}") and may not change its identity.',
+                hint="Launch the job as the role it should run as.")
+
+    def path_source() -> tuple[str, ...]:
+        p = search_path
+        if p is None:
+            p = plpy.execute("SELECT pg_catalog.current_setting('search_path') AS p")[0]["p"]
+        return parse_search_path(p, job_role)
+
+    resolved, bad = _risky_functions(cat, tc, job_oid, statements, None, path_source, job_role)
+    if bad:
+        b = bad[0]
+        detail = (f'{_describe(b) if b["kind"] == "function" else "operator " + b["name"]} '
+                  f'would run with the privileges of "{job_role}", who does not trust "{b.get("role")}".\n'
+                  + lazy_detail())
+        raise _induce(b.get("role"), job_role, b["name"], detail, _trust_hint(job_role, b.get("role")))
+    if culprit is not None:
+        for st in statements:
+            if st["kind"] in KINDS_REFUSED_WHEN_UNTRUSTED:
+                who = chain[culprit].get("role")
+                raise _induce(who, job_role, st["command"], lazy_detail(), _trust_hint(job_role, who))
+    return {
+        **cls,
+        "job_role": job_role,
+        "job_role_oid": job_oid,
+        "chain_trusted": culprit is None,
+        "untrusted_entry": culprit,
+        "untrusted_role": chain[culprit].get("role") if culprit is not None else None,
+        "resolved": resolved,
+        "decision": "allowed",
+    }
+
+
+def require_trusted_chain(plpy, provenance: dict, role: str, command: str, hint: str | None = None) -> None:
+    """Raise the induce error unless every effective entry of `provenance` is trusted by `role`."""
+    cat = _catalog.catalog(plpy)
+    r = cat.role_by_name(role)
+    if r is None:
+        raise ObjectNotFound(f'role "{role}" does not exist')
+    tc = TrustCache(cat)
+    chain = provenance.get("chain") or []
+    for i, e in enumerate(chain):
+        if not e.get("effective", True) or e["kind"] == "inline":
+            continue
+        if tc.reason(r["oid"], e.get("role_oid")) is None:
+            who = e.get("role")
+            raise _induce(who, role, command, chain_detail(chain, role, i),
+                          hint or _trust_hint(role, who))

@@ -1,0 +1,67 @@
+"""Faults: a killed job backend, a server restart with jobs running, a killed dispatcher."""
+import os
+import signal
+import time
+
+import psycopg
+import pytest
+
+from tests.fix_pg import invariants, job_row, launch, result, wait, wait_for
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def _reconnect(server, user="postgres", timeout=30):
+    return wait_for(lambda: _try_connect(server, user), timeout=timeout, interval=0.2)
+
+
+def _try_connect(server, user):
+    try:
+        c = server.connect(user)
+        c.execute("SELECT 1")
+        return c
+    except psycopg.OperationalError:
+        return None
+
+
+def test_sigkill_of_a_job_backend(own_pg):
+    with own_pg.connect("alice") as c:
+        h = launch(c, "SELECT pg_sleep(30)")
+    os.kill(h[0], signal.SIGKILL)  # the postmaster then restarts every backend
+    c = _reconnect(own_pg, "alice")
+    wait_for(lambda: job_row(own_pg, h[1]) and job_row(own_pg, h[1])["state"] != "running", timeout=30)
+    row = job_row(own_pg, h[1])
+    assert row["state"] in ("failed", "lost") and row["last_error"]
+    h2 = launch(c, "SELECT 'after crash'")  # the dispatcher survived and works
+    assert result(c, h2) == [("after crash",)]
+    assert invariants(own_pg) == []
+    c.close()
+
+
+def test_server_restart_with_jobs_running(own_pg):
+    with own_pg.connect("alice") as c:
+        hs = [launch(c, "SELECT pg_sleep(30)", fn="pg_background_submit_v2") for _ in range(3)]
+    own_pg.cluster.restart()
+    c = _reconnect(own_pg, "alice")
+    h = launch(c, "SELECT 'after restart'")  # starts a new dispatcher, which reconciles
+    assert result(c, h) == [("after restart",)]
+    for old in hs:
+        wait_for(lambda: job_row(own_pg, old[1])["state"] != "running", timeout=30)
+        row = job_row(own_pg, old[1])
+        assert row["state"] in ("failed", "lost") and row["last_error"]
+    assert invariants(own_pg) == []
+    c.close()
+
+
+def test_killed_dispatcher_is_replaced_and_its_jobs_recorded(own_pg):
+    with own_pg.connect("alice") as c:
+        h = launch(c, "SELECT pg_sleep(30)", fn="pg_background_submit_v2")
+        lock = next(own_pg.cluster.sockdir.glob(".s.plpy_bg.*.lock"))
+        pid = int(lock.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(psycopg.errors.ConnectionFailure, match="dispatcher was lost"):
+            launch(c, "SELECT 1")
+        h2 = launch(c, "SELECT 'new dispatcher'")
+        assert result(c, h2) == [("new dispatcher",)]
+    wait_for(lambda: job_row(own_pg, h[1])["state"] != "running", timeout=30)
+    assert job_row(own_pg, h[1])["state"] in ("lost", "failed")

@@ -209,7 +209,7 @@ class _Fetcher:
     def __init__(self, plpy, GD, pid, cookie):
         self.plpy, self.GD, self.pid = plpy, GD, pid
         self.cl = dclient.get(plpy, GD)
-        self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
+        self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS, **_whoami(plpy, GD)}
         self.first = True
         self.final = None
 

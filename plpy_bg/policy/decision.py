@@ -69,19 +69,20 @@ def _describe(e: dict) -> str:
         return f'parent job (pid {e.get("pid")}) running as {role}'
     sd = "SECURITY DEFINER" if e.get("security_definer") else "SECURITY INVOKER"
     what = {"trigger": "trigger function", "statement function": "function used by the statement"}.get(k, "function")
-    return f'{what} {e.get("name")} owned by {role} ({e.get("language")}, {sd})'
+    lang = f'{e["language"]}, ' if e.get("language") else ""
+    return f'{what} {e.get("name")} owned by {role} ({lang}{sd})'
 
 
 def chain_detail(chain: list[dict], job_role: str, culprit: int | None) -> str:
     lines = ["Chain of custody, outermost first:"]
     for i, e in enumerate(chain):
         mark = ""
-        if i == culprit:
-            mark = f'   <-- not trusted by "{job_role}": it enters here'
+        if e.get("inherited"):
+            mark = "   (inherited from the parent job)"
         elif not e.get("effective", True):
             mark = "   (outside the SECURITY DEFINER boundary)"
-        elif e.get("inherited"):
-            mark = "   (inherited from the parent job)"
+        if i == culprit:
+            mark += f'   <-- not trusted by "{job_role}": it enters here'
         lines.append(f"  {i + 1}. {_describe(e)}{mark}")
     lines.append(f'The job would run as "{job_role}".')
     return "\n".join(lines)

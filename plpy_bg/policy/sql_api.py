@@ -21,7 +21,12 @@ def _run(plpy, q: str, trustee) -> None:
     plan = _plans.get(q)
     if plan is None:
         plan = _plans[q] = plpy.prepare(q, ["regrole"])
-    plpy.execute(plan, [trustee])
+    try:
+        plpy.execute(plan, [trustee])
+    except plpy.SPIError as e:  # keep trust_guard's refusal as it was worded, not wrapped in "spiexceptions..."
+        msg = str(e.args[0] if e.args else e).removeprefix("plpy_bg: ")
+        _raise(plpy, PgError(msg, getattr(e, "detail", None), getattr(e, "hint", None),
+                             getattr(e, "sqlstate", None) or "XX000"))
 
 
 def _raise(plpy, e: PgError) -> None:

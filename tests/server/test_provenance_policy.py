@@ -156,6 +156,11 @@ def refused(conn, sql: str, *args) -> psycopg.errors.Error:
     return ei.value
 
 
+def primary(err) -> str:
+    """The message without PL/Python's "<exception class>: " prefix (plpy_bg's is "plpy_bg: ")."""
+    return re.sub(r"^[\w.]+: ", "", err.diag.message_primary)
+
+
 def kinds(prov: dict) -> list[tuple]:
     return [(e["kind"], e.get("role"), e.get("name"), e.get("effective")) for e in prov["chain"]]
 
@@ -199,7 +204,7 @@ def test_migration_from_do_block_with_many_statements(as_role):
 def test_trigger_trojan_is_refused(as_role):
     err = refused(as_role("admin"), "INSERT INTO trap.t VALUES (1)")
     d = err.diag
-    assert d.message_primary == 'user "alice" may not induce user "admin" to execute "ALTER ROLE"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "ALTER ROLE"'
     assert "trigger function trap.trg() owned by \"alice\"" in d.message_detail
     assert re.search(r"trap\.trg\(\).*<-- not trusted by \"admin\"", d.message_detail)
     assert "pg_background_trust('alice')" in d.message_hint
@@ -207,13 +212,13 @@ def test_trigger_trojan_is_refused(as_role):
 
 def test_view_trojan_is_refused(as_role):
     err = refused(as_role("admin"), "SELECT * FROM trap.v")
-    assert err.diag.message_primary == 'user "alice" may not induce user "admin" to execute "CREATE ROLE"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "CREATE ROLE"'
     assert 'view trap.v owned by "alice"' in err.diag.message_detail
 
 
 def test_inlined_sql_function_trojan_is_refused(as_role):
     err = refused(as_role("admin"), "SELECT trap.inl()")
-    assert err.diag.message_primary == 'user "alice" may not induce user "admin" to execute "DROP"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "DROP"'
     assert "trap.inl()" in err.diag.message_detail
 
 
@@ -221,20 +226,20 @@ def test_search_path_hijack_is_refused(as_role):
     conn = as_role("admin")
     conn.execute("SET search_path = app, public")
     err = refused(conn, "SELECT public.launch_check('SELECT cleanup(1)')")
-    assert err.diag.message_primary == 'user "alice" may not induce user "admin" to execute "public.cleanup(bigint)"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "public.cleanup(bigint)"'
     out = run(conn, "SELECT public.launch_check('SELECT app.cleanup(1)')")
     assert out["classification"]["decision"] == "allowed"
     conn.execute("SET search_path = app")
     run(conn, "SELECT public.launch_check('SELECT cleanup(1)')")
     err = refused(conn, "SELECT public.launch_check('SET search_path = public, app; SELECT cleanup(1)')")
-    assert "public.cleanup(bigint)" in err.diag.message_primary
+    assert "public.cleanup(bigint)" in primary(err)
 
 
 def test_identity_change_is_always_refused(as_role):
     for sql in ("SET ROLE admin", "RESET SESSION AUTHORIZATION", "SELECT set_config('role', 'admin', false)",
                 "DISCARD ALL", "RESET ALL"):
         err = refused(as_role("admin"), "SELECT public.launch_check(%s)", sql)
-        assert err.diag.message_primary.startswith("background job may not execute")
+        assert primary(err).startswith("background job may not execute")
 
 
 def test_explicit_trust_and_withdrawal(as_role):
@@ -257,7 +262,7 @@ def test_nobody_declares_trust_for_another(as_role):
 
 def test_trojan_cannot_declare_trust_on_the_victims_behalf(as_role):
     err = refused(as_role("admin"), "INSERT INTO trap.t2 VALUES (1)")
-    assert err.diag.message_primary == 'user "alice" may not induce user "admin" to execute "pg_background_trust"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "pg_background_trust"'
 
 
 def test_trust_through_membership_is_one_way(as_role, cluster):
@@ -268,7 +273,7 @@ def test_trust_through_membership_is_one_way(as_role, cluster):
         run(as_role("alice"), "WITH x AS (INSERT INTO bobs.t VALUES (1) RETURNING 1) SELECT '{}'::text FROM x")
         # alice cannot become bob: bob does not trust alice's trigger
         err = refused(as_role("bob"), "INSERT INTO trap.t VALUES (1)")
-        assert err.diag.message_primary == 'user "alice" may not induce user "bob" to execute "ALTER ROLE"'
+        assert primary(err) == 'user "alice" may not induce user "bob" to execute "ALTER ROLE"'
     finally:
         with psycopg.connect(cluster.dsn(), autocommit=True) as su:
             su.execute("REVOKE alice FROM bob")
@@ -301,21 +306,31 @@ def test_catalog_cache_sees_ownership_change(as_role, cluster):
             su.execute("ALTER FUNCTION app.migrate() OWNER TO admin")
 
 
-def test_nested_launch_inherits_parent_chain(as_role):
-    conn = as_role("admin")
-    parent = {"pid": 1, "cookie": 2, "role": "admin",
-              "provenance": {"chain": [{"kind": "session", "role": "alice", "role_oid": 0, "effective": True}]}}
-    conn.execute("""CREATE OR REPLACE FUNCTION pg_temp.nested(p text, s text) RETURNS text LANGUAGE plpython3u AS $python$
+def test_nested_launch_inherits_parent_chain(cluster):
+    with psycopg.connect(cluster.dsn(), autocommit=True) as su:
+        alice = su.execute("SELECT 'alice'::regrole::oid::int").fetchone()[0]
+        parent = {"pid": 1, "cookie": 2, "role": "admin",
+                  "provenance": {"chain": [{"kind": "trigger", "role": "alice", "role_oid": alice,
+                                            "name": "trap.trg()", "effective": True}]}}
+        su.execute("""CREATE FUNCTION pg_temp.nested(p text, s text) RETURNS text LANGUAGE plpython3u AS $python$
 #PLPY_BG_PREAMBLE
 import json
 from plpy_bg import policy
 from plpy_bg.errors import PgError
-prov = policy.capture_provenance(plpy, parent_job=json.loads(p))
+prov = policy.capture_provenance(plpy, parent_job=json.loads(p) if p else None)
 try:
-    return json.dumps(policy.check(plpy, s, prov, "admin"))
+    return json.dumps({"provenance": prov, "classification": policy.check(plpy, s, prov, "admin")})
 except PgError as e:
     e.raise_in(plpy)
 $python$""".replace("#PLPY_BG_PREAMBLE", PREAMBLE))
+        out = run(su, "SELECT pg_temp.nested(%s, 'SELECT 1')", json.dumps(parent))
+        assert out["provenance"]["parent_job"] == {"pid": 1, "cookie": 2, "role": "admin"}
+        assert out["provenance"]["chain"][0]["inherited"] is True
+        assert out["classification"]["chain_trusted"] is False
+        run(su, "SELECT pg_temp.nested(NULL, 'CREATE TABLE nested_ok (x int)')")
+        err = refused(su, "SELECT pg_temp.nested(%s, 'CREATE TABLE nested_bad (x int)')", json.dumps(parent))
+        assert primary(err) == 'user "alice" may not induce user "admin" to execute "CREATE TABLE"'
+        assert "(inherited from the parent job)" in err.diag.message_detail
 
 
 def test_ddl_guard_refuses_dynamic_ddl_in_untrusted_job(as_role):
@@ -327,7 +342,7 @@ def test_ddl_guard_refuses_dynamic_ddl_in_untrusted_job(as_role):
                                "untrusted_role": "alice"}}
     conn.execute("SELECT public.fake_job(%s)", (json.dumps(info),))
     err = refused(conn, "CREATE TABLE app.dyn (x int)")
-    assert err.diag.message_primary == 'user "alice" may not induce user "admin" to execute "CREATE TABLE"'
+    assert primary(err) == 'user "alice" may not induce user "admin" to execute "CREATE TABLE"'
     info["classification"]["chain_trusted"] = True
     conn.execute("SELECT public.fake_job(%s)", (json.dumps(info),))
     conn.execute("CREATE TABLE app.dyn (x int)")

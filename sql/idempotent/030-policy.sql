@@ -1,0 +1,90 @@
+-- Provenance policy: trust declarations and the runtime DDL guard for job workers.
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_trust(trustee pg_catalog.regrole)
+RETURNS pg_catalog.void LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg.policy import sql_api
+return sql_api.trust(plpy, trustee)
+$python$;
+COMMENT ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) IS
+    'let jobs that run as the current role be launched through code of trustee';
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_distrust(trustee pg_catalog.regrole)
+RETURNS pg_catalog.void LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg.policy import sql_api
+return sql_api.distrust(plpy, trustee)
+$python$;
+COMMENT ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) IS
+    'withdraw trust declared with pg_background_trust()';
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_trusted(
+    OUT truster pg_catalog.regrole, OUT trustee pg_catalog.regrole, OUT declared_at pg_catalog.timestamptz)
+RETURNS SETOF pg_catalog.record LANGUAGE sql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $sql$
+SELECT t.truster::pg_catalog.regrole, t.trustee::pg_catalog.regrole, t.declared_at
+FROM plpy_bg.trust t ORDER BY 1, 2
+$sql$;
+COMMENT ON FUNCTION @extschema@.pg_background_trusted() IS
+    'trust declared by or in the current role';
+
+-- Runs as the declaring role: a trust row may only come from a chain that role already trusts.
+CREATE OR REPLACE FUNCTION plpy_bg.trust_guard()
+RETURNS trigger LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg.policy import sql_api
+return sql_api.trust_guard(plpy, TD)
+$python$;
+
+DROP TRIGGER IF EXISTS trust_guard ON plpy_bg.trust;
+CREATE TRIGGER trust_guard BEFORE INSERT OR UPDATE ON plpy_bg.trust
+    FOR EACH ROW EXECUTE FUNCTION plpy_bg.trust_guard();
+
+-- PL/Python cannot be an event trigger: a PL/pgSQL shell passes the tag to the Python check.
+CREATE OR REPLACE FUNCTION plpy_bg.policy_ddl_check(tag pg_catalog.text)
+RETURNS pg_catalog.void LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg.policy import sql_api
+return sql_api.ddl_check(plpy, tag)
+$python$;
+
+-- SECURITY DEFINER so that issuing DDL needs no privilege on schema plpy_bg; the check reads only this backend's job.
+CREATE OR REPLACE FUNCTION plpy_bg.policy_ddl_guard()
+RETURNS event_trigger LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $plpgsql$
+BEGIN
+    PERFORM plpy_bg.policy_ddl_check(TG_TAG);
+END
+$plpgsql$;
+
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname OPERATOR(pg_catalog.=) 'plpy_bg_policy_ddl_guard') THEN
+        CREATE EVENT TRIGGER plpy_bg_policy_ddl_guard ON ddl_command_start
+            EXECUTE FUNCTION plpy_bg.policy_ddl_guard();
+    END IF;
+END
+$do$;
+
+-- privileges
+REVOKE ALL ON TABLE plpy_bg.trust FROM PUBLIC;
+GRANT SELECT, INSERT, DELETE ON TABLE plpy_bg.trust TO pgbackground_role;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_trusted() FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.policy_ddl_check(pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.policy_ddl_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.trust_guard() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) TO pgbackground_role;
+GRANT EXECUTE ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) TO pgbackground_role;
+GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trusted() TO pgbackground_role;

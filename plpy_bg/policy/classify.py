@@ -213,7 +213,7 @@ def _classify_statement(node_type: str, body: dict) -> tuple[str, str, list[str]
                 return k, f"EXPLAIN {itag}", r
         return "read", "EXPLAIN", []
     if node_type == "CreateExtensionStmt":
-        return "ddl", tag, []
+        return "server", tag, ["an extension may load shared libraries"]
     for group, kind in ((_READ, "read"), (_WRITE, "write"), (_SETTING, "setting"),
                         (_MAINTENANCE, "maintenance"), (_SERVER, "server"),
                         (_PRIVILEGE, "privilege"), (_OPAQUE, "opaque")):

@@ -1,0 +1,45 @@
+"""Pure parts of the decision: search_path parsing, chain wording, SECURITY DEFINER boundary."""
+from __future__ import annotations
+
+from plpy_bg.policy.decision import chain_detail, parse_search_path
+from plpy_bg.policy.provenance import mark_boundary
+
+
+def test_search_path_parsing():
+    assert parse_search_path('"$user", public', "alice") == ("pg_catalog", "alice", "public")
+    assert parse_search_path('app, pg_catalog, "My Schema"', "a") == ("app", "pg_catalog", "My Schema")
+    assert parse_search_path("pg_temp, Public", "a") == ("pg_catalog", "public")
+    assert parse_search_path("", "a") == ("pg_catalog",)
+
+
+def chain():
+    return [
+        {"kind": "session", "role": "alice", "role_oid": 10},
+        {"kind": "function", "role": "admin", "role_oid": 20, "name": "app.wrap()", "language": "plpgsql",
+         "security_definer": True},
+        {"kind": "function", "role": "alice", "role_oid": 10, "name": "public.helper()", "language": "plpgsql",
+         "security_definer": False},
+        {"kind": "function", "role": "postgres", "role_oid": 1, "name": "public.launch()", "language": "plpython3u",
+         "security_definer": False},
+    ]
+
+
+def test_boundary_is_innermost_security_definer_of_job_role():
+    c = chain()
+    mark_boundary(c, 20)
+    assert [e["effective"] for e in c] == [False, True, True, True]
+    c = chain()
+    mark_boundary(c, 99)  # no frame established this role: the whole chain counts
+    assert all(e["effective"] for e in c)
+
+
+def test_detail_marks_where_the_untrusted_role_enters():
+    c = chain()
+    mark_boundary(c, 20)
+    d = chain_detail(c, "admin", 2)
+    lines = d.splitlines()
+    assert lines[0] == "Chain of custody, outermost first:"
+    assert lines[1] == '  1. session user "alice"   (outside the SECURITY DEFINER boundary)'
+    assert lines[3] == ('  3. function public.helper() owned by "alice" (plpgsql, SECURITY INVOKER)'
+                        '   <-- not trusted by "admin": it enters here')
+    assert lines[-1] == 'The job would run as "admin".'

@@ -65,16 +65,22 @@ class Catalog:
         self._plans: dict[str, Any] = {}
         self._cache: dict[tuple, Any] = {}
         self._tag: int | None = None
+        self._use = False  # set by refresh() at the start of each capture and check
         self.queries = 0  # for tests and the benchmark: how often we went to SPI
 
-    def _cacheable(self) -> bool:
+    def refresh(self) -> None:
+        """Decide once per capture or check whether cached answers may be used."""
         if self.be.has_xid():
-            return False
+            self._use = False
+            return
         tag = self.be.sinval_counter()
         if tag != self._tag:
             self._cache.clear()
             self._tag = tag
-        return True
+        self._use = True
+
+    def _cacheable(self) -> bool:
+        return self._use
 
     def _run(self, q: tuple[str, list[str]], *args) -> list:
         plan = self._plans.get(q[0])

@@ -28,8 +28,20 @@ FIRST_NORMAL_OID = 16384
 _PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
 
 
+_PATHS: dict[tuple[str | None, str], tuple[str, ...]] = {}
+
+
 def parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
     """Schemas searched for functions, in order, pg_catalog first unless placed explicitly."""
+    hit = _PATHS.get((path, role))
+    if hit is None:
+        if len(_PATHS) > 256:
+            _PATHS.clear()
+        hit = _PATHS[(path, role)] = _parse_search_path(path, role)
+    return hit
+
+
+def _parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
     out: list[str] = []
     for m in _PATH_ITEM.finditer(path or ""):
         item = m.group(1).strip()
@@ -167,6 +179,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
     except ClassifyError as e:
         raise PgError("syntax error in background job SQL", detail=str(e), sqlstate="42601") from None
     cat = _catalog.catalog(plpy)
+    cat.refresh()
     role = cat.role_by_name(job_role)
     if role is None:
         raise ObjectNotFound(f'role "{job_role}" does not exist')
@@ -197,10 +210,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
                 hint="Launch the job as the role it should run as.")
 
     def path_source() -> tuple[str, ...]:
-        p = search_path
-        if p is None:
-            p = plpy.execute("SELECT pg_catalog.current_setting('search_path') AS p")[0]["p"]
-        return parse_search_path(p, job_role)
+        return parse_search_path(cat.be.search_path() if search_path is None else search_path, job_role)
 
     resolved, bad = _risky_functions(cat, tc, job_oid, statements, None, path_source, job_role)
     if bad:
@@ -229,6 +239,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
 def require_trusted_chain(plpy, provenance: dict, role: str, command: str, hint: str | None = None) -> None:
     """Raise the induce error unless every effective entry of `provenance` is trusted by `role`."""
     cat = _catalog.catalog(plpy)
+    cat.refresh()
     r = cat.role_by_name(role)
     if r is None:
         raise ObjectNotFound(f'role "{role}" does not exist')

@@ -9,8 +9,11 @@ static functions with no symbols, so a frame is only believed when the
 structure behind ``arg`` carries an oid whose pg_proc row matches in xmin and
 ctid (done by `provenance`); anything else is reported as an unknown frame.
 
-Every pointer chase goes through `read()`, a pread of /proc/self/mem, so a
-wrong guess returns None instead of crashing the backend. We call only C
+A pointer whose meaning is a guess (the ``arg`` of a callback not yet tied to
+a function) is followed with `read()`, a pread of /proc/self/mem, so a wrong
+guess returns None instead of crashing the backend; structures the backend
+hands us itself (the context stack, PL/Python's contexts, the active portal)
+are read directly with `peek_*`, which is five times cheaper. We call only C
 getters that cannot raise an ERROR (a longjmp through Python would be fatal).
 
 Layouts were checked with offsetof() against the PostgreSQL 15 headers; the
@@ -69,6 +72,7 @@ class Backend:
         self._ecs = ctypes.c_void_p.in_dll(self.lib, "error_context_stack")
         self._sinval = ctypes.c_uint64.in_dll(self.lib, "SharedInvalidMessageCounter")
         self._portal = ctypes.c_void_p.in_dll(self.lib, "ActivePortal")
+        self._search_path = ctypes.c_char_p.in_dll(self.lib, "namespace_search_path")
         for name in ("GetUserId", "GetSessionUserId", "GetAuthenticatedUserId",
                      "GetOuterUserId", "GetTopTransactionIdIfAny"):
             getattr(self.lib, name).restype = ctypes.c_uint32
@@ -118,6 +122,24 @@ class Backend:
             b += self.read(addr + first, limit - first) or b""
         return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
+    # -- direct reads, only for addresses the backend itself handed us ---------
+    @staticmethod
+    def peek_ptr(addr: int) -> int:
+        return ctypes.c_uint64.from_address(addr).value
+
+    @staticmethod
+    def peek_u32(addr: int) -> int:
+        return ctypes.c_uint32.from_address(addr).value
+
+    @staticmethod
+    def peek_cstring(addr: int) -> str | None:
+        return ctypes.string_at(addr).decode("utf-8", "replace") if addr else None
+
+    @staticmethod
+    def peek_tid_xmin(addr: int) -> tuple[int, tuple[int, int]]:
+        xmin, hi, lo, off = struct.unpack("<IHHH", ctypes.string_at(addr, 10))
+        return xmin, ((hi << 16) | lo, off)
+
     def tid_xmin(self, addr: int) -> tuple[int, tuple[int, int]] | None:
         """(xmin, (block, offset)) from a TransactionId followed by an ItemPointerData."""
         b = self.read(addr, 10)
@@ -138,6 +160,11 @@ class Backend:
 
     def outer_user_id(self) -> int:
         return self.lib.GetOuterUserId()
+
+    def search_path(self) -> str:
+        """The search_path setting in force (the GUC's string, as SHOW prints it)."""
+        v = self._search_path.value
+        return v.decode("utf-8", "replace") if v else ""
 
     def sinval_counter(self) -> int:
         """Bumps whenever this backend processes catalog invalidations (ours to key caches on)."""
@@ -178,10 +205,7 @@ class Backend:
         while addr:
             if len(out) >= limit:
                 return None
-            b = self.read(addr, _ECB.size)
-            if b is None:
-                return None
-            previous, callback, arg = _ECB.unpack(b)
+            previous, callback, arg = _ECB.unpack(ctypes.string_at(addr, _ECB.size))
             out.append(RawFrame(self.library_of(callback), callback, arg))
             addr = previous
         return out
@@ -195,7 +219,7 @@ class Backend:
         nxt = self.frame["ply_next"] if self.frame else 16
         while ctx and len(out) < limit:
             out.append(ctx)
-            ctx = self.ptr(ctx + nxt) or 0
+            ctx = self.peek_ptr(ctx + nxt)
         return out
 
     def statement_dependencies(self) -> tuple[str, list[int], list[int]] | None:
@@ -212,19 +236,16 @@ class Backend:
         portal = self._portal.value
         if not portal:
             return "", [], []
-        name = self.cstring(self.ptr(portal + lay["portal_name"]) or 0) or ""
-        stmts = self.ptr(portal + lay["portal_stmts"])
+        name = self.peek_cstring(self.peek_ptr(portal + lay["portal_name"])) or ""
+        stmts = self.peek_ptr(portal + lay["portal_stmts"])
         rels: list[int] = []
         funcs: list[int] = []
         for stmt in self._list_ptrs(stmts):
-            if self.u32(stmt) != lay["plannedstmt_tag"]:
+            if self.peek_u32(stmt) != lay["plannedstmt_tag"]:
                 continue  # a utility statement wrapper carries no plan
-            rels.extend(self._list_oids(self.ptr(stmt + lay["plannedstmt_relation_oids"])))
-            for item in self._list_ptrs(self.ptr(stmt + lay["plannedstmt_inval_items"])):
-                b = self.read(item, 12)
-                if b is None:
-                    continue
-                tag, cache_id, hash_value = struct.unpack("<iiI", b)
+            rels.extend(self._list_oids(self.peek_ptr(stmt + lay["plannedstmt_relation_oids"])))
+            for item in self._list_ptrs(self.peek_ptr(stmt + lay["plannedstmt_inval_items"])):
+                tag, cache_id, hash_value = struct.unpack("<iiI", ctypes.string_at(item, 12))
                 if tag == lay["planinvalitem_tag"] and cache_id == lay["procoid_cache"]:
                     funcs.append(unmurmur32(hash_value))
         return name, rels, funcs
@@ -233,19 +254,15 @@ class Backend:
         if not lst:
             return 0, 0
         lay = self.portal
-        n = self.u32(lst + lay["list_length"]) or 0
-        cells = self.ptr(lst + lay["list_elements"]) or 0
-        return min(n, 100000), cells
+        return self.peek_u32(lst + lay["list_length"]), self.peek_ptr(lst + lay["list_elements"])
 
     def _list_ptrs(self, lst: int | None) -> list[int]:
         n, cells = self._list_cells(lst)
-        raw = self.read(cells, 8 * n) if n else b""
-        return list(struct.unpack(f"<{n}Q", raw)) if raw else []
+        return list(struct.unpack(f"<{n}Q", ctypes.string_at(cells, 8 * n))) if n else []
 
     def _list_oids(self, lst: int | None) -> list[int]:
         n, cells = self._list_cells(lst)
-        raw = self.read(cells, 8 * n) if n else b""
-        return [v & 0xFFFFFFFF for v in struct.unpack(f"<{n}Q", raw)] if raw else []
+        return [v & 0xFFFFFFFF for v in struct.unpack(f"<{n}Q", ctypes.string_at(cells, 8 * n))] if n else []
 
 
 def murmurhash32(h: int) -> int:

@@ -20,6 +20,7 @@ to act as its owner. Everything from the boundary inwards must be trusted.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 
@@ -63,16 +64,17 @@ def _plpgsql_frame(be: native.Backend, cat, arg: int) -> dict:
 
 
 def _plpython_frame(be: native.Backend, cat, ctx: int) -> dict:
+    """`ctx` comes from PLy_current_execution_context(): its structures are real, read them directly."""
     lay = be.frame
-    proc = be.ptr(ctx + lay["ply_curr_proc"])
-    pyname = be.cstring(be.ptr(proc + lay["ply_pyname"]) or 0) if proc else None
+    proc = be.peek_ptr(ctx + lay["ply_curr_proc"])
+    pyname = be.peek_cstring(be.peek_ptr(proc + lay["ply_pyname"])) if proc else None
     if pyname == "__plpython_inline_block":
         return {"kind": "inline", "language": "plpython3u", "role_oid": None, "role": None}
     m = _PYNAME_OID.search(pyname or "")
     if not m:
         return {"kind": "unknown", "role_oid": None, "role": None, "detail": "unreadable PL/Python frame"}
-    trig = bool((be.read(proc + lay["ply_is_trigger"], 1) or b"\0")[0])
-    return _function_entry(cat, int(m.group(1)), be.tid_xmin(proc + lay["ply_fn_xmin"]), "PL/Python",
+    trig = bool(ctypes.c_bool.from_address(proc + lay["ply_is_trigger"]).value)
+    return _function_entry(cat, int(m.group(1)), be.peek_tid_xmin(proc + lay["ply_fn_xmin"]), "PL/Python",
                            trigger=trig)
 
 
@@ -168,6 +170,7 @@ def capture_provenance(plpy, parent_job: dict | None = None) -> dict:
     """
     be = native.backend(plpy)
     cat = _catalog.catalog(plpy)
+    cat.refresh()
     user = be.user_id()
     session = be.session_user_id()
     frames = _stack_entries(be, cat)

@@ -189,7 +189,8 @@ def _check_blocked(plpy, GD, pid: int) -> None:
         raise DeadlockDetected(
             "deadlock detected: this session waits for background job with pid %d, which waits for this session" % pid,
             detail=f"Process {pid} is blocked by a lock or snapshot held by this session's transaction.",
-            hint="Commit or roll back before waiting for the job, or let it run detached.")
+            hint="Commit or roll back before waiting for the job. CREATE INDEX CONCURRENTLY waits for every "
+                 "running statement: poll with pg_background_wait_v2_timeout in short statements instead.")
 
 
 def _raise_job_error(final: dict, pid: int) -> None:
@@ -280,6 +281,12 @@ def result_v2(plpy, GD, pid, cookie):
 
 
 def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
+    """True once the job has ended; False when `timeout_ms` passed first.
+
+    Without a timeout, a job blocked by this very session is a deadlock and
+    raises; with one, the wait simply ends in time (a caller that polls in
+    short statements lets CREATE INDEX CONCURRENTLY finish).
+    """
     cl = dclient.get(plpy, GD)
     me = _whoami(plpy, GD)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
@@ -287,12 +294,15 @@ def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
         slice_ms = SLICE_MS
         if deadline is not None:
             left = (deadline - time.monotonic()) * 1000
-            if left <= 0:
-                return cl.request("wait", pid=pid, cookie=cookie, slice_ms=0, **me)["done"]
-            slice_ms = min(slice_ms, max(1, int(left)))
+            slice_ms = max(0, min(slice_ms, int(left)))
         if cl.request("wait", pid=pid, cookie=cookie, slice_ms=slice_ms, **me)["done"]:
             return True
-        _check_blocked(plpy, GD, pid)
+        if deadline is not None:
+            if time.monotonic() >= deadline:
+                return False
+            plpy.execute("SELECT 1")  # lets the backend act on cancel and statement_timeout
+        else:
+            _check_blocked(plpy, GD, pid)
 
 
 @sql_errors

@@ -108,4 +108,9 @@ def _server(tmp_path_factory):
             conn.execute(ROLES_SQL)
         yield s
     finally:
+        keep = os.environ.get("PLPY_BG_KEEP_LOGS")
+        if keep:  # for debugging: the server's and the dispatcher's logs outlive the cluster
+            import shutil
+            for f in [c.logfile] + list(c.sockdir.glob("*.log")):
+                shutil.copy(f, os.path.join(keep, f"{base.name}-{f.name}"))
         c.destroy()

@@ -99,6 +99,7 @@ class Job:
     provenance: dict | None = None
     classification: dict | None = None
     parent_cookie: int | None = None
+    session_user_id: int | None = None
 
     def listing(self) -> dict:
         err = self.last_error
@@ -281,7 +282,8 @@ class Dispatcher:
                 settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
-                provenance=req.get("provenance"), classification=req.get("classification"))
+                provenance=req.get("provenance"), classification=req.get("classification"),
+                session_user_id=req.get("session_user_id"))
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
                 job.parent_cookie = parent.cookie
@@ -289,15 +291,7 @@ class Dispatcher:
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
-            self.store(job.db).write(INSERT, {
-                "cookie": job.cookie, "pid": job.pid, "user_id": job.user_id,
-                "launcher_pid": sess.peer_pid, "launcher_user_id": req.get("session_user_id"),
-                "mode": mode, "queue_size": job.queue_size, "sql": job.sql, "preview": job.preview,
-                "launched_at": job.launched_at, "epoch": self.epoch,
-                "provenance": json.dumps(job.provenance) if job.provenance is not None else None,
-                "classification": json.dumps(job.classification) if job.classification is not None else None,
-                "parent_cookie": job.parent_cookie,
-            }, wait=True)
+            self.store(job.db).write(INSERT, self._row(job, sess), wait=True)
         except BaseException:
             self.pool.release(worker)
             raise
@@ -380,6 +374,17 @@ class Dispatcher:
         else:
             w.close()
 
+    def _row(self, job: Job, sess: "Session | None") -> dict:
+        return {
+            "cookie": job.cookie, "pid": job.pid, "user_id": job.user_id,
+            "launcher_pid": job.launcher_pid, "launcher_user_id": job.session_user_id,
+            "mode": job.mode, "queue_size": job.queue_size, "sql": job.sql, "preview": job.preview,
+            "launched_at": job.launched_at, "epoch": self.epoch,
+            "provenance": json.dumps(job.provenance) if job.provenance is not None else None,
+            "classification": json.dumps(job.classification) if job.classification is not None else None,
+            "parent_cookie": job.parent_cookie,
+        }
+
     def _finish(self, job: Job, error: dict | None, tag: str | None, had_rows: bool) -> None:
         if error is not None:
             canceled = job.cancel_requested and error["sqlstate"] in ("57014", "57P01", "08006")
@@ -409,7 +414,7 @@ class Dispatcher:
         job.sink.finish({"tag": tag, "error": error, "state": state})
         job.done.set()
         self.store(job.db).write(FINISH, {
-            "cookie": job.cookie, "state": state, "finished_at": datetime.now(timezone.utc),
+            **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
             "tag": tag, "last_error": cut_utf8(error["message"]) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })

@@ -26,11 +26,18 @@ VALUES (%(cookie)s, %(pid)s, %(user_id)s, %(launcher_pid)s, %(launcher_user_id)s
     %(provenance)s, %(classification)s, %(parent_cookie)s)
 """
 
+# an upsert: a crash can lose the launch's asynchronously committed row, never the outcome
 FINISH = """
-UPDATE plpy_bg.jobs SET state = %(state)s, finished_at = %(finished_at)s,
-    command_tag = %(tag)s, last_error = %(last_error)s, error = %(error)s,
-    rows_returned = %(rows)s
-WHERE cookie = %(cookie)s
+INSERT INTO plpy_bg.jobs (cookie, pid, user_id, launcher_pid, launcher_user_id, mode,
+    queue_size, state, sql, sql_preview, launched_at, dispatcher_epoch, provenance,
+    classification, parent_cookie, finished_at, command_tag, last_error, error, rows_returned)
+VALUES (%(cookie)s, %(pid)s, %(user_id)s, %(launcher_pid)s, %(launcher_user_id)s, %(mode)s,
+    %(queue_size)s, %(state)s, %(sql)s, %(preview)s, %(launched_at)s, %(epoch)s,
+    %(provenance)s, %(classification)s, %(parent_cookie)s, %(finished_at)s, %(tag)s,
+    %(last_error)s, %(error)s, %(rows)s)
+ON CONFLICT (cookie) DO UPDATE SET state = EXCLUDED.state, finished_at = EXCLUDED.finished_at,
+    command_tag = EXCLUDED.command_tag, last_error = EXCLUDED.last_error, error = EXCLUDED.error,
+    rows_returned = EXCLUDED.rows_returned
 """
 
 FLAGS = "UPDATE plpy_bg.jobs SET consumed = %(consumed)s, detached = %(detached)s WHERE cookie = %(cookie)s"
@@ -85,7 +92,6 @@ class Store:
         return conn
 
     def _run(self) -> None:
-        backoff = 0.1
         while True:
             batch = [self.q.get()]
             while len(batch) < 500:
@@ -93,36 +99,41 @@ class Store:
                     batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-            while True:
-                try:
-                    if self.conn is None or self.conn.closed:
-                        self.conn = self._open()
-                        self.ready.set()
-                    self._apply(batch)
-                    backoff = 0.1
-                    break
-                except psycopg.OperationalError as e:
-                    # server restarting or our session killed: keep the writes and retry
+            if not self._with_retry(lambda: self._apply(batch)):
+                for item in batch:  # one row failed: apply one by one, report each failure
+                    self._with_retry(lambda: self._apply([item]), item)
+            if time.monotonic() - self.last_purge > 600:
+                self.last_purge = time.monotonic()
+                self.write(PURGE, {"keep": self.retention})
+
+    def _usable(self) -> bool:
+        return self.conn is not None and not self.conn.closed and not self.conn.broken
+
+    def _with_retry(self, fn, item=None) -> bool:
+        """Run fn until the server takes it; False (or the error in item) when a statement fails."""
+        backoff = 0.1
+        while True:
+            try:
+                if not self._usable():
+                    self._drop()
+                    self.conn = self._open()
+                    self.ready.set()
+                fn()
+                return True
+            except Exception as e:
+                if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) or not self._usable():
+                    # the server restarts or our session was killed: keep the writes and retry
                     log.warning("job table connection for %s lost (%s); retrying", self.dbname, e)
                     self._drop()
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
-                except Exception as e:  # a bad row must not block the others
-                    log.exception("job table write failed")
-                    self._drop()
-                    for sql, params, done, box in batch:
-                        try:
-                            self.conn = self.conn or self._open()
-                            with self.conn.transaction():
-                                self.conn.execute(sql, params)
-                        except Exception as e2:
-                            box["error"] = e2
-                        if done:
-                            done.set()
-                    break
-            if time.monotonic() - self.last_purge > 600:
-                self.last_purge = time.monotonic()
-                self.write(PURGE, {"keep": self.retention})
+                    continue
+                log.warning("job table write failed: %s", e)
+                if item is not None:
+                    item[3]["error"] = e
+                    if item[2]:
+                        item[2].set()
+                return False
 
     def _apply(self, batch) -> None:
         with self.conn.transaction():

@@ -89,16 +89,24 @@ SURVIVE_SETUP = """
 CREATE TABLE IF NOT EXISTS survived (tag text);
 CREATE OR REPLACE FUNCTION note_survival(t text) RETURNS int LANGUAGE sql AS
 $$ INSERT INTO survived VALUES (t) RETURNING 1 $$;
+CREATE OR REPLACE FUNCTION slow_rows(t text) RETURNS SETOF text LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_sleep(1); INSERT INTO survived VALUES (t);
+         RETURN QUERY SELECT repeat('r', 100) FROM generate_series(1, 5000); END $$;
 """
 
 
-@pytest.mark.parametrize("how", ["submit", "detached_launch", "attached_launch"])
-def test_job_survives_launcher_termination(pg, how):
+@pytest.mark.parametrize("how, sql", [
+    ("submit", "SELECT pg_sleep(1), note_survival('submit')"),
+    ("submit_rows", "SELECT * FROM slow_rows('submit_rows')"),
+    ("detached_launch", "SELECT pg_sleep(1), note_survival('detached_launch')"),
+    ("attached_launch", "SELECT * FROM slow_rows('attached_launch')"),
+])
+def test_job_survives_launcher_termination(pg, how, sql):
     pg.sql(SURVIVE_SETUP, user="alice")
     c = pg.connect("alice")
     launcher = c.info.backend_pid
-    fn = "pg_background_submit_v2" if how == "submit" else "pg_background_launch_v2"
-    h = launch(c, f"SELECT pg_sleep(1), note_survival('{how}'), g FROM generate_series(1, 5000) g", fn=fn)
+    fn = "pg_background_submit_v2" if how.startswith("submit") else "pg_background_launch_v2"
+    h = launch(c, sql, fn=fn)
     if how == "detached_launch":
         c.execute("SELECT pg_background_detach_v2(%s, %s)", h)
     pg.sql("SELECT pg_terminate_backend(%s)", (launcher,))
@@ -118,12 +126,12 @@ def test_vacuum_cic_create_database_from_transaction(pg):
         hi = launch(c, "CREATE INDEX CONCURRENTLY IF NOT EXISTS vt_a ON vt (a)")
         hd = launch(c, "CREATE DATABASE jobdb")
         c.commit()
-        for h in (hv, hi, hd):
-            assert wait(c, h)
+        c.autocommit = True
+        for h in (hv, hi, hd):  # CIC waits for every older snapshot, so poll in short statements
+            wait_for(lambda: c.execute("SELECT pg_background_wait_v2_timeout(%s, %s, 100)", h).fetchone()[0])
         assert result(c, hv) == [("VACUUM",)]
         assert result(c, hi) == [("CREATE INDEX",)]
         assert result(c, hd) == [("CREATE DATABASE",)]
-        c.commit()
     assert pg.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'vt_a'::regclass") == [(True,)]
     pg.sql("DROP DATABASE jobdb")
 
@@ -146,8 +154,8 @@ def test_waiting_on_a_job_this_transaction_blocks_is_an_error_not_a_hang(pg):
             c.execute("SELECT pg_background_wait_v2(%s, %s)", h)
         assert time.monotonic() - t < 10
         c.rollback()
-        assert wait(c, h)
-        c.commit()
+        c.autocommit = True
+        wait_for(lambda: c.execute("SELECT pg_background_wait_v2_timeout(%s, %s, 100)", h).fetchone()[0])
     assert job_row(pg, h[1])["state"] == "completed"
 
 

@@ -28,21 +28,28 @@ def test_sigkill_of_a_job_backend(own_pg):
     with own_pg.connect("alice") as c:
         h = launch(c, "SELECT pg_sleep(30)")
     os.kill(h[0], signal.SIGKILL)  # the postmaster then restarts every backend
-    c = _reconnect(own_pg, "alice")
+    with _reconnect(own_pg, "alice") as c:
+        _after_crash(own_pg, c, h)
+
+
+def _after_crash(own_pg, c, h):
     wait_for(lambda: job_row(own_pg, h[1]) and job_row(own_pg, h[1])["state"] != "running", timeout=30)
     row = job_row(own_pg, h[1])
     assert row["state"] in ("failed", "lost") and row["last_error"]
     h2 = launch(c, "SELECT 'after crash'")  # the dispatcher survived and works
     assert result(c, h2) == [("after crash",)]
     assert invariants(own_pg) == []
-    c.close()
 
 
 def test_server_restart_with_jobs_running(own_pg):
     with own_pg.connect("alice") as c:
         hs = [launch(c, "SELECT pg_sleep(30)", fn="pg_background_submit_v2") for _ in range(3)]
     own_pg.cluster.restart()
-    c = _reconnect(own_pg, "alice")
+    with _reconnect(own_pg, "alice") as c:
+        _after_restart(own_pg, c, hs)
+
+
+def _after_restart(own_pg, c, hs):
     h = launch(c, "SELECT 'after restart'")  # starts a new dispatcher, which reconciles
     assert result(c, h) == [("after restart",)]
     for old in hs:
@@ -50,7 +57,6 @@ def test_server_restart_with_jobs_running(own_pg):
         row = job_row(own_pg, old[1])
         assert row["state"] in ("failed", "lost") and row["last_error"]
     assert invariants(own_pg) == []
-    c.close()
 
 
 def test_killed_dispatcher_is_replaced_and_its_jobs_recorded(own_pg):

@@ -14,7 +14,7 @@ import time
 from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
-from plpy_bg.jobs import preview as jpreview
+from plpy_bg import policy
 
 DEFAULT_QUEUE = 65536
 MIN_QUEUE = 4096
@@ -147,17 +147,19 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         names = [n.strip() for n in r["extra_names"].split(",") if n.strip()]
         settings += [[x["n"], x["v"]] for x in _plan(plpy, GD, "extra", EXTRA_SQL, ["text[]"]).execute([names])
                      if x["v"] is not None]
+    search_path = next((v for n, v, _ in r["settings"] if n == "search_path"), None)
+    # provenance and policy before anything runs: a refused job never reaches the dispatcher
+    prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))
+    classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path)
     cl = dclient.get(plpy, GD)
-    stmts, preview = jpreview.summarize(sql)
     req = {
         "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "role": r["cu"], "user_id": r["uid"],
         "session_user_id": r["suid"], "sql": sql, "queue_size": qsize, "max_workers": max_workers,
-        "worker_timeout_ms": worker_timeout, "settings": settings, "statements": stmts,
-        "preview": preview, "seccomp": (r["seccomp"] or "").lower() in ("on", "true", "1", "yes"),
+        "worker_timeout_ms": worker_timeout, "settings": settings,
+        "statements": len(classification["statements"]), "preview": policy.preview(sql),
+        "seccomp": (r["seccomp"] or "").lower() in ("on", "true", "1", "yes"),
+        "provenance": prov, "classification": classification,
     }
-    policy = GD.get("plpy_bg.policy")
-    if policy is not None:
-        req.update(policy(plpy, sql, r["cu"]))
     return cl.request("launch", **req)
 
 

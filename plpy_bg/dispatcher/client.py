@@ -20,6 +20,7 @@ from plpy_bg.errors import ConnectionFailure, PgError
 
 GD_KEY = "plpy_bg.client"
 CTX_KEY = "plpy_bg.cluster"
+NOT_WORKER_KEY = "plpy_bg.not_worker"
 SPAWN_TIMEOUT = 15.0
 
 
@@ -101,6 +102,33 @@ def spawn(ctx: dict) -> None:
              "--admin-role", ctx["admin"], "--postmaster-pid", str(_postmaster_pid())],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
             close_fds=True, env=env, cwd="/")
+
+
+def job_info(plpy, GD) -> dict | None:
+    """What the dispatcher knows of the job this backend runs, or None outside job workers.
+
+    The dispatcher recognizes its worker by the peer pid of this socket, so a
+    job cannot claim to be another. A backend is a worker for its whole life
+    or never, so a negative answer is kept for the session.
+    """
+    if GD.get(NOT_WORKER_KEY):
+        return None
+    c = GD.get(GD_KEY)
+    if c is None or c.broken:
+        try:
+            c = Client(cluster_context(plpy, GD)["path"])
+        except OSError:  # no dispatcher: no job runs here
+            GD[NOT_WORKER_KEY] = True
+            return None
+        try:
+            info = c.request("job_info")["job"]
+        finally:
+            c.close()
+    else:
+        info = c.request("job_info")["job"]
+    if info is None:
+        GD[NOT_WORKER_KEY] = True
+    return info
 
 
 def get(plpy, GD) -> Client:

@@ -62,13 +62,11 @@ def trust_guard(plpy, TD) -> str | None:
     return None
 
 
-def ddl_check(plpy, tag: str) -> None:
+def ddl_check(plpy, GD, tag: str) -> None:
     """ddl_command_start: inside a job worker whose chain is untrusted, refuse DDL run by dynamic SQL."""
-    try:
-        from plpy_bg.dispatcher_client import job_info
-    except ImportError:  # the job engine is not installed: no backend can be a job worker
-        return
-    info = job_info(plpy)
+    from plpy_bg.dispatcher.client import job_info
+
+    info = job_info(plpy, GD)
     if not info:
         return
     cls = info.get("classification") or {}

@@ -54,27 +54,22 @@ SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
 from plpy_bg.policy import sql_api
-return sql_api.ddl_check(plpy, tag)
+return sql_api.ddl_check(plpy, GD, tag)
 $python$;
 
 -- SECURITY DEFINER so that issuing DDL needs no privilege on schema plpy_bg; the check reads only this backend's job.
+-- Only backends that run a job (a row only the dispatcher writes) pay for the Python check.
 CREATE OR REPLACE FUNCTION plpy_bg.policy_ddl_guard()
 RETURNS event_trigger LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $plpgsql$
 BEGIN
-    PERFORM plpy_bg.policy_ddl_check(TG_TAG);
-END
-$plpgsql$;
-
-DO $do$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname OPERATOR(pg_catalog.=) 'plpy_bg_policy_ddl_guard') THEN
-        CREATE EVENT TRIGGER plpy_bg_policy_ddl_guard ON ddl_command_start
-            EXECUTE FUNCTION plpy_bg.policy_ddl_guard();
+    IF EXISTS (SELECT FROM plpy_bg.jobs j WHERE j.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+                                              AND j.state OPERATOR(pg_catalog.=) 'running') THEN
+        PERFORM plpy_bg.policy_ddl_check(TG_TAG);
     END IF;
 END
-$do$;
+$plpgsql$;
 
 -- privileges
 REVOKE ALL ON TABLE plpy_bg.trust FROM PUBLIC;

@@ -6,6 +6,7 @@ import signal
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait, wait_for
@@ -61,22 +62,35 @@ def test_identity_inside_security_definer_is_its_owner(pg):
         assert result(c, h, "s text, u text") == [("admin", "admin")]
 
 
-@pytest.mark.parametrize("escape", [
+ESCAPES = [
     "RESET SESSION AUTHORIZATION",
     "SET SESSION AUTHORIZATION postgres",
     "SET ROLE postgres",
     "SELECT set_config('role', 'postgres', false)",
     "SELECT set_config('session_authorization', 'postgres', false)",
-])
-def test_identity_escapes_gain_nothing(pg, escape):
+]
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_identity_escapes_are_refused_at_launch(pg, escape):
     with pg.connect("alice") as c:
-        h = launch(c, f"{escape}; SELECT session_user::text, current_user::text, "
-                      "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)")
-        try:
-            rows = result(c, h, "s text, u text, su bool")
-        except psycopg.errors.InsufficientPrivilege:
-            return  # refused outright
-        assert rows == [("alice", "alice", False)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not"):
+            launch(c, f"{escape}; SELECT 1")
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_identity_escapes_through_dynamic_sql_gain_nothing(pg, escape):
+    """What static checks cannot see still fails: the connection never was anyone else."""
+    pg.sql("""CREATE OR REPLACE FUNCTION try_escape(q text) RETURNS TABLE (s text, u text, su bool)
+              LANGUAGE plpgsql AS $$
+              BEGIN
+                BEGIN EXECUTE q; EXCEPTION WHEN insufficient_privilege THEN NULL; END;
+                RETURN QUERY SELECT session_user::text, current_user::text,
+                  (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+              END $$""", user="alice")
+    with pg.connect("alice") as c:
+        h = launch(c, "SELECT * FROM try_escape(%s)" % psycopg.sql.quote(escape))
+        assert result(c, h, "s text, u text, su bool") == [("alice", "alice", False)]
 
 
 def test_settings_are_inherited(pg):
@@ -181,9 +195,15 @@ def test_wrong_column_list_is_a_clear_error(pg):
             result(c, h, "a int")
 
 
+def test_syntax_error_is_refused_at_launch(pg):
+    with pg.connect("alice") as c:
+        with pytest.raises(psycopg.errors.SyntaxError, match="syntax error"):
+            launch(c, "SELEC 1")
+
+
 @pytest.mark.parametrize("sql, state, msg", [
     ("SELECT 1/0", "22012", "division by zero"),
-    ("SELEC 1", "42601", "syntax error"),
+    ("SELECT * FROM no_such_table", "42P01", "does not exist"),
 ])
 def test_job_errors_are_reraised(pg, sql, state, msg):
     with pg.connect("alice") as c:

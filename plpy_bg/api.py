@@ -15,6 +15,7 @@ from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
 from plpy_bg import policy
+from plpy_bg.jobs import settings as jsettings
 
 DEFAULT_QUEUE = 65536
 MIN_QUEUE = 4096
@@ -23,14 +24,7 @@ GRACE_CAP_MS = 3_600_000
 CANCEL_GRACE_MS = 1000
 SLICE_MS = 200
 
-# settings a job inherits beyond everything the session changed
-ALWAYS_INHERIT = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-                  "TimeZone", "DateStyle", "IntervalStyle", "application_name", "extra_float_digits",
-                  "bytea_output")
-NEVER_INHERIT = ("client_encoding", "session_authorization", "role", "transaction_isolation",
-                 "transaction_read_only", "transaction_deferrable", "seed", "is_superuser")
-
-CONTEXT_SQL = """
+CONTEXT_SQL = f"""
 SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   (SELECT s.oid::int8 FROM pg_catalog.pg_roles s WHERE s.rolname = SESSION_USER) AS suid,
   pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
@@ -38,11 +32,7 @@ SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('pgseccomp.enabled', true) AS seccomp,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
-  ARRAY(SELECT ARRAY[s.name, s.setting, s.context] FROM pg_catalog.pg_settings s
-        WHERE (s.source IN ('session', 'client', 'database', 'user', 'database user')
-               OR s.name = ANY($1))
-          AND s.context IN ('user', 'superuser') AND s.name <> ALL($2)
-          AND s.name NOT LIKE 'pgseccomp.%%' AND s.name NOT LIKE 'plpy_bg.%%') AS settings
+  {jsettings.VALUES_EXPR} AS vals
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
 """
 
@@ -132,8 +122,8 @@ def _handle(pid, cookie) -> None:
 
 def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     check_sql(sql)
-    ctx = _plan(plpy, GD, "context", CONTEXT_SQL, ["text[]", "text[]"]).execute(
-        [list(ALWAYS_INHERIT), list(NEVER_INHERIT)])
+    base = jsettings.baseline(plpy, GD)
+    ctx = _plan(plpy, GD, "context", CONTEXT_SQL, ["text[]"]).execute([base.names])
     if not ctx:
         raise PgError("current role not found", sqlstate="42704")
     r = ctx[0]
@@ -141,13 +131,13 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     max_workers = parse_setting("pg_background.max_workers", r["max_workers"], DEFAULT_MAX_WORKERS,
                                 {"": 1}, "")
     worker_timeout = parse_setting("pg_background.worker_timeout", r["worker_timeout"], 0, _UNITS_MS, "ms")
-    settings = [[n, v] for n, v, c in r["settings"] if c == "user" or r["superuser"]]
+    settings = base.inherit(r["vals"], r["superuser"])
     if r["extra_names"]:
         # custom placeholder settings (myapp.tenant) are not listed in pg_settings
         names = [n.strip() for n in r["extra_names"].split(",") if n.strip()]
         settings += [[x["n"], x["v"]] for x in _plan(plpy, GD, "extra", EXTRA_SQL, ["text[]"]).execute([names])
                      if x["v"] is not None]
-    search_path = next((v for n, v, _ in r["settings"] if n == "search_path"), None)
+    search_path = next((v for n, v in settings if n == "search_path"), None)
     # provenance and policy before anything runs: a refused job never reaches the dispatcher
     prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))
     classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path)
@@ -212,14 +202,15 @@ class _Fetcher:
     def __init__(self, plpy, GD, pid, cookie):
         self.plpy, self.GD, self.pid = plpy, GD, pid
         self.cl = dclient.get(plpy, GD)
-        self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS, **_whoami(plpy, GD)}
+        self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
+        self.who = lambda: _whoami(plpy, GD)
         self.first = True
         self.final = None
 
     def next_batch(self) -> list[str]:
         """Rows of the next reply; [] with self.final set at the end."""
         while self.final is None:
-            frames = self.cl.call("fetch", continuing=not self.first, **self.kw)
+            frames = self.cl.call_as(self.who, "fetch", continuing=not self.first, **self.kw)
             self.first = False
             rows: list[str] = []
             for kind, payload in frames:
@@ -290,14 +281,14 @@ def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
     short statements lets CREATE INDEX CONCURRENTLY finish).
     """
     cl = dclient.get(plpy, GD)
-    me = _whoami(plpy, GD)
+    who = lambda: _whoami(plpy, GD)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
     while True:
         slice_ms = SLICE_MS
         if deadline is not None:
             left = (deadline - time.monotonic()) * 1000
             slice_ms = max(0, min(slice_ms, int(left)))
-        if cl.request("wait", pid=pid, cookie=cookie, slice_ms=slice_ms, **me)["done"]:
+        if cl.request_as(who, "wait", pid=pid, cookie=cookie, slice_ms=slice_ms)["done"]:
             return True
         if deadline is not None:
             if time.monotonic() >= deadline:
@@ -343,7 +334,7 @@ def _whoami(plpy, GD) -> dict:
 
 def _cancel(plpy, GD, pid, cookie, grace_ms: int) -> None:
     cl = dclient.get(plpy, GD)
-    cl.request("cancel", pid=pid, cookie=cookie, grace_ms=grace_ms, **_whoami(plpy, GD))
+    cl.request_as(lambda: _whoami(plpy, GD), "cancel", pid=pid, cookie=cookie, grace_ms=grace_ms)
     # wait (interruptibly) until the job has stopped or the grace and the terminate are through
     _wait(plpy, GD, pid, cookie, grace_ms + 2000)
 
@@ -390,7 +381,8 @@ def progress(plpy, GD, pct, msg) -> None:
 @sql_errors
 def get_progress_v2(plpy, GD, pid, cookie):
     _handle(pid, cookie)
-    p = dclient.get(plpy, GD).request("get_progress", pid=pid, cookie=cookie, **_whoami(plpy, GD))["progress"]
+    p = dclient.get(plpy, GD).request_as(lambda: _whoami(plpy, GD), "get_progress",
+                                         pid=pid, cookie=cookie)["progress"]
     if p is None:
         return None
     return {"progress_pct": p[0], "progress_msg": p[1]}

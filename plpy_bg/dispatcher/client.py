@@ -21,6 +21,7 @@ from plpy_bg.errors import ConnectionFailure, PgError
 GD_KEY = "plpy_bg.client"
 CTX_KEY = "plpy_bg.cluster"
 NOT_WORKER_KEY = "plpy_bg.not_worker"
+IDENTIFY = b'{"identify":true}'
 SPAWN_TIMEOUT = 15.0
 
 
@@ -50,8 +51,22 @@ class Client:
                                     detail=str(e),
                                     hint="Jobs of this session were detached; they run on.") from None
 
+    def call_as(self, who, op: str, **kw) -> list[tuple[bytes, bytes]]:
+        """`call`, adding the caller's identity (`who()`) only when the dispatcher asks for it."""
+        frames = self.call(op, **kw)
+        if frames[-1] == (b"A", IDENTIFY):
+            frames = self.call(op, **kw, **who())
+        return frames
+
+    def request_as(self, who, op: str, **kw) -> dict:
+        return self._answer(self.call_as(who, op, **kw))
+
     def request(self, op: str, **kw) -> dict:
-        kind, payload = self.call(op, **kw)[-1]
+        return self._answer(self.call(op, **kw))
+
+    @staticmethod
+    def _answer(frames) -> dict:
+        kind, payload = frames[-1]
         obj = json.loads(payload) if payload else {}
         if kind == b"E":
             raise PgError.from_dict(obj)

@@ -18,6 +18,7 @@ from psycopg import pq
 from plpy_bg.errors import PgError
 
 DiagField = pq.DiagnosticField
+CHUNK_ROWS = 256  # rows per result chunk from libpq: fewer Python calls, little delay
 
 
 def error_fields(res) -> dict:
@@ -34,6 +35,13 @@ def error_fields(res) -> dict:
     }
 
 
+def quote(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on in every worker)."""
+    if "\0" in text:
+        raise PgError("setting values cannot contain NUL bytes", sqlstate="22021")
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(eq=False)
 class Worker:
     key: tuple
@@ -42,6 +50,17 @@ class Worker:
     created: float = field(default_factory=time.monotonic)
     idle_since: float = field(default_factory=time.monotonic)
     jobs_run: int = 0
+    applied: list | None = None  # the settings in force, re-applied after each reset
+
+    def apply_settings(self, settings: list) -> None:
+        """Set the job's settings; nothing to do when the worker already has exactly these."""
+        if settings == self.applied:
+            return
+        if settings:
+            # one simple-protocol round trip; the worker keeps standard_conforming_strings on
+            self.run_simple("SELECT " + ", ".join(
+                f"pg_catalog.set_config({quote(n)}, {quote(v)}, false)" for n, v in settings))
+        self.applied = settings
 
     @property
     def pgconn(self) -> pq.PGconn:
@@ -73,11 +92,14 @@ class Worker:
             select.select([pg.socket], [pg.socket], [], 1.0)
             pg.consume_input()
 
-    def results(self, single_row: bool = False, tick=None):
-        """Yield each PGresult of the query in flight; `tick` runs about every 0.5 s."""
+    def results(self, stream: bool = False, tick=None):
+        """Yield each PGresult of the query in flight; `stream` returns rows in chunks as they come."""
         pg = self.pgconn
-        if single_row:
-            pg.set_single_row_mode()
+        if stream:
+            if hasattr(pg, "set_chunked_rows_mode") and pq.version() >= 170000:
+                pg.set_chunked_rows_mode(CHUNK_ROWS)
+            else:
+                pg.set_single_row_mode()
         fd = pg.socket
         while True:
             pg.consume_input()
@@ -126,6 +148,8 @@ class Worker:
             if self.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self.run_simple("ROLLBACK")
             self.run_simple("DISCARD ALL")
+            settings, self.applied = self.applied, []
+            self.apply_settings(settings or [])  # the next job of this key most likely wants the same
             return self.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except Exception:
             return False

@@ -22,6 +22,7 @@ Invariants (checked by `check_invariants`, which the tests call):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import fcntl
 import json
 import logging
@@ -51,6 +52,7 @@ from plpy_bg.jobs import identmap
 log = logging.getLogger("plpy_bg.dispatcher")
 
 TERMINAL = ("completed", "failed", "canceled", "lost")
+ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.ExecStatus.SINGLE_TUPLE) if x)
 ERROR_LIMIT = 512
 
 
@@ -62,6 +64,10 @@ def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
     if len(b) <= limit:
         return text
     return b[:limit].decode("utf-8", "ignore")
+
+
+class NeedIdentity(Exception):
+    """The request touches a job of another session: the caller must say who it is."""
 
 
 @dataclass(eq=False)
@@ -95,11 +101,12 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     sink: RowSink | None = None
     worker: Worker | None = None
-    thread: threading.Thread | None = None
+    thread: "concurrent.futures.Future | None" = None
     provenance: dict | None = None
     classification: dict | None = None
     parent_cookie: int | None = None
     session_user_id: int | None = None
+    row_pending: tuple | None = None
 
     def listing(self) -> dict:
         err = self.last_error
@@ -144,6 +151,8 @@ class Dispatcher:
         self.mapped_roles: set[str] = set()
         self.ident_lock = threading.Lock()
         self.pool = Pool(self._open_worker)
+        # job threads are reused: starting a thread per job costs more than the rest of a launch
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="job")
         self.stopping = threading.Event()
         self.started_at = time.time()
         self.listener: socket.socket | None = None
@@ -226,6 +235,8 @@ class Dispatcher:
                                     hint=f'Add "{identmap.map_line(self.os_user, role)}" to pg_ident.conf '
                                          'and "local all all peer map=plpy_bg" to pg_hba.conf.')
         conn.prepare_threshold = None  # DISCARD ALL between jobs drops prepared statements
+        if conn.info.parameter_status("standard_conforming_strings") != "on":
+            conn.execute("SET SESSION standard_conforming_strings = on")
         w = Worker(key=key, conn=conn, pid=conn.info.backend_pid)
         try:
             if profile == "seccomp":
@@ -291,7 +302,7 @@ class Dispatcher:
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
-            self.store(job.db).write(INSERT, self._row(job, sess), wait=True)
+            job.row_pending = self.store(job.db).submit(INSERT, self._row(job, sess))
         except BaseException:
             self.pool.release(worker)
             raise
@@ -300,8 +311,8 @@ class Dispatcher:
             self.by_worker_pid[job.pid] = job
             sess.jobs[job.cookie] = job
             sess.launched += 1
-        job.thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.pid}", daemon=True)
-        job.thread.start()
+        job.thread = self.executor.submit(self._run_job, job)  # applies the settings while the row is committed
+        Store.wait(job.row_pending)  # the row is visible to every session before the launch returns
         return {"pid": job.pid, "cookie": job.cookie}
 
     # ---- running a job ----
@@ -313,22 +324,22 @@ class Dispatcher:
         in_set = False
         reusable = True
         try:
-            if job.settings:
-                names = [s[0] for s in job.settings]
-                values = [s[1] for s in job.settings]
-                w.conn.execute("SELECT pg_catalog.set_config(n, v, false) FROM "
-                               "unnest(%s::text[], %s::text[]) AS s(n, v)", (names, values))
+            w.apply_settings(job.settings)
+            Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
             w.send(job.sql.encode())
             cancelled = lambda: job.cancel_requested
-            for res in w.results(single_row=True):
+            for res in w.results(stream=True):
                 st = res.status
-                if st == pq.ExecStatus.SINGLE_TUPLE:
+                if st in ROW_CHUNK:
                     if not in_set:
                         in_set = True
                         had_rows = True
                         job.sink.new_set()
                     nf = res.nfields
-                    job.sink.put(P.row_literal([res.get_value(0, i) for i in range(nf)]), cancelled)
+                    gv = res.get_value
+                    lit = P.row_literal
+                    job.sink.put_many([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)],
+                                      cancelled)
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
                         job.sink.new_set()
@@ -441,6 +452,8 @@ class Dispatcher:
                                  detail="The job may have ended and been detached, or the handle is wrong.",
                                  hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
         if job.session is not sess or job.detached:
+            if "user_id" not in req:
+                raise NeedIdentity()
             owner = job.user_id == req.get("user_id") or req.get("is_superuser")
             if not owner:
                 raise InsufficientPrivilege(f"permission denied for background job with pid {pid}",
@@ -544,6 +557,9 @@ class Dispatcher:
                 req = json.loads(payload)
                 try:
                     out = self.handle(sess, req)
+                except NeedIdentity:
+                    sock.sendall(P.pack_json(b"A", {"identify": True}))
+                    continue
                 except PgError as e:
                     sock.sendall(P.pack_json(b"E", e.as_dict()))
                     continue
@@ -653,7 +669,8 @@ class Dispatcher:
                               hint="Reconnect; a new dispatcher starts.")
             return {"epoch": self.epoch}
         if op == "ping":
-            return {"epoch": self.epoch, "pid": os.getpid()}
+            return {"epoch": self.epoch, "pid": os.getpid(), "pool_opened": self.pool.opened,
+                    "pool_reused": self.pool.reused, "pool_idle": self.pool.idle_count()}
         if op == "invariants":
             return {"violations": self.check_invariants()}
         raise InvalidParameter(f"unknown dispatcher request {op!r}")
@@ -665,7 +682,7 @@ class Dispatcher:
             by_pid = dict(self.by_worker_pid)
         for j in jobs:
             if j.state == "running":
-                if j.thread is None or not j.thread.is_alive():
+                if j.thread is None or j.thread.done():
                     bad.append(f"job {j.pid}/{j.cookie} is running without a live thread")
                 if by_pid.get(j.pid) is not j:
                     bad.append(f"job {j.pid}/{j.cookie} is running but not registered on its worker")

@@ -42,6 +42,9 @@ class RowSink:
                 self._clear()
 
     def put(self, row: bytes, cancelled=lambda: False) -> None:
+        self.put_many([row], cancelled)
+
+    def put_many(self, rows: list[bytes], cancelled=lambda: False) -> None:
         with self.cond:
             if self.discarding:
                 return
@@ -50,12 +53,13 @@ class RowSink:
                 self.cond.wait(0.5)
             if self.discarding:
                 return
-            self.rows_total += 1
-            if self.file is None and self.mem_bytes + len(row) <= self.limit:
-                self.mem.append(row)
-                self.mem_bytes += len(row)
-            else:
-                self._to_file(row)
+            self.rows_total += len(rows)
+            for row in rows:
+                if self.file is None and self.mem_bytes + len(row) <= self.limit:
+                    self.mem.append(row)
+                    self.mem_bytes += len(row)
+                else:
+                    self._to_file(row)
             if self.streaming:
                 self.cond.notify_all()
 
@@ -102,6 +106,8 @@ class RowSink:
                 self.cond.wait(timeout)
             if not readable():
                 return [], None
+            if not self.finished and self.mem_bytes < min(max_bytes, self.limit) // 2 and not self.file_unread:
+                self.cond.wait(0.002)  # let a streaming job fill the batch: fewer round trips
             out: list[bytes] = []
             size = 0
             while self.mem and size < max_bytes:

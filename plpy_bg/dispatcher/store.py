@@ -4,7 +4,8 @@ Writes go through one thread per database that commits them in groups with
 ``synchronous_commit = off``: a launch waits for its row to be committed
 (visible to every session at once) but never for a WAL flush. The row is
 flushed to disk no later than the job's own commit, which does wait for the
-flush, so a crash cannot keep a job's work and lose its row.
+flush, so a crash cannot keep a job's work and lose its row. The final state
+is committed with a flush: a crash right after a job ends must not lose it.
 """
 from __future__ import annotations
 
@@ -73,22 +74,31 @@ class Store:
 
     # ---- API used by the dispatcher ----
     def write(self, sql: str, params: dict, wait: bool = False, timeout: float = 30.0) -> None:
-        done = threading.Event() if wait else None
-        box: dict = {}
-        self.q.put((sql, params, done, box))
-        if done is not None:
-            if not done.wait(timeout):
-                raise TimeoutError("job table write timed out")
-            if "error" in box:
-                raise box["error"]
+        pending = self.submit(sql, params) if wait else self.q.put((sql, params, None, {}))
+        if pending is not None:
+            self.wait(pending, timeout)
+
+    def submit(self, sql: str, params: dict) -> tuple:
+        """Queue a write whose commit someone will wait for with `wait`."""
+        pending = (threading.Event(), {})
+        self.q.put((sql, params, *pending))
+        return pending
+
+    @staticmethod
+    def wait(pending: tuple, timeout: float = 30.0) -> None:
+        done, box = pending
+        if not done.wait(timeout):
+            raise TimeoutError("job table write timed out")
+        if "error" in box:
+            raise box["error"]
 
     # ---- writer thread ----
     def _open(self) -> psycopg.Connection:
         conn = self._connect(self.dbname)
+        conn.autocommit = True
+        conn.prepare_threshold = 0  # the same few statements, thousands of times
         conn.execute("SET synchronous_commit = off")
-        conn.execute("SET application_name = 'plpy_bg dispatcher'")
         conn.execute(RECONCILE, {"epoch": self.epoch})
-        conn.commit()
         return conn
 
     def _run(self) -> None:
@@ -136,10 +146,19 @@ class Store:
                 return False
 
     def _apply(self, batch) -> None:
-        with self.conn.transaction():
-            with self.conn.cursor() as cur:
-                for sql, params, _, _ in batch:
-                    cur.execute(sql, params)
+        durable = any(item[0] is FINISH for item in batch)
+        if len(batch) == 1 and not durable:  # autocommit: one round trip
+            self.conn.execute(batch[0][0], batch[0][1])
+            if batch[0][2]:
+                batch[0][2].set()
+            return
+        # one round trip for the whole batch: pipeline, one transaction
+        with self.conn.pipeline(), self.conn.transaction(), self.conn.cursor() as cur:
+            if durable:
+                # a job's outcome must survive a crash that comes right after it
+                cur.execute("SET LOCAL synchronous_commit = on")
+            for sql, params, _, _ in batch:
+                cur.execute(sql, params)
         for _, _, done, _ in batch:
             if done:
                 done.set()

@@ -140,7 +140,7 @@ def test_vacuum_from_a_function(pg):
     pg.sql("""CREATE OR REPLACE FUNCTION maint() RETURNS pg_background_handle LANGUAGE plpgsql AS
               $$ BEGIN RETURN pg_background_launch_v2('VACUUM vt'); END $$""")
     with pg.connect() as c:
-        h = c.execute("SELECT (maint()).*").fetchone()
+        h = c.execute("SELECT * FROM maint()").fetchone()
         assert result(c, h) == [("VACUUM",)]
 
 

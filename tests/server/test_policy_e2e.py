@@ -84,7 +84,7 @@ def test_the_same_job_launched_by_its_owner_runs(scene):
 
 def test_dba_wrapper_keeps_working_for_the_application(scene):
     with scene.connect("alice") as c:
-        h = c.execute("SELECT (e2e_app.vacuum_big()).*").fetchone()
+        h = c.execute("SELECT * FROM e2e_app.vacuum_big()").fetchone()
         assert result(c, h) == [("VACUUM",)]
         row = job_row(scene, h[1])
         chain = row["provenance"]["chain"]

@@ -1,0 +1,60 @@
+"""Which of the launcher's settings a job inherits, read cheaply on every launch.
+
+pg_background copies the whole GUC state. Reading `pg_settings` costs about
+0.8 ms, so it is read once per session: the names of the settings a role may
+set, and which of them the session had already changed (session, role or
+database values). Each launch then reads the current values of those names
+with `current_setting()` (one array, inside the launch's one query) and sends
+the settings that were non-default then or differ from their value then.
+Custom placeholders (myapp.tenant) are not in pg_settings; they are named in
+`plpy_bg.inherit_settings`.
+"""
+from __future__ import annotations
+
+# always sent, even at their defaults: the job must run with exactly these
+ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+          "TimeZone", "DateStyle", "IntervalStyle", "application_name", "extra_float_digits",
+          "bytea_output")
+# never sent: connection-level, identity or transaction state
+NEVER = ("client_encoding", "session_authorization", "role", "transaction_isolation",
+         "transaction_read_only", "transaction_deferrable", "seed", "is_superuser")
+
+BASELINE_SQL = """
+SELECT s.name, s.context, pg_catalog.current_setting(s.name) AS value,
+       (s.source IN ('session', 'client', 'database', 'user', 'database user')
+        OR s.name = ANY($1)) AS changed
+FROM pg_catalog.pg_settings s
+WHERE s.context IN ('user', 'superuser') AND s.name <> ALL($2)
+  AND s.name NOT LIKE 'pgseccomp.%' AND s.name NOT LIKE 'plpy_bg.%'
+ORDER BY s.name
+"""
+
+# the launch query reads the current values of the baseline's names in this form
+VALUES_EXPR = ("ARRAY(SELECT pg_catalog.current_setting(u.n) FROM pg_catalog.unnest($1::pg_catalog.text[]) "
+               "WITH ORDINALITY AS u(n, i) ORDER BY u.i)")
+
+GD_KEY = "plpy_bg.settings"
+
+
+class Baseline:
+    def __init__(self, rows):
+        self.names = [r["name"] for r in rows]
+        self.superuser_only = [r["context"] == "superuser" for r in rows]
+        self.values = [r["value"] for r in rows]
+        self.changed = [bool(r["changed"]) for r in rows]
+
+    def inherit(self, values: list[str], superuser: bool) -> list[list[str]]:
+        """[name, value] pairs the job must set, given the values read at launch."""
+        out = []
+        for i, v in enumerate(values):
+            if (self.changed[i] or v != self.values[i]) and (superuser or not self.superuser_only[i]):
+                out.append([self.names[i], v])
+        return out
+
+
+def baseline(plpy, GD) -> Baseline:
+    b = GD.get(GD_KEY)
+    if b is None:
+        plan = plpy.prepare(BASELINE_SQL, ["text[]", "text[]"])
+        b = GD[GD_KEY] = Baseline(plan.execute([list(ALWAYS), list(NEVER)]))
+    return b

@@ -1,11 +1,12 @@
 """The job table (`plpy_bg.jobs`), written autonomously by the dispatcher.
 
-Writes go through one thread per database that commits them in groups with
-``synchronous_commit = off``: a launch waits for its row to be committed
-(visible to every session at once) but never for a WAL flush. The row is
-flushed to disk no later than the job's own commit, which does wait for the
-flush, so a crash cannot keep a job's work and lose its row. The final state
-is committed with a flush: a crash right after a job ends must not lose it.
+Writes go through two lanes per database, each a thread and a connection that
+commits queued writes in groups. The fast lane (launch rows, flags, progress)
+commits with ``synchronous_commit = off``: a launch waits for its row to be
+committed (visible to every session at once) but never for a WAL flush; the
+row reaches disk no later than the job's own commit, which does wait for the
+flush. The durable lane writes each final state with a flush, so a crash right
+after a job ends cannot lose its outcome, and launches never wait behind it.
 """
 from __future__ import annotations
 
@@ -60,15 +61,37 @@ DELETE FROM plpy_bg.jobs WHERE state <> 'running' AND finished_at < now() - %(ke
 
 
 class Store:
+    """Two lanes per database: launches never queue behind the flush of a final state."""
+
     def __init__(self, connect, dbname: str, epoch: str, retention: str = "7 days"):
+        self.fast = Lane(connect, dbname, epoch, retention, durable=False)
+        self.durable = Lane(connect, dbname, epoch, retention, durable=True)
+
+    def write(self, sql: str, params: dict, wait: bool = False, timeout: float = 30.0) -> None:
+        (self.durable if sql is FINISH else self.fast).write(sql, params, wait, timeout)
+
+    def submit(self, sql: str, params: dict) -> tuple:
+        return self.fast.submit(sql, params)
+
+    @staticmethod
+    def wait(pending: tuple, timeout: float = 30.0) -> None:
+        Lane.wait(pending, timeout)
+
+
+class Lane:
+    """One connection and one thread that commit queued writes in groups."""
+
+    def __init__(self, connect, dbname: str, epoch: str, retention: str, durable: bool):
         self._connect = connect
         self.dbname = dbname
         self.epoch = epoch
         self.retention = retention
+        self.durable = durable
         self.q: queue.Queue = queue.Queue()
         self.conn: psycopg.Connection | None = None
-        self.thread = threading.Thread(target=self._run, name=f"store-{dbname}", daemon=True)
-        self.last_purge = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"store-{dbname}-{'durable' if durable else 'fast'}")
+        self.last_purge = 0.0 if not durable else float("inf")
         self.ready = threading.Event()
         self.thread.start()
 
@@ -97,8 +120,9 @@ class Store:
         conn = self._connect(self.dbname)
         conn.autocommit = True
         conn.prepare_threshold = 0  # the same few statements, thousands of times
-        conn.execute("SET synchronous_commit = off")
-        conn.execute(RECONCILE, {"epoch": self.epoch})
+        if not self.durable:
+            conn.execute("SET synchronous_commit = off")
+            conn.execute(RECONCILE, {"epoch": self.epoch})
         return conn
 
     def _run(self) -> None:
@@ -146,17 +170,13 @@ class Store:
                 return False
 
     def _apply(self, batch) -> None:
-        durable = any(item[0] is FINISH for item in batch)
-        if len(batch) == 1 and not durable:  # autocommit: one round trip
+        if len(batch) == 1:  # autocommit: one round trip
             self.conn.execute(batch[0][0], batch[0][1])
             if batch[0][2]:
                 batch[0][2].set()
             return
-        # one round trip for the whole batch: pipeline, one transaction
+        # one round trip and one commit (one flush on the durable lane) for the whole batch
         with self.conn.pipeline(), self.conn.transaction(), self.conn.cursor() as cur:
-            if durable:
-                # a job's outcome must survive a crash that comes right after it
-                cur.execute("SET LOCAL synchronous_commit = on")
             for sql, params, _, _ in batch:
                 cur.execute(sql, params)
         for _, _, done, _ in batch:

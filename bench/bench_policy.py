@@ -8,7 +8,7 @@ Measures, per call, inside one backend (the launch path's real conditions):
   cold             the first call in a fresh session (catalog cache empty)
 Prints a table and appends it, dated, to bench/RESULTS.md under "## policy".
 
-    PYTHONPATH=/tmp/tgt:. /usr/bin/python3 bench/bench_policy.py [--iterations N]
+    python3 build.py install && .venv/bin/python bench/bench_policy.py [--iterations N]
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+import build  # noqa: E402
 from plpy_bg.cluster import Cluster  # noqa: E402
 
 ONE = "UPDATE accounts SET balance = balance + 1 WHERE id = 42"
@@ -56,7 +57,7 @@ CREATE FUNCTION app.touch(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
 CREATE ROLE admin LOGIN;
 CREATE FUNCTION public.bench(mode text, sql text, n int) RETURNS text LANGUAGE plpython3u AS $python$
 import sys
-if %(root)r not in sys.path: sys.path[:0] = ['/tmp/tgt', %(root)r]
+if %(root)r not in sys.path: sys.path.insert(0, %(root)r)
 import json, time
 from plpy_bg import policy
 role = plpy.execute("SELECT current_user AS u")[0]["u"]
@@ -76,7 +77,7 @@ return json.dumps({"median": times[len(times) // 2], "p90": times[int(len(times)
 $python$;
 CREATE FUNCTION public.cold(sql text) RETURNS float8 LANGUAGE plpython3u AS $python$
 import sys
-if %(root)r not in sys.path: sys.path[:0] = ['/tmp/tgt', %(root)r]
+if %(root)r not in sys.path: sys.path.insert(0, %(root)r)
 from plpy_bg import policy
 import time
 policy.classify(sql)  # the import and first parse are not the policy's per-launch cost
@@ -104,7 +105,7 @@ def main() -> None:
     try:
         c.start()
         with psycopg.connect(c.dsn(), autocommit=True) as su:
-            su.execute(SETUP % {"root": str(ROOT)})
+            su.execute(SETUP % {"root": str(build.LIBDIR)})  # the installed package and its dependencies
         with psycopg.connect(c.dsn("admin"), autocommit=True) as conn:
             for label, mode, sql in (("check, 1 statement (text seen before)", "check", ONE),
                                      ("check, 1 statement (new text: parse)", "fresh", ONE),

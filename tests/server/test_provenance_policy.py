@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
+import psycopg  # noqa: E402
 
 from plpy_bg.cluster import Cluster  # noqa: E402
 

@@ -54,6 +54,7 @@ log = logging.getLogger("plpy_bg.dispatcher")
 TERMINAL = ("completed", "failed", "canceled", "lost")
 ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.ExecStatus.SINGLE_TUPLE) if x)
 ERROR_LIMIT = 512
+SESSION_KEEP = 1000  # ended jobs a session remembers (list_v2); the job table keeps all
 
 
 def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
@@ -124,6 +125,7 @@ class Session:
     sock: socket.socket
     peer_pid: int
     jobs: dict = field(default_factory=dict)  # cookie -> Job, launched here and not detached
+    running: set = field(default_factory=set)  # cookies of those still running
     launched: int = 0
     completed: int = 0
     failed: int = 0
@@ -276,7 +278,7 @@ class Dispatcher:
         mode = req["mode"]
         max_workers = int(req.get("max_workers") or 16)
         with self.lock:
-            active = sum(1 for j in sess.jobs.values() if j.state == "running")
+            active = len(sess.running)
             if active >= max_workers:
                 raise TooManyWorkers(
                     "too many background workers in this session",
@@ -310,7 +312,9 @@ class Dispatcher:
             self.jobs[job.cookie] = job
             self.by_worker_pid[job.pid] = job
             sess.jobs[job.cookie] = job
+            sess.running.add(job.cookie)
             sess.launched += 1
+            self._trim(sess)
         job.thread = self.executor.submit(self._run_job, job)  # applies the settings while the row is committed
         Store.wait(job.row_pending)  # the row is visible to every session before the launch returns
         return {"pid": job.pid, "cookie": job.cookie}
@@ -414,6 +418,7 @@ class Dispatcher:
             self.by_worker_pid.pop(job.pid, None) if self.by_worker_pid.get(job.pid) is job else None
             s = job.session
             if s is not None:
+                s.running.discard(job.cookie)
                 s.total_ms += (job.finished - job.started) * 1000
                 if state == "completed":
                     s.completed += 1
@@ -429,6 +434,18 @@ class Dispatcher:
             "tag": tag, "last_error": cut_utf8(error["message"]) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
+
+    def _trim(self, sess: "Session") -> None:
+        """Keep a long-lived session's memory bounded: forget its oldest ended jobs with nothing left to read."""
+        if len(sess.jobs) <= SESSION_KEEP:
+            return
+        for cookie, j in list(sess.jobs.items()):
+            if len(sess.jobs) <= SESSION_KEEP:
+                break
+            if j.state in TERMINAL and (j.mode == "submit" or j.consumed):
+                del sess.jobs[cookie]
+                j.detached = True
+                self._forget_if_done(j)
 
     def _forget_if_done(self, job: Job) -> None:
         """Drop a finished job from memory once no session can ask for it (the table keeps it)."""
@@ -467,6 +484,7 @@ class Dispatcher:
         with self.lock:
             job.detached = True
             sess.jobs.pop(job.cookie, None)
+            sess.running.discard(job.cookie)
             self._forget_if_done(job)
         job.sink.discard()
         self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
@@ -500,7 +518,7 @@ class Dispatcher:
             time.sleep(0.05)
             now = time.monotonic()
             with self.lock:
-                running = [j for j in self.jobs.values() if not j.done.is_set()]
+                running = list(self.by_worker_pid.values())
             for j in running:
                 if j.terminate_at is not None and now >= j.terminate_at and not j.terminated:
                     self._terminate(j)
@@ -635,7 +653,7 @@ class Dispatcher:
                 return {"jobs": [j.listing() for j in sorted(sess.jobs.values(), key=lambda j: j.started)]}
         if op == "stats":
             with self.lock:
-                active = sum(1 for j in sess.jobs.values() if j.state == "running")
+                active = len(sess.running)
                 ended = sess.completed + sess.failed + sess.canceled
             return {"workers_launched": sess.launched, "workers_completed": sess.completed,
                     "workers_failed": sess.failed, "workers_canceled": sess.canceled,

@@ -1,0 +1,158 @@
+"""Pure logic of the job engine: row literals, framing, the ident map, settings, sinks."""
+import socket
+import threading
+import time
+
+import pytest
+
+from plpy_bg.api import parse_setting, queue_bytes, _UNITS_BYTES, _UNITS_MS
+from plpy_bg.dispatcher import protocol as P
+from plpy_bg.dispatcher.server import cut_utf8
+from plpy_bg.dispatcher.sink import RowSink
+from plpy_bg.errors import InvalidParameter, NullValue
+from plpy_bg.jobs import identmap
+from plpy_bg.jobs.settings import Baseline
+
+
+@pytest.mark.parametrize("values, literal", [
+    ([b"1", b"abc"], b"(1,abc)"),
+    ([None, b""], b'(,"")'),
+    ([b'a "q" b'], b'("a ""q"" b")'),
+    ([b"x,y", b"(p)", b"back\\slash"], b'("x,y","(p)","back\\\\slash")'),
+    ([b"{1,2}"], b'("{1,2}")'),
+    (["é ✓".encode()], b'("\xc3\xa9 \xe2\x9c\x93")'),
+])
+def test_row_literal_quotes_like_record_out(values, literal):
+    assert P.row_literal(values) == literal
+
+
+def test_frames_round_trip():
+    a, b = socket.socketpair()
+    rows = [b"(1)", "(é)".encode(), b"()"]
+    a.sendall(P.pack_json(b"Q", {"op": "x", "n": 1}) + P.pack_rows(rows))
+    assert P.recv_frame(b) == (b"Q", b'{"op":"x","n":1}')
+    kind, payload = P.recv_frame(b)
+    assert kind == b"R" and P.unpack_rows(payload) == ["(1)", "(é)", "()"]
+    a.close()
+    with pytest.raises(EOFError):
+        P.recv_frame(b)
+    b.close()
+
+
+def test_oversized_frame_is_refused():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(P.HEADER.pack(P.MAX_FRAME + 1, ord("Q")))
+        with pytest.raises(P.ProtocolError):
+            P.recv_frame(b)
+
+
+def test_ident_map_lines():
+    text = "# comment\nplpy_bg /^(.*)$ \\1\n"
+    new = identmap.add_roles(text, "postgres", ["alice", 'we"ird role'])
+    assert "plpy_bg postgres alice" in new
+    assert 'plpy_bg postgres "we""ird role"' in new
+    assert identmap.add_roles(new, "postgres", ["alice"]) is None
+    assert new.count(identmap.BEGIN) == 1
+    newer = identmap.add_roles(new, "postgres", ["bob"])
+    assert newer.index("alice") < newer.index("bob")
+
+
+def test_cut_utf8():
+    assert cut_utf8(None) is None
+    assert cut_utf8("abc") == "abc"
+    s = "a" + "é" * 600
+    out = cut_utf8(s)
+    assert len(out.encode()) <= 512 and s.startswith(out) and len(out.encode()) >= 511
+
+
+@pytest.mark.parametrize("raw, want", [(None, 16), ("", 16), ("8", 8), ("256kB", 262144), ("1MB", 1048576)])
+def test_parse_setting(raw, want):
+    units = _UNITS_BYTES if raw and raw[-1].isalpha() else {"": 1}
+    assert parse_setting("x", raw, 16, units, "b" if units is _UNITS_BYTES else "") == want
+
+
+@pytest.mark.parametrize("raw", ["lots", "-5", "5 parsecs"])
+def test_parse_setting_refuses_nonsense(raw):
+    with pytest.raises(InvalidParameter):
+        parse_setting("pg_background.worker_timeout", raw, 0, _UNITS_MS, "ms")
+
+
+def test_queue_bytes():
+    assert queue_bytes(0, None) == 65536
+    assert queue_bytes(0, "1MB") == 1048576
+    assert queue_bytes(100, None) == 4096
+    with pytest.raises(InvalidParameter):
+        queue_bytes(-1, None)
+    with pytest.raises(NullValue):
+        queue_bytes(None, None)
+
+
+def test_settings_baseline_sends_changed_and_nondefault():
+    b = Baseline([
+        {"name": "search_path", "context": "user", "value": "public", "changed": True},
+        {"name": "work_mem", "context": "user", "value": "4MB", "changed": False},
+        {"name": "session_replication_role", "context": "superuser", "value": "origin", "changed": False},
+    ])
+    assert b.inherit(["public", "4MB", "origin"], False) == [["search_path", "public"]]
+    assert b.inherit(["s", "64MB", "replica"], False) == [["search_path", "s"], ["work_mem", "64MB"]]
+    assert b.inherit(["s", "4MB", "replica"], True) == [["search_path", "s"], ["session_replication_role", "replica"]]
+
+
+def test_streaming_sink_applies_backpressure():
+    sink = RowSink(limit=100, streaming=True)
+    done = threading.Event()
+
+    def writer():
+        for i in range(50):
+            sink.put(b"x" * 20)
+        sink.finish({"tag": "SELECT 50"})
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    time.sleep(0.2)
+    assert not done.is_set() and sink.mem_bytes <= 120  # blocked on the full queue
+    got = []
+    final = None
+    while final is None:
+        rows, final = sink.take(60, 1.0)
+        got += rows
+    assert len(got) == 50 and final == {"tag": "SELECT 50"}
+
+
+def test_wait_lets_the_sink_spill_instead_of_blocking():
+    sink = RowSink(limit=64, streaming=True)
+    sink.allow_spill()
+    for _ in range(1000):
+        sink.put(b"y" * 32)
+    sink.finish({"tag": "SELECT 1000"})
+    assert sink.mem_bytes <= 64
+    rows, final = [], None
+    while final is None:
+        r, final = sink.take(10_000, 0.1)
+        rows += r
+    assert len(rows) == 1000 and all(r == b"y" * 32 for r in rows)
+
+
+def test_multi_statement_sink_keeps_only_the_last_set():
+    sink = RowSink(limit=16, streaming=False)
+    sink.new_set()
+    for i in range(100):
+        sink.put(b"first%d" % i)
+    assert sink.take(1000, 0.01) == ([], None)  # nothing readable before the end
+    sink.new_set()
+    sink.put(b"second")
+    sink.finish({"tag": "SELECT 1"})
+    assert sink.take(1000, 0.01) == ([b"second"], {"tag": "SELECT 1"})
+
+
+def test_discard_unblocks_the_writer():
+    sink = RowSink(limit=10, streaming=True)
+    sink.put(b"z" * 10)
+    t = threading.Thread(target=lambda: sink.put(b"z" * 10), daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()
+    sink.discard()
+    t.join(2)
+    assert not t.is_alive()

@@ -178,6 +178,20 @@ def _cluster_mod():
     return cluster
 
 
+PROFILES = LIBDIR / EXT / "sandbox" / "profiles"
+
+
+def preload_wrapper() -> list[str]:
+    """The command that loads the global seccomp filter and then execs postgres."""
+    return ["env", f"PYTHONPATH={LIBDIR}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload", "--"]
+
+
+def use_profile(c, name: str = "global-deny") -> None:
+    """Include a shipped seccomp profile in the cluster's postgresql.conf."""
+    with open(c.datadir / "postgresql.conf", "a") as f:
+        f.write(f"include '{PROFILES / (name + '.conf')}'\n")
+
+
 def serve(base: str | None, port: int | None, settings: dict | None = None):
     """Create (or reuse) and start a cluster with the extension installed; return it."""
     cl = _cluster_mod()
@@ -188,10 +202,11 @@ def serve(base: str | None, port: int | None, settings: dict | None = None):
         ports = re.findall(r"^port = (\d+)", conf, re.M)
         c = cl.Cluster(base=base_p, port=int(ports[-1]))
         if not c.is_running():
-            c.start()
+            c.start(wrapper=preload_wrapper())
         return c
     c = cl.Cluster.create(base_p, port, settings=settings)
-    c.start()
+    use_profile(c)
+    c.start(wrapper=preload_wrapper())
     c.psql("CREATE EXTENSION IF NOT EXISTS plpy_bg CASCADE")
     return c
 

@@ -30,7 +30,6 @@ SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
-  pg_catalog.current_setting('pgseccomp.enabled', true) AS seccomp,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
   {jsettings.VALUES_EXPR} AS vals
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
@@ -147,7 +146,6 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "session_user_id": r["suid"], "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
-        "seccomp": (r["seccomp"] or "").lower() in ("on", "true", "1", "yes"),
         "provenance": prov, "classification": classification,
     }
     return cl.request("launch", **req)

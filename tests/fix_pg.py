@@ -13,6 +13,7 @@ import time
 import psycopg
 import pytest
 
+import build
 from plpy_bg.cluster import Cluster
 
 LIST_COLS = ("pid int4, cookie int8, launched_at timestamptz, user_id oid, queue_size int4, "
@@ -100,7 +101,8 @@ def _server(tmp_path_factory):
     os.chmod(base.parent, 0o755)
     os.chmod(base.parent.parent, 0o755)
     c = Cluster.create(base, settings={"max_connections": "60"})
-    c.start()
+    build.use_profile(c)  # the whole suite runs under the shipped global seccomp profile
+    c.start(wrapper=build.preload_wrapper())
     s = Server(c)
     try:
         s.sql("CREATE EXTENSION plpy_bg CASCADE")

@@ -151,6 +151,7 @@ class Dispatcher:
         self.admin_conns: dict[str, psycopg.Connection] = {}
         self.admin_lock = threading.Lock()
         self.mapped_roles: set[str] = set()
+        self.sandbox_cache: dict[str, tuple] = {}
         self.ident_lock = threading.Lock()
         self.pool = Pool(self._open_worker)
         # job threads are reused: starting a thread per job costs more than the rest of a launch
@@ -241,13 +242,25 @@ class Dispatcher:
             conn.execute("SET SESSION standard_conforming_strings = on")
         w = Worker(key=key, conn=conn, pid=conn.info.backend_pid)
         try:
-            if profile == "seccomp":
+            if self.sandboxed(db):  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
-        except Exception as e:
+        except psycopg.Error as e:
             w.close()
-            raise PgError("could not install the seccomp filter in a job worker", detail=str(e),
-                          sqlstate="XX000")
+            raise PgError("could not install the seccomp filter in a job worker",
+                          detail=e.diag.message_primary or str(e), hint=e.diag.message_hint,
+                          sqlstate=e.sqlstate or "XX000")
         return w
+
+    def sandboxed(self, db: str) -> bool:
+        """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
+        now = time.monotonic()
+        hit = self.sandbox_cache.get(db)
+        if hit is None or now - hit[1] > 5.0:
+            rows = self.admin_exec(db, "SELECT setting FROM pg_catalog.pg_file_settings "
+                                       "WHERE name = 'pgseccomp.enabled' AND error IS NULL ORDER BY seqno DESC LIMIT 1")
+            on = bool(rows) and rows[0][0].strip().lower() in ("on", "true", "yes", "1")
+            hit = self.sandbox_cache[db] = (on, now)
+        return hit[0]
 
     def ensure_ident(self, db: str, role: str) -> bool:
         """Add the peer-map line for `role` and reload; True when the file changed."""
@@ -284,7 +297,7 @@ class Dispatcher:
                     "too many background workers in this session",
                     detail=f"{active} jobs of this session are running; pg_background.max_workers is {max_workers}.",
                     hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
-        key = (req["db"], req["role"], "seccomp" if req.get("seccomp") else "plain")
+        key = (req["db"], req["role"], "worker")
         worker, _ = self.pool.acquire(key)
         try:
             statements = int(req.get("statements") or 1)

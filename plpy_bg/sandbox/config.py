@@ -1,0 +1,142 @@
+"""pgseccomp's settings, parsed strictly into filter policies.
+
+Names, as pgseccomp has them:
+  pgseccomp.enabled
+  pgseccomp.global_syscall_{allow,log,error,kill,default}
+  pgseccomp.session_syscall_{allow,log,error,kill,default}   ('*' = the global list)
+  pgseccomp.session_roles = 'joe,alice'
+  session_syscall_{allow,log,error,kill,default}.<role>       (overrides for listed roles)
+
+pgseccomp warns and falls back to an empty list on an unknown syscall name:
+a typo silently weakens the filter. Here any unknown name, action word or
+malformed list is an error that names the setting and the bad value.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from plpy_bg.errors import PgError
+
+ACTIONS = ("allow", "log", "error", "kill")
+RANK = {a: i for i, a in enumerate(ACTIONS)}  # the kernel applies the most restrictive
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+TRUE = ("on", "true", "yes", "1")
+FALSE = ("off", "false", "no", "0", "")
+
+
+class ConfigError(PgError):
+    sqlstate = "22023"
+
+
+@dataclass(frozen=True)
+class Policy:
+    default: str
+    lists: dict = field(default_factory=dict)  # action -> tuple of syscall names
+
+    def action_of(self, syscall: str) -> str:
+        for action in ACTIONS:
+            if syscall in self.lists.get(action, ()):
+                return action
+        return self.default
+
+    def as_dict(self) -> dict:
+        return {"default": self.default, "lists": {a: list(v) for a, v in self.lists.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Policy":
+        return cls(d["default"], {a: tuple(v) for a, v in d["lists"].items()})
+
+
+Getter = Callable[[str], "str | None"]
+
+
+def enabled(get: Getter) -> bool:
+    v = (get("pgseccomp.enabled") or "").strip().lower()
+    if v in TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise ConfigError(f'invalid value for parameter "pgseccomp.enabled": "{v}"', hint="Use on or off.")
+
+
+def parse_action(setting: str, value: str | None, fallback: str | None = None) -> str:
+    v = (value or "").strip().lower()
+    if not v and fallback is not None:
+        return fallback
+    if v not in ACTIONS:
+        raise ConfigError(f'invalid value for parameter "{setting}": "{value}"',
+                          hint="Valid actions are allow, log, error and kill.")
+    return v
+
+
+def parse_list(setting: str, value: str | None, known: Callable[[str], bool]) -> tuple[str, ...]:
+    """A comma-separated list of syscall names; every name must exist on this architecture."""
+    if value is None or not value.strip():
+        return ()
+    names = [n.strip().lower() for n in value.split(",")]
+    for n in names:
+        if not _NAME.match(n):
+            raise ConfigError(f'invalid value for parameter "{setting}": "{value}"',
+                              detail=f'"{n}" is not a syscall name.',
+                              hint="Give a comma-separated list of syscall names.")
+        if not known(n):
+            raise ConfigError(f'invalid value for parameter "{setting}": "{value}"',
+                              detail=f'There is no syscall "{n}" on this architecture.',
+                              hint="Names are the kernel's (newfstatat, getdents64, pipe2, ...).")
+    return tuple(dict.fromkeys(names))
+
+
+def _policy(prefix: str, get: Getter, known, inherit: Policy | None, suffix: str = "",
+            base: Policy | None = None) -> Policy:
+    lists: dict[str, tuple] = {}
+    owner: dict[str, str] = {}
+    for action in ACTIONS:
+        name = f"{prefix}_{action}{suffix}"
+        raw = get(name)
+        if raw is None and base is not None:  # a role without this override: the session list
+            lists[action] = base.lists.get(action, ())
+        elif raw is not None and raw.strip() == "*":
+            if inherit is None:
+                raise ConfigError(f'invalid value for parameter "{name}": "*"',
+                                  detail="Only session lists can inherit the global list.")
+            lists[action] = inherit.lists.get(action, ())
+        else:
+            lists[action] = parse_list(name, raw, known)
+        for sc in lists[action]:
+            if sc in owner and owner[sc] != action:
+                raise ConfigError(f'syscall "{sc}" is listed for both "{owner[sc]}" and "{action}"',
+                                  detail=f"In {prefix}_{owner[sc]}{suffix} and {name}.",
+                                  hint="List each syscall under one action.")
+            owner[sc] = action
+    dname = f"{prefix}_default{suffix}"
+    fallback = base.default if base is not None else (inherit.default if inherit is not None else "allow")
+    return Policy(parse_action(dname, get(dname), fallback), lists)
+
+
+def global_policy(get: Getter, known) -> Policy:
+    return _policy("pgseccomp.global_syscall", get, known, None)
+
+
+def session_roles(get: Getter) -> tuple[str, ...]:
+    raw = get("pgseccomp.session_roles") or ""
+    return tuple(r.strip() for r in raw.split(",") if r.strip())
+
+
+def session_policy(get: Getter, known, role: str | None, glob: Policy) -> Policy:
+    """The session filter for `role`: the session lists, overridden by the role's own."""
+    sess = _policy("pgseccomp.session_syscall", get, known, glob)
+    if role is not None and role in session_roles(get):
+        return _policy("session_syscall", get, known, glob, suffix=f".{role}", base=sess)
+    return sess
+
+
+def all_names(get_roles: Getter | None = None, roles: tuple[str, ...] = ()) -> list[str]:
+    """Every setting name this module reads (for readers that must ask one by one)."""
+    names = ["pgseccomp.enabled", "pgseccomp.session_roles"]
+    for scope in ("global", "session"):
+        names += [f"pgseccomp.{scope}_syscall_{a}" for a in ACTIONS + ("default",)]
+    for r in roles:
+        names += [f"session_syscall_{a}.{r}" for a in ACTIONS + ("default",)]
+    return names

@@ -1,0 +1,158 @@
+"""The seccomp sandbox on a real server: filters in the kernel, EPERM, per-role lists, bad settings.
+
+The session fixture starts its cluster through the preload helper with the shipped
+global deny profile, so every test of the suite runs under it. If the kernel refused
+seccomp, these tests fail: they never skip.
+"""
+import os
+import subprocess
+
+import psycopg
+import pytest
+
+import build
+from plpy_bg.cluster import Cluster, ClusterError
+from tests.fix_pg import launch, result
+
+pytestmark = pytest.mark.server
+
+PERSONALITY = """CREATE OR REPLACE FUNCTION try_personality() RETURNS text LANGUAGE plpython3u AS $$
+import ctypes, os
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+r = libc.personality(0xffffffff)  # a harmless query, denied by the global profile
+return "ok" if r >= 0 else os.strerror(ctypes.get_errno())
+$$;
+CREATE OR REPLACE FUNCTION try_mkdir(p text) RETURNS text LANGUAGE plpython3u AS $$
+import os
+try:
+    os.mkdir(p); os.rmdir(p); return "ok"
+except OSError as e:
+    return os.strerror(e.errno)
+$$;
+CREATE OR REPLACE FUNCTION my_seccomp() RETURNS text LANGUAGE plpython3u AS $$
+import re
+return re.search(r"^Seccomp:\\s+(\\d+)", open("/proc/self/status").read(), re.M).group(1)
+$$;
+GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_seccomp() TO PUBLIC;
+"""
+
+
+def seccomp_mode(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("Seccomp:"))
+
+
+@pytest.fixture(scope="module")
+def sc(pg):
+    pg.sql(PERSONALITY)
+    return pg
+
+
+def test_every_process_of_the_cluster_is_filtered(sc):
+    pm = sc.cluster.postmaster_pid()
+    assert seccomp_mode(pm) == "2"
+    children = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True, text=True).stdout.split()
+    assert children and all(seccomp_mode(int(p)) == "2" for p in children)
+    with sc.connect("alice") as c:
+        assert seccomp_mode(c.info.backend_pid) == "2"
+        h = launch(c, "SELECT my_seccomp()")
+        assert seccomp_mode(h[0]) == "2"
+        assert result(c, h, "m text") == [("2",)]
+    ckpt = sc.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")[0][0]
+    assert seccomp_mode(ckpt) == "2"
+
+
+def test_denied_syscall_fails_with_eperm_and_the_session_goes_on(sc):
+    with sc.connect("alice") as c:
+        assert c.execute("SELECT try_personality()").fetchone()[0] == os.strerror(1)
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        h = launch(c, "SELECT try_personality()")
+        assert result(c, h, "r text") == [(os.strerror(1),)]
+
+
+def test_seccomp_filter_shows_the_global_filter(sc):
+    rows = sc.sql("SELECT * FROM seccomp_filter() WHERE context = 'global'")
+    assert (None, -1, "global->allow", "global") in rows
+    assert ("ptrace", 101, "global->error", "global") in rows
+
+
+def test_set_client_filter_once_and_only_tighter(sc):
+    with sc.connect() as c:
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_probe')").fetchone()[0] == "ok"
+        c.execute("SELECT set_client_filter(NULL, 'personality', NULL, 'mkdir', NULL)")
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_probe')").fetchone()[0] == os.strerror(1)
+        # allowing personality in the session does not loosen the global filter
+        assert c.execute("SELECT try_personality()").fetchone()[0] == os.strerror(1)
+        rows = c.execute("SELECT syscall, filter_action FROM seccomp_filter() WHERE context = 'session'").fetchall()
+        assert ("mkdir", "session->error") in rows and ("personality", "global->error") in rows
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only once"):
+            c.execute("SELECT set_client_filter('allow', NULL, NULL, NULL, NULL)")
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_probe')").fetchone()[0] == os.strerror(1)
+
+
+def test_set_client_filter_is_not_for_public(sc):
+    with sc.connect("mallory") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT set_client_filter('error', NULL, NULL, NULL, NULL)")
+
+
+def test_set_client_filter_refuses_bad_lists(sc):
+    with sc.connect() as c:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="no syscall"):
+            c.execute("SELECT set_client_filter(NULL, 'not_a_syscall', NULL, NULL, NULL)")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="default_action"):
+            c.execute("SELECT set_client_filter('deny', NULL, NULL, NULL, NULL)")
+
+
+def system(sc, *statements):
+    """ALTER SYSTEM of custom settings (known to the session as placeholders first), then reload."""
+    with sc.connect() as c:
+        c.execute("SET pgseccomp.session_roles = ''")
+        c.execute("SET \"session_syscall_error.erin\" = ''")
+        for s in statements:
+            c.execute(s)
+        c.execute("SELECT pg_reload_conf()")
+
+
+def test_per_role_override_for_job_workers(sc):
+    sc.sql("DROP ROLE IF EXISTS erin; CREATE ROLE erin LOGIN; GRANT pgbackground_role TO erin")
+    sc.sql("SELECT grant_pg_background_privileges('erin')")
+    # ALTER SYSTEM takes a custom setting once the session knows it as a placeholder
+    system(sc, "ALTER SYSTEM SET pgseccomp.session_roles = 'erin'",
+           "ALTER SYSTEM SET \"session_syscall_error.erin\" = 'mkdir'")
+    try:
+        import time
+        time.sleep(5.5)  # the dispatcher re-reads pgseccomp.enabled at most every 5 s
+        with sc.connect("erin") as c:
+            h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_erin')")
+            assert result(c, h, "r text") == [(os.strerror(1),)]
+            # a client session of erin is not a job worker: no session filter of its own
+            assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_erin')").fetchone()[0] == "ok"
+        with sc.connect("alice") as c:
+            h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_alice')")
+            assert result(c, h, "r text") == [("ok",)]
+    finally:
+        system(sc, "ALTER SYSTEM RESET pgseccomp.session_roles",
+               "ALTER SYSTEM RESET \"session_syscall_error.erin\"")
+
+
+@pytest.mark.parametrize("setting, value, needle", [
+    ("pgseccomp.global_syscall_error", "'ptrace,not_a_syscall'", 'no syscall "not_a_syscall"'),
+    ("pgseccomp.global_syscall_default", "'deny'", "pgseccomp.global_syscall_default"),
+    ("pgseccomp.global_syscall_kill", "'ptrace;mount'", "pgseccomp.global_syscall_kill"),
+    ("pgseccomp.session_syscall_error", "'bpf, bpf2'", "pgseccomp.session_syscall_error"),
+    ("pgseccomp.enabled", "'maybe'", "pgseccomp.enabled"),
+])
+def test_preload_refuses_bad_settings_before_the_server_starts(tmp_path_factory, setting, value, needle):
+    base = tmp_path_factory.mktemp("badconf")
+    os.chmod(base.parent, 0o755)
+    c = Cluster.create(base)
+    try:
+        with open(c.datadir / "postgresql.conf", "a") as f:
+            f.write(f"pgseccomp.enabled = on\n{setting} = {value}\n")
+        with pytest.raises(ClusterError) as ei:
+            c.start(wrapper=build.preload_wrapper(), timeout=20)
+        assert needle in str(ei.value) and "FATAL" in str(ei.value)
+        assert c.postmaster_pid() is None
+    finally:
+        c.destroy()

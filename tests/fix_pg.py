@@ -101,7 +101,8 @@ def _server(tmp_path_factory):
     os.chmod(base.parent, 0o755)
     os.chmod(base.parent.parent, 0o755)
     c = Cluster.create(base, settings={"max_connections": "60"})
-    build.use_profile(c)  # the whole suite runs under the shipped global seccomp profile
+    build.use_profile(c, "global-deny")  # the whole suite runs under both shipped profiles
+    build.use_profile(c, "worker-allow")
     c.start(wrapper=build.preload_wrapper())
     s = Server(c)
     try:

@@ -119,12 +119,14 @@ def spawn(ctx: dict) -> None:
             close_fds=True, env=env, cwd="/")
 
 
-def job_info(plpy, GD) -> dict | None:
+def job_info(plpy, GD, must_answer: bool = False) -> dict | None:
     """What the dispatcher knows of the job this backend runs, or None outside job workers.
 
     The dispatcher recognizes its worker by the peer pid of this socket, so a
     job cannot claim to be another. A backend is a worker for its whole life
-    or never, so a negative answer is kept for the session.
+    or never, so a negative answer is kept for the session. With
+    `must_answer` (the caller knows a job runs here) an unreachable
+    dispatcher is an error, never a "not a worker".
     """
     if GD.get(NOT_WORKER_KEY):
         return None
@@ -132,8 +134,11 @@ def job_info(plpy, GD) -> dict | None:
     if c is None or c.broken:
         try:
             c = Client(cluster_context(plpy, GD)["path"])
-        except OSError:  # no dispatcher: no job runs here
-            GD[NOT_WORKER_KEY] = True
+        except OSError as e:
+            if must_answer:
+                raise ConnectionFailure("could not ask the plpy_bg dispatcher about this job",
+                                        detail=str(e)) from None
+            GD[NOT_WORKER_KEY] = True  # no dispatcher: no job runs here
             return None
         try:
             info = c.request("job_info")["job"]

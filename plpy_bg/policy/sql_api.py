@@ -66,7 +66,10 @@ def ddl_check(plpy, GD, tag: str) -> None:
     """ddl_command_start: inside a job worker whose chain is untrusted, refuse DDL run by dynamic SQL."""
     from plpy_bg.dispatcher.client import job_info
 
-    info = job_info(plpy, GD)
+    try:  # only called where the job table says a job runs: no answer means no DDL
+        info = job_info(plpy, GD, must_answer=True)
+    except PgError as e:
+        _raise(plpy, e)
     if not info:
         return
     cls = info.get("classification") or {}

@@ -51,6 +51,22 @@ class Policy:
 
 Getter = Callable[[str], "str | None"]
 
+# a backend denied any of these cannot live: it dies (often by SIGSEGV, which restarts the
+# whole cluster) instead of failing one statement, so no filter may deny them
+ESSENTIAL = ("read", "write", "close", "openat", "lseek", "pread64", "pwrite64", "newfstatat",
+             "mmap", "munmap", "mremap", "mprotect", "brk", "futex", "rt_sigreturn",
+             "rt_sigprocmask", "rt_sigaction", "exit", "exit_group", "epoll_wait", "epoll_ctl",
+             "epoll_create1", "sendto", "recvfrom", "kill", "getpid")
+
+
+def check_viable(policy: "Policy", what: str) -> None:
+    """Refuse a filter that would deny what every PostgreSQL process needs to live."""
+    denied = [sc for sc in ESSENTIAL if policy.action_of(sc) in ("error", "kill")]
+    if denied:
+        raise ConfigError(f"{what} would deny syscalls every PostgreSQL process needs",
+                          detail="Denied: " + ", ".join(denied) + ".",
+                          hint="Allow them (or log them) in the filter's lists.")
+
 
 def enabled(get: Getter) -> bool:
     v = (get("pgseccomp.enabled") or "").strip().lower()
@@ -97,26 +113,35 @@ def _policy(prefix: str, get: Getter, known, inherit: Policy | None, suffix: str
         raw = get(name)
         if raw is None and base is not None:  # a role without this override: the session list
             lists[action] = base.lists.get(action, ())
-        elif raw is not None and raw.strip() == "*":
+            continue
+        if raw is not None and raw.strip() == "*":
             if inherit is None:
                 raise ConfigError(f'invalid value for parameter "{name}": "*"',
                                   detail="Only session lists can inherit the global list.")
             lists[action] = inherit.lists.get(action, ())
-        else:
-            lists[action] = parse_list(name, raw, known)
-        for sc in lists[action]:
+            continue
+        lists[action] = parse_list(name, raw, known)
+        for sc in lists[action]:  # one scope may not say two things of a syscall
             if sc in owner and owner[sc] != action:
                 raise ConfigError(f'syscall "{sc}" is listed for both "{owner[sc]}" and "{action}"',
                                   detail=f"In {prefix}_{owner[sc]}{suffix} and {name}.",
                                   hint="List each syscall under one action.")
             owner[sc] = action
+    # between inherited and overriding lists the most restrictive action wins, as in the kernel
+    final: dict[str, str] = {}
+    for action in ACTIONS:
+        for sc in lists[action]:
+            final[sc] = action
+    lists = {a: tuple(sc for sc in lists[a] if final[sc] == a) for a in ACTIONS}
     dname = f"{prefix}_default{suffix}"
     fallback = base.default if base is not None else (inherit.default if inherit is not None else "allow")
     return Policy(parse_action(dname, get(dname), fallback), lists)
 
 
 def global_policy(get: Getter, known) -> Policy:
-    return _policy("pgseccomp.global_syscall", get, known, None)
+    p = _policy("pgseccomp.global_syscall", get, known, None)
+    check_viable(p, "the global filter (pgseccomp.global_syscall_*)")
+    return p
 
 
 def session_roles(get: Getter) -> tuple[str, ...]:
@@ -127,8 +152,11 @@ def session_roles(get: Getter) -> tuple[str, ...]:
 def session_policy(get: Getter, known, role: str | None, glob: Policy) -> Policy:
     """The session filter for `role`: the session lists, overridden by the role's own."""
     sess = _policy("pgseccomp.session_syscall", get, known, glob)
+    check_viable(sess, "the session filter (pgseccomp.session_syscall_*)")
     if role is not None and role in session_roles(get):
-        return _policy("session_syscall", get, known, glob, suffix=f".{role}", base=sess)
+        p = _policy("session_syscall", get, known, glob, suffix=f".{role}", base=sess)
+        check_viable(p, f'the session filter of role "{role}" (session_syscall_*.{role})')
+        return p
     return sess
 
 

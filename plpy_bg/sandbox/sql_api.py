@@ -70,22 +70,23 @@ def set_client_filter(plpy, GD, default_action, allow, log, error, kill) -> None
         sess = config.session_policy(get, engine.known, role, glob)
         lists = {}
         given = {"allow": allow, "log": log, "error": error, "kill": kill}
+        seen: dict[str, str] = {}
         for action, raw in given.items():
-            name = f"set_client_filter({action}_list)"
             if raw is None:
                 lists[action] = sess.lists.get(action, ())
             elif raw.strip() == "*":
                 lists[action] = glob.lists.get(action, ())
             else:
-                lists[action] = config.parse_list(name, raw, engine.known)
-        seen: dict[str, str] = {}
-        for action, names in lists.items():
-            for n in names:
-                if n in seen and seen[n] != action:
-                    raise config.ConfigError(f'syscall "{n}" is listed for both "{seen[n]}" and "{action}"')
-                seen[n] = action
+                lists[action] = config.parse_list(f"set_client_filter({action}_list)", raw, engine.known)
+                for n in lists[action]:  # the caller may not say two things of one syscall
+                    if n in seen and seen[n] != action:
+                        raise config.ConfigError(f'syscall "{n}" is listed for both "{seen[n]}" and "{action}"')
+                    seen[n] = action
+        final = {n: a for a in config.ACTIONS for n in lists[a]}  # inherited lists: the strictest wins
+        lists = {a: tuple(n for n in lists[a] if final[n] == a) for a in config.ACTIONS}
         default = config.parse_action("set_client_filter(default_action)", default_action, sess.default)
         policy = config.Policy(default, lists)
+        config.check_viable(policy, "set_client_filter")
         engine.load(policy)
     except PgError as e:
         _raise(plpy, e)

@@ -32,8 +32,15 @@ def test_sigkill_of_a_job_backend(own_pg):
         _after_crash(own_pg, c, h)
 
 
+def _row(server, cookie):
+    try:
+        return job_row(server, cookie)
+    except psycopg.OperationalError:  # the server is still recovering
+        return None
+
+
 def _after_crash(own_pg, c, h):
-    wait_for(lambda: job_row(own_pg, h[1]) and job_row(own_pg, h[1])["state"] != "running", timeout=30)
+    wait_for(lambda: (_row(own_pg, h[1]) or {}).get("state") not in (None, "running"), timeout=30)
     row = job_row(own_pg, h[1])
     assert row["state"] in ("failed", "lost") and row["last_error"]
     h2 = launch(c, "SELECT 'after crash'")  # the dispatcher survived and works

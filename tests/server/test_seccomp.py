@@ -79,7 +79,9 @@ def test_seccomp_filter_shows_the_global_filter(sc):
 def test_set_client_filter_once_and_only_tighter(sc):
     with sc.connect() as c:
         assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_probe')").fetchone()[0] == "ok"
-        c.execute("SELECT set_client_filter(NULL, 'personality', NULL, 'mkdir', NULL)")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="every PostgreSQL process needs"):
+            c.execute("SELECT set_client_filter('error', 'personality', NULL, NULL, NULL)")
+        c.execute("SELECT set_client_filter('allow', 'personality', NULL, 'mkdir', NULL)")
         assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_probe')").fetchone()[0] == os.strerror(1)
         # allowing personality in the session does not loosen the global filter
         assert c.execute("SELECT try_personality()").fetchone()[0] == os.strerror(1)

@@ -82,14 +82,27 @@ MARGIN = ("write", "writev", "fsync", "fdatasync", "sync_file_range", "exit", "r
           "clock_getres", "msync", "sched_getaffinity", "pread64", "preadv", "close_range",
           "epoll_pwait", "eventfd2", "wait4", "getpgid", "getsid",
           # a job worker reports progress to, and answers the DDL guard through, the dispatcher's socket
-          "socket", "connect", "sendto", "recvfrom")
+          "socket", "connect", "sendto", "recvfrom", "getsockopt",
+          # CREATE INDEX CONCURRENTLY zero-fills a new WAL segment and renames it; abort() on PANIC
+          "pwritev", "rename", "gettid",
+          # libpq and Python ask who they run as
+          "geteuid", "getuid", "getgid", "getegid", "readlink",
+          # set_client_filter() inside a job adds a filter: it can only tighten
+          "seccomp")
+
+# never allowed even when seen: no new processes or programs (no COPY ... PROGRAM, no subprocess),
+# and no ioctl (a large kernel surface; Python's isatty() gets EPERM and carries on)
+NEVER = ("clone", "clone3", "fork", "vfork", "execve", "execveat", "ioctl")
 
 HEADER = """# plpy_bg job-worker allow profile: default error, learned by bench/learn_worker_profile.py
 # (strace of a cluster running pgbench, VACUUM, CREATE INDEX (CONCURRENTLY), COPY files, temp
-# files, parallel query and PL/Python jobs) plus a margin of benign calls listed in that
-# script. Include it after global-deny.conf: job workers
-# then may make only these {n} of the architecture's {total} syscalls; anything else fails with
-# EPERM. Re-learn it for your own workload with python3 -m plpy_bg.sandbox.learn.
+# files, parallel query and PL/Python jobs) plus a margin of benign calls that script lists
+# with reasons (pwritev and rename for new WAL segments, gettid for abort() on PANIC, socket
+# and connect for progress reports to the dispatcher, ...). Include it after global-deny.conf:
+# job workers then may make only these {n} of the architecture's {total} syscalls; anything
+# else fails with EPERM. Denied on purpose even when seen: clone, fork, execve (no COPY ...
+# PROGRAM, no subprocess) and ioctl. Re-learn it for your own workload with
+# python3 -m plpy_bg.sandbox.learn.
 pgseccomp.enabled = on
 pgseccomp.session_syscall_default = 'error'
 pgseccomp.session_syscall_log = ''
@@ -116,7 +129,8 @@ def main() -> None:
         everything, session = learn.parse(lines, c.postmaster_pid())
     finally:
         c.destroy()
-    sess = sorted({n for n in session | set(MARGIN) | set(config.ESSENTIAL) if engine.known(n)})
+    sess = sorted({n for n in session | set(MARGIN) | set(config.ESSENTIAL)
+                   if engine.known(n) and n not in NEVER})
     total = len(engine.all_syscalls())
     text = HEADER.format(n=len(sess), total=total) + f"pgseccomp.session_syscall_allow = '{','.join(sess)}'\n"
     out = ROOT / "plpy_bg" / "sandbox" / "profiles" / "worker-allow.conf"

@@ -87,11 +87,58 @@ def parse_action(setting: str, value: str | None, fallback: str | None = None) -
     return v
 
 
+def split_identifiers(setting: str, value: str) -> list[str]:
+    """A comma-separated identifier list as PostgreSQL's SplitIdentifierString reads it.
+
+    Unquoted names are lower-cased, double-quoted ones kept; an empty element,
+    a stray quote or text between a name and its comma is malformed.
+    """
+    out: list[str] = []
+    i, n = 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            j = i + 1
+            name = ""
+            while True:
+                k = value.find('"', j)
+                if k < 0:
+                    raise _malformed(setting, value, "A double quote is not closed.")
+                name += value[j:k]
+                if value[k + 1:k + 2] == '"':  # a doubled quote stands for one
+                    name += '"'
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+        else:
+            j = i
+            while i < n and value[i] != "," and not value[i].isspace() and value[i] != '"':
+                i += 1
+            name = value[j:i].lower()
+        if not name:
+            raise _malformed(setting, value, "The list has an empty element.")
+        out.append(name)
+        while i < n and value[i].isspace():
+            i += 1
+        if i == n:
+            return out
+        if value[i] != ",":
+            raise _malformed(setting, value, f'Unexpected "{value[i]}" after "{name}".')
+        i += 1
+
+
+def _malformed(setting: str, value: str, detail: str) -> "ConfigError":
+    return ConfigError(f'invalid value for parameter "{setting}": "{value}"', detail=detail,
+                       hint="Give a comma-separated list of names.")
+
+
 def parse_list(setting: str, value: str | None, known: Callable[[str], bool]) -> tuple[str, ...]:
     """A comma-separated list of syscall names; every name must exist on this architecture."""
     if value is None or not value.strip():
         return ()
-    names = [n.strip().lower() for n in value.split(",")]
+    names = split_identifiers(setting, value)
     for n in names:
         if not _NAME.match(n):
             raise ConfigError(f'invalid value for parameter "{setting}": "{value}"',
@@ -146,7 +193,7 @@ def global_policy(get: Getter, known) -> Policy:
 
 def session_roles(get: Getter) -> tuple[str, ...]:
     raw = get("pgseccomp.session_roles") or ""
-    return tuple(r.strip() for r in raw.split(",") if r.strip())
+    return tuple(split_identifiers("pgseccomp.session_roles", raw)) if raw.strip() else ()
 
 
 def session_policy(get: Getter, known, role: str | None, glob: Policy) -> Policy:
@@ -160,11 +207,17 @@ def session_policy(get: Getter, known, role: str | None, glob: Policy) -> Policy
     return sess
 
 
-def all_names(get_roles: Getter | None = None, roles: tuple[str, ...] = ()) -> list[str]:
-    """Every setting name this module reads (for readers that must ask one by one)."""
-    names = ["pgseccomp.enabled", "pgseccomp.session_roles"]
+def names(roles: tuple[str, ...] = ()) -> list[str]:
+    """Every setting name this module reads, for readers that must ask one by one."""
+    out = ["pgseccomp.enabled", "pgseccomp.session_roles"]
     for scope in ("global", "session"):
-        names += [f"pgseccomp.{scope}_syscall_{a}" for a in ACTIONS + ("default",)]
+        out += [f"pgseccomp.{scope}_syscall_{a}" for a in ACTIONS + ("default",)]
     for r in roles:
-        names += [f"session_syscall_{a}.{r}" for a in ACTIONS + ("default",)]
-    return names
+        out += [f"session_syscall_{a}.{r}" for a in ACTIONS + ("default",)]
+    return out
+
+
+def getter(values: dict[str, str]) -> Getter:
+    """A getter over name -> value; setting names are case-insensitive, as in PostgreSQL."""
+    lower = {k.lower(): v for k, v in values.items()}
+    return lambda name: lower.get(name.lower())

@@ -27,7 +27,10 @@ def _try_connect(server, user):
 def test_sigkill_of_a_job_backend(own_pg):
     with own_pg.connect("alice") as c:
         h = launch(c, "SELECT pg_sleep(30)")
+    log = own_pg.cluster.logfile
+    seen = log.stat().st_size
     os.kill(h[0], signal.SIGKILL)  # the postmaster then restarts every backend
+    wait_for(lambda: "ready to accept connections" in log.read_text()[seen:], timeout=30)
     with _reconnect(own_pg, "alice") as c:
         _after_crash(own_pg, c, h)
 

@@ -1,0 +1,64 @@
+"""The session filter of a job worker, installed before any of the job's SQL.
+
+The dispatcher runs `SELECT plpy_bg.install_worker_filter()` on each new
+worker connection when pgseccomp.enabled is on; that calls `install`.
+
+Settings come from the configuration files (pg_file_settings: postgresql.conf,
+its includes and postgresql.auto.conf), never from current_setting(): without
+pgseccomp loaded the pgseccomp.* names are placeholders that any role may SET,
+or ALTER ROLE ... SET for itself, and that must not weaken its own filter.
+Only a superuser can change the files. Like pgseccomp's PGC_SIGHUP session
+settings, an edit counts for workers that start after it.
+"""
+from __future__ import annotations
+
+from plpy_bg.errors import PgError
+from plpy_bg.sandbox import config, engine, layers
+
+FILE_SETTINGS = ("SELECT name, setting FROM pg_catalog.pg_file_settings "
+                 "WHERE error IS NULL ORDER BY seqno")
+
+
+def file_settings(plpy) -> config.Getter:
+    """The configuration files' settings (the last line for a name wins, as in the server)."""
+    return config.getter({r["name"]: r["setting"] for r in plpy.execute(FILE_SETTINGS)})
+
+
+def session_user(plpy) -> str:
+    return plpy.execute("SELECT pg_catalog.session_user()::pg_catalog.text AS r")[0]["r"]
+
+
+def configured_global(get: config.Getter) -> config.Policy:
+    """The global filter in force, or as the files describe it when no helper loaded one."""
+    g = layers.global_layer()
+    return g.policy if g else config.global_policy(get, engine.known)
+
+
+def install(plpy) -> bool:
+    """Load session_user's session filter into this backend; False when nothing was loaded.
+
+    Once per backend: a second call returns False at once. A session filter
+    equal to the global filter in force is not loaded twice (as in pgseccomp).
+    """
+    if layers.done("session"):
+        return False
+    try:
+        get = file_settings(plpy)
+        if not config.enabled(get):
+            layers.mark("session")
+            return False
+        glob = configured_global(get)
+        policy = config.session_policy(get, engine.known, session_user(plpy), glob)
+        g = layers.global_layer()
+        if g is not None and g.policy == policy:
+            layers.mark("session")
+            return False
+        engine.load(policy)
+    except PgError as e:
+        e.raise_in(plpy)
+    except OSError as e:
+        PgError("could not load the session seccomp filter", detail=e.strerror,
+                hint="The filters in force must allow the prctl and seccomp syscalls.",
+                sqlstate="42501").raise_in(plpy)
+    layers.mark("session", policy)
+    return True

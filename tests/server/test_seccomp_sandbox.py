@@ -49,6 +49,15 @@ GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_filters() TO PU
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_copy_file():
+    yield
+    try:
+        os.unlink("/tmp/plpy_bg_sbx_copy.csv")  # written by the server in the worker-profile test
+    except FileNotFoundError:
+        pass
+
+
 def deps_dir() -> str:
     """A directory where the server's Python finds pyseccomp and psycopg."""
     candidates = [os.environ.get("PLPY_BG_DEPS")]
@@ -57,7 +66,6 @@ def deps_dir() -> str:
         candidates.append(str(build.LIBDIR))
     except ImportError:
         pass
-    candidates.append("/tmp/tgt")
     for d in filter(None, candidates):
         r = subprocess.run([SERVER_PYTHON, "-c", "import pyseccomp, psycopg"], capture_output=True,
                            env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"})

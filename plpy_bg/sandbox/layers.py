@@ -85,3 +85,16 @@ def rows(layers: list[Layer]) -> list[tuple[str, int, str, str]]:
             src, act = effective(ls, name)
             out.append((name, engine.syscall_number(name), f"{src}->{act}", context))
     return out
+
+
+def load(source: str, policy: Policy) -> None:
+    """Load `policy` as this process's `source` layer; a refusal by the filters in force is 42501."""
+    from plpy_bg.errors import PgError
+
+    try:
+        engine.load(policy)
+    except OSError as e:
+        raise PgError(f"could not load the {source} seccomp filter", detail=e.strerror,
+                      hint="The filters in force must allow the prctl and seccomp syscalls.",
+                      sqlstate="42501") from None
+    mark(source, policy)

@@ -41,14 +41,9 @@ def set_client_filter(plpy, default_action: str | None, allow: str | None, log: 
         default = config.parse_action("set_client_filter(default_action)", default_action, sess.default)
         policy = config.Policy(default, lists)
         config.check_viable(policy, "set_client_filter")
-        engine.load(policy)
+        layers.load("client", policy)
     except PgError as e:
         e.raise_in(plpy)
-    except OSError as e:
-        PgError("could not load the client seccomp filter", detail=e.strerror,
-                hint="The filters in force must allow the prctl and seccomp syscalls.",
-                sqlstate="42501").raise_in(plpy)
-    layers.mark("client", policy)
 
 
 def seccomp_filter(plpy) -> list[tuple[str, int, str, str]]:

@@ -53,10 +53,8 @@ def filter_costs(path: str, n: int = 30) -> dict[str, tuple[float, float]]:
 import os, sys, time, json
 sys.path[:0] = {path.split(':')!r}
 from plpy_bg.sandbox import config, engine
-sys.path.insert(0, {str(ROOT / 'tests' / 'server')!r})
-from test_seccomp_sandbox import profile_settings
 def policy(profile, scope):
-    get = config.getter(profile_settings(profile))
+    get = config.getter(config.profile_settings(os.path.join({str(T.PROFILES)!r}, profile)))
     g = config.global_policy(get, engine.known)
     return g if scope == "global" else config.session_policy(get, engine.known, None, g)
 out = {{}}

@@ -221,3 +221,17 @@ def getter(values: dict[str, str]) -> Getter:
     """A getter over name -> value; setting names are case-insensitive, as in PostgreSQL."""
     lower = {k.lower(): v for k, v in values.items()}
     return lambda name: lower.get(name.lower())
+
+
+_PROFILE_LINE = re.compile(r"^\s*([\w.]+)\s*=\s*'([^']*)'")
+
+
+def profile_settings(path) -> dict[str, str]:
+    """The settings of a shipped profile file (name = 'value' lines)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = _PROFILE_LINE.match(line)
+            if m:
+                out[m.group(1)] = m.group(2)
+    return out

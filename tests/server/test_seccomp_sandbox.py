@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from plpy_bg.cluster import PG_BIN, Cluster, ClusterError
+from plpy_bg.sandbox import config
 
 pytestmark = pytest.mark.server
 
@@ -96,12 +97,7 @@ def sandbox_sql(path: str) -> str:
 
 
 def profile_settings(name: str) -> dict[str, str]:
-    out = {}
-    for line in (PROFILES / name).read_text().splitlines():
-        m = re.match(r"^\s*([\w.]+)\s*=\s*'([^']*)'", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
+    return config.profile_settings(PROFILES / name)
 
 
 def as_role_overrides(role: str, profile: str) -> str:

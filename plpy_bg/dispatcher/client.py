@@ -107,7 +107,16 @@ def _postmaster_pid() -> int:
 
 
 def spawn(ctx: dict) -> None:
-    """Start a dispatcher for this cluster; a lock file keeps it to one."""
+    """Start a dispatcher for this cluster; a lock file keeps it to one.
+
+    The dispatcher inherits this backend's seccomp filters: a backend that
+    loaded a session or client filter of its own must not be its parent.
+    """
+    layers = sys.modules.get("plpy_bg.sandbox.layers")
+    if layers is not None and layers.own_layers():
+        raise ConnectionFailure("the plpy_bg dispatcher is not running, and this session may not start it",
+                                detail="A dispatcher started here would inherit this session's seccomp filter.",
+                                hint="Launch a job from a session without a session filter first.")
     python = os.path.join(sys.base_exec_prefix, "bin", "python3")
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}

@@ -98,3 +98,8 @@ def load(source: str, policy: Policy) -> None:
                       hint="The filters in force must allow the prctl and seccomp syscalls.",
                       sqlstate="42501") from None
     mark(source, policy)
+
+
+def own_layers() -> list[Layer]:
+    """The session and client filters this process loaded itself."""
+    return list(_loaded)

@@ -447,6 +447,8 @@ class Dispatcher:
             "tag": tag, "last_error": cut_utf8(error["message"]) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
+        # the table has them now: an ended job kept for its session holds only what it answers with
+        job.sql, job.settings, job.provenance, job.classification = "", [], None, None
 
     def _trim(self, sess: "Session") -> None:
         """Keep a long-lived session's memory bounded: forget its oldest ended jobs with nothing left to read."""

@@ -81,3 +81,32 @@ def test_killed_dispatcher_is_replaced_and_its_jobs_recorded(own_pg):
         assert result(c, h2) == [("new dispatcher",)]
     wait_for(lambda: job_row(own_pg, h[1])["state"] != "running", timeout=30)
     assert job_row(own_pg, h[1])["state"] in ("lost", "failed")
+
+
+def test_launcher_terminated_while_rows_stream(own_pg):
+    """The launcher dies with rows in flight: the job finishes, its rows are drained and dropped."""
+    import threading
+
+    c = own_pg.connect("alice")
+    launcher = c.info.backend_pid
+    h = c.execute("SELECT * FROM pg_background_launch_v2(%s, 4096)",
+                  ("SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g",)).fetchone()
+    errors = []
+
+    def read():
+        try:
+            c.execute("SELECT count(*) FROM pg_background_result_v2(%s, %s) AS (g int, x text)", h).fetchone()
+        except psycopg.Error as e:
+            errors.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    wait_for(lambda: (_row(own_pg, h[1]) or {}).get("consumed"), timeout=20)  # rows are flowing
+    with own_pg.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (launcher,))
+    t.join(30)
+    c.close()
+    assert errors and isinstance(errors[0], psycopg.OperationalError)
+    wait_for(lambda: (_row(own_pg, h[1]) or {}).get("state") not in (None, "running"), timeout=60)
+    assert job_row(own_pg, h[1])["state"] == "completed"
+    assert invariants(own_pg) == []

@@ -168,6 +168,7 @@ class Pool:
         self.lock = threading.Lock()
         self.opened = 0
         self.reused = 0
+        self.warming: set[tuple] = set()
 
     def acquire(self, key: tuple) -> tuple[Worker, bool]:
         with self.lock:
@@ -176,11 +177,39 @@ class Pool:
                 w = stack.pop()
                 if w.alive():
                     self.reused += 1
+                    if not stack:
+                        self._prewarm(key)
                     return w, True
                 w.close()
         w = self._connect(key)
         self.opened += 1
+        self._prewarm(key)
         return w, False
+
+    def _prewarm(self, key: tuple) -> None:
+        """Open one more worker in the background: a login and its filter cost tens of ms."""
+        if key in self.warming or self.max_idle_per_key <= 0:
+            return
+        self.warming.add(key)
+
+        def open_one():
+            try:
+                w = self._connect(key)
+                self.opened += 1
+                with self.lock:
+                    stack = self.idle.setdefault(key, [])
+                    if len(stack) < self.max_idle_per_key and self.idle_count() < self.max_idle_total:
+                        w.idle_since = time.monotonic()
+                        stack.append(w)
+                        w = None
+                if w is not None:
+                    w.close()
+            except Exception:  # the launch that needs it will report the failure
+                pass
+            finally:
+                self.warming.discard(key)
+
+        threading.Thread(target=open_one, name="prewarm", daemon=True).start()
 
     def release(self, w: Worker) -> None:
         w.jobs_run += 1

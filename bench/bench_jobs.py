@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time

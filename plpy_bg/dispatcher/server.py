@@ -201,7 +201,7 @@ class Dispatcher:
             return s
 
     def _open_worker(self, key: tuple) -> Worker:
-        db, role, profile = key
+        db, role, _ = key
         last = None
         for attempt in range(40):
             try:

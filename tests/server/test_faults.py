@@ -1,12 +1,11 @@
 """Faults: a killed job backend, a server restart with jobs running, a killed dispatcher."""
 import os
 import signal
-import time
 
 import psycopg
 import pytest
 
-from tests.fix_pg import invariants, job_row, launch, result, wait, wait_for
+from tests.fix_pg import invariants, job_row, launch, result, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -1,8 +1,5 @@
 """Semantics of background jobs on a real server: autonomy, identity, settings, results, errors."""
 import decimal
-import json
-import os
-import signal
 import time
 
 import psycopg

@@ -4,7 +4,7 @@ import re
 import psycopg
 import pytest
 
-from tests.fix_pg import job_row, launch, result, wait
+from tests.fix_pg import job_row, launch, result
 
 pytestmark = pytest.mark.server
 

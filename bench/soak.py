@@ -138,6 +138,10 @@ def main() -> None:
               for i in range(args.sessions)]
         for s in ss:
             s.start()
+        curve = []  # (jobs launched so far, dispatcher RSS): flat memory means a flat second half
+        while any(s.is_alive() for s in ss):
+            time.sleep(2)
+            curve.append((len(launched), rss_kb(disp)))
         for s in ss:
             s.join()
         with psycopg.connect(c.dsn(), autocommit=True) as k:
@@ -169,6 +173,10 @@ def main() -> None:
     lines.append(f"| client-side errors (SQLSTATE: count) | {dict(errors) or 'none'} |")
     lines.append(f"| RSS kB at start / end | dispatcher {mem0['dispatcher']} / {mem1['dispatcher']}, "
                  f"postmaster {mem0['postmaster']} / {mem1['postmaster']} |")
+    if curve:
+        pts = [curve[int(len(curve) * q)] for q in (0.25, 0.5, 0.75)] + [curve[-1]]
+        lines.append("| dispatcher RSS kB along the run (jobs: kB) | "
+                     + ", ".join(f"{n}: {kb}" for n, kb in pts) + " |")
     table = "\n".join(lines)
     print(table)
     for x in lost[:20]:

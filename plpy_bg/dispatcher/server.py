@@ -54,6 +54,8 @@ log = logging.getLogger("plpy_bg.dispatcher")
 TERMINAL = ("completed", "failed", "canceled", "lost")
 ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.ExecStatus.SINGLE_TUPLE) if x)
 ERROR_LIMIT = 512
+ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
+ENDED.discard()
 SESSION_KEEP = 1000  # ended jobs a session remembers (list_v2); the job table keeps all
 
 
@@ -449,6 +451,9 @@ class Dispatcher:
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
         job.sql, job.settings, job.provenance, job.classification = "", [], None, None
+        job.worker = job.thread = None
+        if job.sink.discarding:
+            job.sink = ENDED
 
     def _trim(self, sess: "Session") -> None:
         """Keep a long-lived session's memory bounded: forget its oldest ended jobs with nothing left to read."""
@@ -645,6 +650,7 @@ class Dispatcher:
             frames = [P.pack_rows(rows)] if rows else []
             if final is not None:
                 frames.append(P.pack_json(b"Z", final))
+                job.sink = ENDED  # read once: nothing more to keep
                 if job.mode == "v1":
                     self.detach(sess, job)
             else:
@@ -715,7 +721,7 @@ class Dispatcher:
             by_pid = dict(self.by_worker_pid)
         for j in jobs:
             if j.state == "running":
-                if j.thread is None or j.thread.done():
+                if j.thread is not None and j.thread.done():
                     bad.append(f"job {j.pid}/{j.cookie} is running without a live thread")
                 if by_pid.get(j.pid) is not j:
                     bad.append(f"job {j.pid}/{j.cookie} is running but not registered on its worker")

@@ -87,10 +87,11 @@ def submit_throughput(c: Cluster, sessions: int, total: int) -> float:
     return per * sessions / dt
 
 
-def rss_kb(pid: int) -> int:
+def status_kb(pid: int, field: str = "VmHWM") -> int:
+    """A memory field of /proc/<pid>/status in kB (VmHWM: peak RSS); 0 when the process is gone."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -115,8 +116,8 @@ def big_result(c: Cluster, rows: int) -> dict:
         k.commit()
         dt = time.perf_counter() - t
         disp = int(next(c.sockdir.glob(".s.plpy_bg.*.lock")).read_text().strip())
-        return {"rows": n, "rows_per_s": n / dt, "launcher_peak_kb": rss_kb(me),
-                "worker_peak_kb": rss_kb(h[0]), "dispatcher_peak_kb": rss_kb(disp)}
+        return {"rows": n, "rows_per_s": n / dt, "launcher_peak_kb": status_kb(me),
+                "worker_peak_kb": status_kb(h[0]), "dispatcher_peak_kb": status_kb(disp)}
 
 
 def dblink_rows(c: Cluster, rows: int) -> float:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 import build  # noqa: E402
+from bench_jobs import status_kb  # noqa: E402
 from plpy_bg.cluster import Cluster  # noqa: E402
 
 KINDS = {
@@ -48,13 +49,7 @@ EXPECTED = {"short": {"completed"}, "long": {"completed"}, "failing": {"failed"}
 
 
 def rss_kb(pid: int) -> int:
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return status_kb(pid, "VmRSS")
 
 
 class Session(threading.Thread):

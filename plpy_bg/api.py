@@ -35,10 +35,6 @@ SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
 """
 
-EXTRA_SQL = """
-SELECT n, pg_catalog.current_setting(n, true) AS v FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n
-"""
-
 BLOCKED_BY_ME = """
 SELECT EXISTS (
   WITH RECURSIVE b(p, d) AS (
@@ -130,12 +126,7 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     max_workers = parse_setting("pg_background.max_workers", r["max_workers"], DEFAULT_MAX_WORKERS,
                                 {"": 1}, "")
     worker_timeout = parse_setting("pg_background.worker_timeout", r["worker_timeout"], 0, _UNITS_MS, "ms")
-    settings = base.inherit(r["vals"], r["superuser"])
-    if r["extra_names"]:
-        # custom placeholder settings (myapp.tenant) are not listed in pg_settings
-        names = [n.strip() for n in r["extra_names"].split(",") if n.strip()]
-        settings += [[x["n"], x["v"]] for x in _plan(plpy, GD, "extra", EXTRA_SQL, ["text[]"]).execute([names])
-                     if x["v"] is not None]
+    settings = base.inherit(r["vals"], r["superuser"]) + jsettings.placeholders(plpy, GD, r["extra_names"])
     search_path = next((v for n, v in settings if n == "search_path"), None)
     # provenance and policy before anything runs: a refused job never reaches the dispatcher
     prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))

@@ -67,8 +67,8 @@ class Store:
         self.fast = Lane(connect, dbname, epoch, retention, durable=False)
         self.durable = Lane(connect, dbname, epoch, retention, durable=True)
 
-    def write(self, sql: str, params: dict, wait: bool = False, timeout: float = 30.0) -> None:
-        (self.durable if sql is FINISH else self.fast).write(sql, params, wait, timeout)
+    def write(self, sql: str, params: dict) -> None:
+        (self.durable if sql is FINISH else self.fast).write(sql, params)
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
@@ -96,10 +96,9 @@ class Lane:
         self.thread.start()
 
     # ---- API used by the dispatcher ----
-    def write(self, sql: str, params: dict, wait: bool = False, timeout: float = 30.0) -> None:
-        pending = self.submit(sql, params) if wait else self.q.put((sql, params, None, {}))
-        if pending is not None:
-            self.wait(pending, timeout)
+    def write(self, sql: str, params: dict) -> None:
+        """Queue a write nobody waits for."""
+        self.q.put((sql, params, None, {}))
 
     def submit(self, sql: str, params: dict) -> tuple:
         """Queue a write whose commit someone will wait for with `wait`."""

@@ -33,7 +33,12 @@ ORDER BY s.name
 VALUES_EXPR = ("ARRAY(SELECT pg_catalog.current_setting(u.n) FROM pg_catalog.unnest($1::pg_catalog.text[]) "
                "WITH ORDINALITY AS u(n, i) ORDER BY u.i)")
 
+PLACEHOLDERS_SQL = """
+SELECT n, pg_catalog.current_setting(n, true) AS v FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n
+"""
+
 GD_KEY = "plpy_bg.settings"
+GD_PLAN = "plpy_bg.settings.placeholders"
 
 
 class Baseline:
@@ -58,3 +63,14 @@ def baseline(plpy, GD) -> Baseline:
         plan = plpy.prepare(BASELINE_SQL, ["text[]", "text[]"])
         b = GD[GD_KEY] = Baseline(plan.execute([list(ALWAYS), list(NEVER)]))
     return b
+
+
+def placeholders(plpy, GD, names_csv: str | None) -> list[list[str]]:
+    """[name, value] of the custom settings named in plpy_bg.inherit_settings that are set."""
+    names = [n.strip() for n in (names_csv or "").split(",") if n.strip()]
+    if not names:
+        return []
+    plan = GD.get(GD_PLAN)
+    if plan is None:
+        plan = GD[GD_PLAN] = plpy.prepare(PLACEHOLDERS_SQL, ["text[]"])
+    return [[x["n"], x["v"]] for x in plan.execute([names]) if x["v"] is not None]

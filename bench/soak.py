@@ -148,7 +148,9 @@ def main() -> None:
             elapsed = time.monotonic() - t0
             states = dict(k.execute("SELECT cookie, state FROM plpy_bg.jobs").fetchall())
             violations = [r[0] for r in k.execute("SELECT * FROM plpy_bg.check_invariants()")]
+            pooled = [r[0] for r in k.execute("SELECT pid FROM plpy_bg.pool_workers()")]
         mem1 = {"dispatcher": rss_kb(disp), "postmaster": rss_kb(pm)}
+        worker_kb = sorted(rss_kb(p) for p in pooled)
     finally:
         c.destroy()
     by_kind = collections.defaultdict(collections.Counter)
@@ -168,8 +170,11 @@ def main() -> None:
     lines.append(f"| client-side errors (SQLSTATE: count) | {dict(errors) or 'none'} |")
     lines.append(f"| RSS kB at start / end | dispatcher {mem0['dispatcher']} / {mem1['dispatcher']}, "
                  f"postmaster {mem0['postmaster']} / {mem1['postmaster']} |")
+    if worker_kb:
+        lines.append(f"| pooled worker backends at end: count, RSS kB min / max | {len(worker_kb)}, "
+                     f"{worker_kb[0]} / {worker_kb[-1]} |")
     if curve:
-        pts = [curve[int(len(curve) * q)] for q in (0.25, 0.5, 0.75)] + [curve[-1]]
+        pts = [curve[int(len(curve) * q / 8)] for q in range(1, 8)] + [curve[-1]]
         lines.append("| dispatcher RSS kB along the run (jobs: kB) | "
                      + ", ".join(f"{n}: {kb}" for n, kb in pts) + " |")
     table = "\n".join(lines)

@@ -388,3 +388,8 @@ def register_role(plpy, GD, role) -> None:
 @sql_errors
 def invariants(plpy, GD) -> list:
     return dclient.get(plpy, GD).request("invariants")["violations"]
+
+
+@sql_errors
+def pool_workers(plpy, GD) -> list:
+    return dclient.get(plpy, GD).request("pool")["workers"]

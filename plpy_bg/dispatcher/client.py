@@ -174,7 +174,7 @@ def get(plpy, GD) -> Client:
     while True:
         try:
             c = Client(ctx["path"])
-            c.request("hello", postmaster_pid=pm)
+            c.request("hello", postmaster_pid=pm, db=ctx["db"])
             break
         except PgError as e:  # a dispatcher of a server that restarted: it retires
             c.close()

@@ -4,6 +4,9 @@ A worker is never a superuser login downgraded with SET ROLE: it authenticates
 as the role itself (peer map ``plpy_bg``), so no statement in the job can
 become anyone else. Idle workers are kept per (database, role, profile) and
 reset with DISCARD ALL before reuse; a worker is never shared across keys.
+A worker whose seccomp filter stack changed during a job (a job may add a
+filter, never remove one) is closed instead of reused: its profile is no longer
+the key's.
 """
 from __future__ import annotations
 
@@ -35,6 +38,22 @@ def error_fields(res) -> dict:
     }
 
 
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def seccomp_filters(pid: int) -> int | None:
+    """The number of seccomp filters in force in process `pid` (None when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Seccomp_filters:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return 0
+
+
 def quote(text: str) -> str:
     """A SQL string literal (standard_conforming_strings is on in every worker)."""
     if "\0" in text:
@@ -51,15 +70,24 @@ class Worker:
     idle_since: float = field(default_factory=time.monotonic)
     jobs_run: int = 0
     applied: list | None = None  # the settings in force, re-applied after each reset
+    filters: int | None = None  # seccomp filters in the backend once it was ready for jobs
 
     def apply_settings(self, settings: list) -> None:
         """Set the job's settings; nothing to do when the worker already has exactly these."""
         if settings == self.applied:
             return
+        wanted = {n for n, _ in settings}
+        # a setting of the previous launcher that this one does not send goes back to its default
+        stale = [n for n, _ in (self.applied or []) if n not in wanted]
+        sql = []
         if settings:
             # one simple-protocol round trip; the worker keeps standard_conforming_strings on
-            self.run_simple("SELECT " + ", ".join(
+            sql.append("SELECT " + ", ".join(
                 f"pg_catalog.set_config({quote(n)}, {quote(v)}, false)" for n, v in settings))
+        sql += [f"RESET {quote_ident(n)}" for n in stale]
+        self.applied = None  # unknown until the statement succeeds
+        if sql:
+            self.run_simple("; ".join(sql))
         self.applied = settings
 
     @property
@@ -69,10 +97,15 @@ class Worker:
     def alive(self) -> bool:
         """Still connected; reads pending input so a server-side close is noticed."""
         pg = self.pgconn
-        if pg.status != pq.ConnStatus.OK:
-            return False
         try:
-            pg.consume_input()
+            # a terminated backend sends its FATAL message, then EOF: reading until nothing is
+            # pending sees both (one read may stop after the message)
+            for _ in range(4):
+                if pg.status != pq.ConnStatus.OK:
+                    return False
+                if not select.select([pg.socket], [], [], 0)[0]:
+                    return True
+                pg.consume_input()
         except Exception:
             return False
         return pg.status == pq.ConnStatus.OK
@@ -145,6 +178,8 @@ class Worker:
         try:
             if not self.alive():
                 return False
+            if self.filters is not None and seccomp_filters(self.pid) != self.filters:
+                return False
             if self.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self.run_simple("ROLLBACK")
             self.run_simple("DISCARD ALL")
@@ -156,78 +191,118 @@ class Worker:
 
 
 class Pool:
-    """Idle workers per key, bounded per key and in total, reaped when idle too long."""
+    """Idle workers per key, bounded per role and in total, reaped when idle too long.
 
-    def __init__(self, connect, max_idle_per_key: int = 8, max_idle_total: int = 32,
+    `live` holds every worker connection this pool opened and has not closed:
+    each is either idle here or running exactly one job (the invariants check
+    this against pg_stat_activity).
+    """
+
+    def __init__(self, connect, max_idle_per_role: int = 8, max_idle_total: int = 32,
                  idle_timeout: float = 60.0):
         self._connect = connect
-        self.max_idle_per_key = max_idle_per_key
+        self.max_idle_per_role = max_idle_per_role
         self.max_idle_total = max_idle_total
         self.idle_timeout = idle_timeout
         self.idle: dict[tuple, list[Worker]] = {}
+        self.live: dict[int, Worker] = {}
         self.lock = threading.Lock()
         self.opened = 0
         self.reused = 0
         self.warming: set[tuple] = set()
 
+    def configure(self, max_idle_per_role: int, max_idle_total: int, idle_timeout: float) -> None:
+        """New bounds (from the server's settings); idle workers beyond them are closed now."""
+        self.max_idle_per_role = max_idle_per_role
+        self.max_idle_total = max_idle_total
+        self.idle_timeout = idle_timeout
+        self.reap()
+
+    def _open(self, key: tuple) -> Worker:
+        w = self._connect(key)
+        with self.lock:
+            self.opened += 1
+            self.live[w.pid] = w
+        return w
+
+    def close(self, w: Worker) -> None:
+        with self.lock:
+            if self.live.get(w.pid) is w:
+                del self.live[w.pid]
+        w.close()
+
     def acquire(self, key: tuple) -> tuple[Worker, bool]:
+        stale = []
         with self.lock:
             stack = self.idle.get(key)
+            found = None
             while stack:
                 w = stack.pop()
                 if w.alive():
-                    self.reused += 1
-                    if not stack:
-                        self._prewarm(key)
-                    return w, True
-                w.close()
-        w = self._connect(key)
-        self.opened += 1
+                    found = w
+                    break
+                stale.append(w)
+            if stack is not None and not stack:
+                del self.idle[key]
+        for w in stale:
+            self.close(w)
+        if found is not None:
+            self.reused += 1
+            if key not in self.idle:
+                self._prewarm(key)
+            return found, True
+        w = self._open(key)
         self._prewarm(key)
         return w, False
 
+    def _room(self, key: tuple) -> bool:
+        """Whether one more idle worker of `key` fits the bounds (called with the lock held)."""
+        role = key[1]
+        per_role = sum(len(s) for k, s in self.idle.items() if k[1] == role)
+        return per_role < self.max_idle_per_role and self.idle_count() < self.max_idle_total
+
+    def _park(self, w: Worker) -> bool:
+        with self.lock:
+            if not self._room(w.key):
+                return False
+            w.idle_since = time.monotonic()
+            self.idle.setdefault(w.key, []).append(w)
+            return True
+
     def _prewarm(self, key: tuple) -> None:
         """Open one more worker in the background: a login and its filter cost tens of ms."""
-        if key in self.warming or self.max_idle_per_key <= 0:
-            return
-        self.warming.add(key)
+        with self.lock:
+            if key in self.warming or not self._room(key):
+                return
+            self.warming.add(key)
 
         def open_one():
             try:
-                w = self._connect(key)
-                self.opened += 1
-                with self.lock:
-                    stack = self.idle.setdefault(key, [])
-                    if len(stack) < self.max_idle_per_key and self.idle_count() < self.max_idle_total:
-                        w.idle_since = time.monotonic()
-                        stack.append(w)
-                        w = None
-                if w is not None:
-                    w.close()
+                w = self._open(key)
+                if not self._park(w):
+                    self.close(w)
             except Exception:  # the launch that needs it will report the failure
                 pass
             finally:
-                self.warming.discard(key)
+                with self.lock:
+                    self.warming.discard(key)
 
         threading.Thread(target=open_one, name="prewarm", daemon=True).start()
 
     def release(self, w: Worker) -> None:
         w.jobs_run += 1
-        if self.max_idle_per_key <= 0 or not w.reset():
-            w.close()
-            return
-        w.idle_since = time.monotonic()
-        with self.lock:
-            stack = self.idle.setdefault(w.key, [])
-            if len(stack) >= self.max_idle_per_key or self.idle_count() >= self.max_idle_total:
-                w.close()
-                return
-            stack.append(w)
+        if self.max_idle_per_role <= 0 or not w.reset() or not self._park(w):
+            self.close(w)
 
     def idle_count(self) -> int:
         return sum(len(s) for s in self.idle.values())
 
+    def idle_workers(self) -> list[Worker]:
+        with self.lock:
+            return [w for s in self.idle.values() for w in s]
+
     def reap(self, now: float | None = None, all_: bool = False) -> int:
+        """Close workers idle too long, dead, or beyond the bounds (the oldest idle go first)."""
         now = now or time.monotonic()
         closed = []
         with self.lock:
@@ -238,12 +313,22 @@ class Pool:
                     self.idle[key] = keep
                 else:
                     del self.idle[key]
+            per_role: dict[str, int] = {}
+            for w in sorted((w for s in self.idle.values() for w in s), key=lambda w: -w.idle_since):
+                n = per_role.get(w.key[1], 0) + 1
+                per_role[w.key[1]] = n
+                if n > self.max_idle_per_role or sum(per_role.values()) > self.max_idle_total:
+                    per_role[w.key[1]] -= 1
+                    self.idle[w.key].remove(w)
+                    closed.append(w)
+            for key in [k for k, s in self.idle.items() if not s]:
+                del self.idle[key]
         for w in closed:
-            w.close()
+            self.close(w)
         return len(closed)
 
     def drop_key(self, key: tuple) -> None:
         with self.lock:
             stack = self.idle.pop(key, [])
         for w in stack:
-            w.close()
+            self.close(w)

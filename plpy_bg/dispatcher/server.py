@@ -41,7 +41,7 @@ import psycopg
 from psycopg import pq
 
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.dispatcher.pool import Pool, Worker, error_fields
+from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters
 from plpy_bg.dispatcher.sink import RowSink
 from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
 from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
@@ -56,7 +56,7 @@ ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.E
 ERROR_LIMIT = 512
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
-SESSION_KEEP = 1000  # ended jobs a session remembers (list_v2); the job table keeps all
+SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
 
 
 def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
@@ -156,6 +156,8 @@ class Dispatcher:
         self.sandbox_cache: dict[str, tuple] = {}
         self.ident_lock = threading.Lock()
         self.pool = Pool(self._open_worker)
+        self.config_db: str | None = None  # a database to read cluster-wide settings in
+        self.config_at = 0.0
         # job threads are reused: starting a thread per job costs more than the rest of a launch
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="job")
         self.stopping = threading.Event()
@@ -207,7 +209,9 @@ class Dispatcher:
         last = None
         for attempt in range(40):
             try:
-                conn = psycopg.connect(**self._conninfo(db, role, "plpy_bg worker"), autocommit=True)
+                # an idle pooled worker must not be ended by the server's idle_session_timeout
+                conn = psycopg.connect(**self._conninfo(db, role, "plpy_bg worker"), autocommit=True,
+                                       options="-c idle_session_timeout=0")
                 break
             except psycopg.OperationalError as e:
                 last = e
@@ -246,6 +250,7 @@ class Dispatcher:
         try:
             if self.sandboxed(db):  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
+            w.filters = seccomp_filters(w.pid)
         except psycopg.Error as e:
             w.close()
             raise PgError("could not install the seccomp filter in a job worker",
@@ -331,7 +336,18 @@ class Dispatcher:
             sess.launched += 1
             self._trim(sess)
         job.thread = self.executor.submit(self._run_job, job)  # applies the settings while the row is committed
-        Store.wait(job.row_pending)  # the row is visible to every session before the launch returns
+        try:
+            Store.wait(job.row_pending)  # the row is visible to every session before the launch returns
+        except Exception as e:
+            # the job thread sees the same error and ends the job without running any of its SQL
+            with self.lock:
+                sess.jobs.pop(job.cookie, None)
+                job.detached = True
+                self._forget_if_done(job)
+            raise PgError("could not record the background job in plpy_bg.jobs; it was not started",
+                          detail=str(e).strip() or type(e).__name__,
+                          hint="The job table must be writable (disk space, read-only mode) for jobs to start.",
+                          sqlstate=getattr(e, "sqlstate", None) or "58000")
         return {"pid": job.pid, "cookie": job.cookie}
 
     # ---- running a job ----
@@ -402,7 +418,7 @@ class Dispatcher:
         if reusable and not job.terminated:
             self.pool.release(w)
         else:
-            w.close()
+            self.pool.close(w)
 
     def _row(self, job: Job, sess: "Session | None") -> dict:
         return {
@@ -556,6 +572,7 @@ class Dispatcher:
                     os._exit(0)
             if now - last_reap >= 1.0:
                 last_reap = now
+                self.refresh_config()
                 self.pool.reap()
 
     def retire(self) -> None:
@@ -706,19 +723,36 @@ class Dispatcher:
                 self.retire()
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
+            if req.get("db"):
+                self.store(req["db"])  # its first connection marks jobs of a dead dispatcher lost
+                self.config_db = self.config_db or req["db"]
             return {"epoch": self.epoch}
         if op == "ping":
             return {"epoch": self.epoch, "pid": os.getpid(), "pool_opened": self.pool.opened,
                     "pool_reused": self.pool.reused, "pool_idle": self.pool.idle_count()}
         if op == "invariants":
             return {"violations": self.check_invariants()}
+        if op == "pool":
+            self.refresh_config(force=True)
+            return {"workers": self.pool_listing()}
         raise InvalidParameter(f"unknown dispatcher request {op!r}")
 
     def check_invariants(self) -> list[str]:
+        """The invariants of the module docstring; a violation must persist for a second to count
+        (a job ending or a worker connecting while the check runs is not one)."""
+        for _ in range(6):
+            bad = self._violations()
+            if not bad:
+                return []
+            time.sleep(0.2)
+        return bad
+
+    def _violations(self) -> list[str]:
         bad = []
         with self.lock:
             jobs = list(self.jobs.values())
             by_pid = dict(self.by_worker_pid)
+            stores = dict(self.stores)
         for j in jobs:
             if j.state == "running":
                 if j.thread is not None and j.thread.done():
@@ -729,7 +763,109 @@ class Dispatcher:
                 bad.append(f"job {j.pid}/{j.cookie} has unknown state {j.state}")
             elif j.state != "completed" and not j.last_error:
                 bad.append(f"job {j.pid}/{j.cookie} ended {j.state} without a reason")
+        # the pool: every worker connection is idle or runs one job, and its backend agrees
+        with self.pool.lock:
+            live = dict(self.pool.live)
+            idle = {w.pid: w for s in self.pool.idle.values() for w in s}
+            warming = bool(self.pool.warming)
+        now = time.monotonic()
+        for pid, w in live.items():
+            running = by_pid.get(pid)
+            if running is not None and pid in idle:
+                bad.append(f"worker {pid} is idle in the pool and runs job {running.cookie}")
+            elif running is None and pid not in idle and not warming:
+                bad.append(f"worker {pid} is neither idle nor running a job")
+            if pid in idle and now - w.idle_since > self.pool.idle_timeout + 2.0:
+                bad.append(f"worker {pid} has been idle {now - w.idle_since:.0f} s, beyond the pool's "
+                           f"idle limit of {self.pool.idle_timeout:.0f} s")
+        for pid, j in by_pid.items():
+            if pid not in live:
+                bad.append(f"job {pid}/{j.cookie} runs on a worker the pool does not know")
+        db = self.config_db or next(iter(stores), None)
+        if db is not None:
+            rows = self.admin_exec(db, """
+                SELECT pid, datname, usename, application_name FROM pg_catalog.pg_stat_activity
+                WHERE backend_type = 'client backend'
+                  AND (application_name = 'plpy_bg worker' OR pid = ANY(%s))""", (list(live),))
+            seen = {r[0]: r for r in rows}
+            for pid, w in live.items():
+                r = seen.get(pid)
+                if r is None:
+                    if w.alive():
+                        bad.append(f"worker {pid} is connected but its backend is not in pg_stat_activity")
+                elif (r[1], r[2]) != (w.key[0], w.key[1]):
+                    bad.append(f"worker {pid} of ({w.key[0]}, {w.key[1]}) is a backend of ({r[1]}, {r[2]})")
+            for pid, r in seen.items():
+                if pid not in live:
+                    bad.append(f"backend {pid} ({r[1]}, {r[2]}) is a job worker the dispatcher does not hold")
+        # the job table: once queued writes are committed, it says what the dispatcher knows
+        for db, store in stores.items():
+            failing = store.failing()
+            if failing:
+                bad.append(f"job table writes in database {db} are failing ({failing}); "
+                           f"{store.queued()} writes wait to be retried")
+                continue
+            try:
+                store.barrier()
+                rows = self.admin_exec(db, """
+                    SELECT j.cookie, j.pid, j.state, j.dispatcher_epoch, a.pid IS NOT NULL
+                    FROM plpy_bg.jobs j LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = j.pid
+                    WHERE j.state = 'running' OR (j.state <> 'completed' AND j.last_error IS NULL)
+                    LIMIT 100""")
+            except Exception as e:
+                bad.append(f"job table of database {db} cannot be read: {e}")
+                continue
+            with self.lock:
+                running = {j.cookie for j in self.jobs.values() if j.state == "running"}
+            for cookie, pid, state, epoch, has_backend in rows:
+                if state != "running":
+                    bad.append(f"job row {pid}/{cookie} ended {state} without a reason")
+                elif epoch != self.epoch:
+                    bad.append(f"job row {pid}/{cookie} of an earlier dispatcher is still running")
+                elif cookie not in running:
+                    bad.append(f"job row {pid}/{cookie} is running but no job runs")
+                elif not has_backend:
+                    bad.append(f"job row {pid}/{cookie} is running but backend {pid} is gone")
         return bad
+
+    def pool_listing(self) -> list[dict]:
+        with self.lock:
+            by_pid = dict(self.by_worker_pid)
+        with self.pool.lock:
+            live = list(self.pool.live.values())
+            idle = {w.pid for s in self.pool.idle.values() for w in s}
+        now = time.monotonic()
+        out = []
+        for w in sorted(live, key=lambda w: w.pid):
+            j = by_pid.get(w.pid)
+            out.append({"pid": w.pid, "database": w.key[0], "role": w.key[1], "profile": w.key[2],
+                        "state": "running" if j else ("idle" if w.pid in idle else "opening"),
+                        "job_cookie": j.cookie if j else None, "jobs_run": w.jobs_run,
+                        "idle_seconds": round(now - w.idle_since, 3) if w.pid in idle else None,
+                        "seccomp_filters": w.filters})
+        return out
+
+    def refresh_config(self, force: bool = False) -> None:
+        """The pool's bounds from the server's settings (postgresql.conf or ALTER SYSTEM)."""
+        now = time.monotonic()
+        if self.config_db is None or (not force and now - self.config_at < 5.0):
+            return
+        self.config_at = now
+        try:
+            row = self.admin_exec(self.config_db, """SELECT
+                pg_catalog.current_setting('plpy_bg.pool_max_idle_per_role', true),
+                pg_catalog.current_setting('plpy_bg.pool_max_idle', true),
+                pg_catalog.current_setting('plpy_bg.pool_idle_timeout', true)""")[0]
+        except Exception as e:
+            log.warning("could not read the pool settings: %s", e)
+            return
+        per_role = parse_count(row[0], self.pool.max_idle_per_role, "plpy_bg.pool_max_idle_per_role")
+        total = parse_count(row[1], self.pool.max_idle_total, "plpy_bg.pool_max_idle")
+        timeout = parse_seconds(row[2], self.pool.idle_timeout, "plpy_bg.pool_idle_timeout")
+        if (per_role, total, timeout) != (self.pool.max_idle_per_role, self.pool.max_idle_total,
+                                          self.pool.idle_timeout):
+            log.info("pool bounds: %s idle per role, %s idle in all, %s s idle limit", per_role, total, timeout)
+            self.pool.configure(per_role, total, timeout)
 
     # ---- main loop ----
     def serve_forever(self) -> None:
@@ -762,6 +898,40 @@ class Dispatcher:
                 continue
             sess = Session(sock=conn, peer_pid=pid)
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def parse_count(text: str | None, default: int, name: str) -> int:
+    if text is None or text.strip() == "":
+        return default
+    try:
+        n = int(text.strip())
+        if 0 <= n <= 100000:
+            return n
+    except ValueError:
+        pass
+    log.warning("%s = %r is not a count from 0 to 100000; keeping %s", name, text, default)
+    return default
+
+
+def parse_seconds(text: str | None, default: float, name: str) -> float:
+    """A duration as PostgreSQL writes one: 60, 60s, 500ms, 2min, 1h (a bare number is seconds)."""
+    if text is None or text.strip() == "":
+        return default
+    t = text.strip().lower().replace(" ", "")
+    for unit, scale in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
+        if t.endswith(unit):
+            t, mult = t[: -len(unit)], scale
+            break
+    else:
+        mult = 1.0
+    try:
+        v = float(t) * mult
+        if 0 < v <= 86400 * 7:
+            return v
+    except ValueError:
+        pass
+    log.warning("%s = %r is not a duration from 1 ms to 7 days; keeping %s s", name, text, default)
+    return default
 
 
 def socket_path_for(sockdir: str, port: int) -> str:

@@ -7,6 +7,11 @@ committed (visible to every session at once) but never for a WAL flush; the
 row reaches disk no later than the job's own commit, which does wait for the
 flush. The durable lane writes each final state with a flush, so a crash right
 after a job ends cannot lose its outcome, and launches never wait behind it.
+
+A write the server refuses for a reason that passes (disk full, read-only, out
+of memory or connections, a serialization failure) is kept and retried with
+backoff; a launch waiting for its row gets the error at once instead, so it is
+refused rather than run unrecorded. Final states are never dropped.
 """
 from __future__ import annotations
 
@@ -77,6 +82,23 @@ class Store:
     def wait(pending: tuple, timeout: float = 30.0) -> None:
         Lane.wait(pending, timeout)
 
+    def failing(self) -> str | None:
+        return self.durable.failing or self.fast.failing
+
+    def queued(self) -> int:
+        return self.durable.q.qsize() + self.fast.q.qsize()
+
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Return once every write queued before the call is committed."""
+        pend = [lane.submit("SELECT 1", {}) for lane in (self.fast, self.durable)]
+        for p in pend:
+            Lane.wait(p, timeout)
+
+
+# SQLSTATE classes of refusals that pass: insufficient resources, read-only, serialization,
+# operator intervention, system error, object in use (a lock timeout)
+TRANSIENT_CLASSES = ("53", "25", "40", "57", "58", "55")
+
 
 class Lane:
     """One connection and one thread that commit queued writes in groups."""
@@ -93,6 +115,7 @@ class Lane:
                                        name=f"store-{dbname}-{'durable' if durable else 'fast'}")
         self.last_purge = 0.0 if not durable else float("inf")
         self.ready = threading.Event()
+        self.failing: str | None = None  # the last refusal while writes wait to be retried
         self.thread.start()
 
     # ---- API used by the dispatcher ----
@@ -132,9 +155,10 @@ class Lane:
                     batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-            if not self._with_retry(lambda: self._apply(batch)):
+            waited = any(item[2] is not None for item in batch)
+            if not self._with_retry(lambda: self._apply(batch), keep=not waited):
                 for item in batch:  # one row failed: apply one by one, report each failure
-                    self._with_retry(lambda: self._apply([item]), item)
+                    self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
             if time.monotonic() - self.last_purge > 600:
                 self.last_purge = time.monotonic()
                 self.write(PURGE, {"keep": self.retention})
@@ -142,9 +166,11 @@ class Lane:
     def _usable(self) -> bool:
         return self.conn is not None and not self.conn.closed and not self.conn.broken
 
-    def _with_retry(self, fn, item=None) -> bool:
-        """Run fn until the server takes it; False (or the error in item) when a statement fails."""
+    def _with_retry(self, fn, item=None, keep: bool = True) -> bool:
+        """Run fn until the server takes it. A refusal that passes is retried when `keep` (forever
+        on the durable lane, a few times on the fast one); otherwise False, the error in item."""
         backoff = 0.1
+        refusals = 0
         while True:
             try:
                 if not self._usable():
@@ -152,12 +178,21 @@ class Lane:
                     self.conn = self._open()
                     self.ready.set()
                 fn()
+                self.failing = None
                 return True
             except Exception as e:
-                if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) or not self._usable():
+                state = getattr(e, "sqlstate", None) or ""
+                if not self._usable() or not state or state[:2] == "08":
                     # the server restarts or our session was killed: keep the writes and retry
                     log.warning("job table connection for %s lost (%s); retrying", self.dbname, e)
                     self._drop()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                refusals += 1
+                if keep and state[:2] in TRANSIENT_CLASSES and (self.durable or refusals < 4):
+                    self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
+                    log.warning("job table write refused (%s); retrying in %.1f s", self.failing, backoff)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue

@@ -17,7 +17,7 @@ ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transacti
           "bytea_output")
 # never sent: connection-level, identity or transaction state
 NEVER = ("client_encoding", "session_authorization", "role", "transaction_isolation",
-         "transaction_read_only", "transaction_deferrable", "seed", "is_superuser")
+         "transaction_read_only", "transaction_deferrable", "seed", "is_superuser", "idle_session_timeout")
 
 BASELINE_SQL = """
 SELECT s.name, s.context, pg_catalog.current_setting(s.name) AS value,

@@ -22,6 +22,21 @@ from plpy_bg import api
 return api.invariants(plpy, GD)
 $python$;
 
+CREATE OR REPLACE FUNCTION plpy_bg.pool_workers(
+    OUT pid pg_catalog.int4, OUT database pg_catalog.text, OUT role pg_catalog.text, OUT profile pg_catalog.text,
+    OUT state pg_catalog.text, OUT job_cookie pg_catalog.int8, OUT jobs_run pg_catalog.int4,
+    OUT idle_seconds pg_catalog.float8, OUT seccomp_filters pg_catalog.int4)
+RETURNS SETOF record
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.pool_workers(plpy, GD)
+$python$;
+COMMENT ON FUNCTION plpy_bg.pool_workers() IS
+'Every job worker connection of the dispatcher: idle in the pool, running a job, or opening';
+
 -- where the dispatcher listens: superuser-only settings, read for the launching role
 CREATE OR REPLACE FUNCTION plpy_bg.cluster_context(OUT dirs pg_catalog.text, OUT port pg_catalog.int4,
                                                    OUT admin pg_catalog.text)
@@ -153,5 +168,6 @@ REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.tex
 REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.pool_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.cluster_context() FROM PUBLIC;
 SELECT @extschema@.grant_pg_background_privileges('pgbackground_role', false);

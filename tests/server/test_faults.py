@@ -1,11 +1,12 @@
 """Faults: a killed job backend, a server restart with jobs running, a killed dispatcher."""
 import os
+import time
 import signal
 
 import psycopg
 import pytest
 
-from tests.fix_pg import invariants, job_row, launch, result, wait_for
+from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -108,4 +109,101 @@ def test_launcher_terminated_while_rows_stream(own_pg):
     assert errors and isinstance(errors[0], psycopg.OperationalError)
     wait_for(lambda: (_row(own_pg, h[1]) or {}).get("state") not in (None, "running"), timeout=60)
     assert job_row(own_pg, h[1])["state"] == "completed"
+    assert invariants(own_pg) == []
+
+
+def test_launcher_terminated_before_its_job_starts(own_pg):
+    """The launch is held up (the job table is locked); the launcher dies before the job starts.
+    The job is started, recorded and runs to the end, detached."""
+    import threading
+
+    own_pg.sql("CREATE TABLE IF NOT EXISTS early (tag text); GRANT ALL ON early TO alice")
+    c = own_pg.connect("alice")
+    launcher = c.info.backend_pid
+    errors = []
+
+    def go():
+        try:
+            launch(c, "INSERT INTO early VALUES ('ran')", fn="pg_background_submit_v2")
+        except psycopg.Error as e:
+            errors.append(e)
+
+    with own_pg.connect(autocommit=False) as locker:
+        locker.execute("LOCK TABLE plpy_bg.jobs IN EXCLUSIVE MODE")  # the launch waits for its row
+        t = threading.Thread(target=go)
+        t.start()
+        wait_for(lambda: own_pg.sql("SELECT 1 FROM pg_locks WHERE relation = 'plpy_bg.jobs'::regclass "
+                                    "AND NOT granted"))
+        own_pg.sql("SELECT pg_terminate_backend(%s)", (launcher,))
+        time.sleep(0.3)
+        locker.rollback()
+    t.join(30)
+    c.close()
+    wait_for(lambda: own_pg.sql("SELECT 1 FROM early WHERE tag = 'ran'"), timeout=20)
+    rows = own_pg.sql("SELECT state FROM plpy_bg.jobs WHERE launcher_pid = %s", (launcher,))
+    wait_for(lambda: own_pg.sql("SELECT state FROM plpy_bg.jobs WHERE launcher_pid = %s", (launcher,))
+             == [("completed",)])
+    assert rows
+    assert invariants(own_pg) == []
+
+
+DISK_FULL = """
+CREATE TABLE IF NOT EXISTS disk_full_flag (is_full bool);
+INSERT INTO disk_full_flag SELECT false WHERE NOT EXISTS (SELECT FROM disk_full_flag);
+CREATE OR REPLACE FUNCTION plpy_bg_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT is_full FROM disk_full_flag) THEN
+        RAISE EXCEPTION 'could not extend file "base/5/16384": No space left on device'
+            USING ERRCODE = 'disk_full';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER disk_full BEFORE INSERT OR UPDATE ON plpy_bg.jobs
+    FOR EACH ROW EXECUTE FUNCTION plpy_bg_test_disk_full();
+"""
+
+
+def _fault(server, setting: str, on: bool) -> None:
+    """Turn a job-table fault on or off for every session, the dispatcher's included."""
+    with server.connect() as c:
+        c.execute("SET default_transaction_read_only = off")
+        if setting == "disk full":
+            c.execute("UPDATE disk_full_flag SET is_full = %s", (on,))
+            return
+        if on:
+            c.execute(f"ALTER SYSTEM SET {setting} = on")
+        else:
+            c.execute(f"ALTER SYSTEM RESET {setting}")
+        c.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize("fault, setting, error", [
+    ("read-only", "default_transaction_read_only", psycopg.errors.ReadOnlySqlTransaction),
+    ("disk full", "disk full", psycopg.errors.DiskFull),
+])
+def test_job_table_refuses_writes(own_pg, fault, setting, error):
+    """Launches are refused with the server's error while the job table cannot be written; a job
+    that ends meanwhile keeps its outcome in the dispatcher and records it once writes work again."""
+    if fault == "disk full":
+        own_pg.sql(DISK_FULL)
+    with own_pg.connect("alice") as c:
+        h = launch(c, "SELECT pg_sleep(1.5), 'outcome kept'")
+        _fault(own_pg, setting, True)
+        try:
+            with pytest.raises(error, match="could not record the background job"):
+                launch(c, "SELECT 'refused'")
+            assert [r[0] for r in c.execute(f"SELECT pid FROM pg_background_list_v2() AS ({LIST_COLS})")] \
+                == [h[0]]  # the refused launch left nothing behind
+            assert result(c, h, "s text, t text") == [("", "outcome kept")]
+            time.sleep(0.5)
+            assert any("failing" in v for v in invariants(own_pg))
+            assert job_row(own_pg, h[1])["state"] == "running"  # not yet written, not lost
+        finally:
+            _fault(own_pg, setting, False)
+        wait_for(lambda: job_row(own_pg, h[1])["state"] == "completed", timeout=20)
+        h2 = launch(c, "SELECT 'writable again'")
+        assert result(c, h2) == [("writable again",)]
+    if fault == "disk full":
+        own_pg.sql("DROP TRIGGER disk_full ON plpy_bg.jobs")
     assert invariants(own_pg) == []

@@ -50,7 +50,9 @@ def med(conn, sql, runs, params=None):
     xs = []
     for _ in range(runs):
         t = time.perf_counter()
-        conn.execute(sql, params).fetchall()
+        cur = conn.execute(sql, params)
+        if cur.description:
+            cur.fetchall()
         xs.append((time.perf_counter() - t) * 1000)
     return statistics.median(xs)
 

@@ -31,7 +31,7 @@ SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
-  {jsettings.VALUES_EXPR} AS vals
+  {{vals}} AS vals
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
 """
 
@@ -118,7 +118,10 @@ def _handle(pid, cookie) -> None:
 def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     check_sql(sql)
     base = jsettings.baseline(plpy, GD)
-    ctx = _plan(plpy, GD, "context", CONTEXT_SQL, ["text[]"]).execute([base.names])
+    plan = GD.get("plpy_bg.plan.context")
+    if plan is None:  # per session: the baseline's names and values are constants of the plan
+        plan = GD["plpy_bg.plan.context"] = plpy.prepare(CONTEXT_SQL.replace("{vals}", base.values_sql()))
+    ctx = plan.execute([])
     if not ctx:
         raise PgError("current role not found", sqlstate="42704")
     r = ctx[0]

@@ -54,6 +54,23 @@ def seccomp_filters(pid: int) -> int | None:
     return 0
 
 
+def settings_sql(settings: list, previous: list) -> list[str]:
+    """Statements that take a worker from `previous` settings to `settings`."""
+    wanted = {n for n, _ in settings}
+    out = []
+    if settings:  # standard_conforming_strings is on in every worker
+        out.append("SELECT " + ", ".join(
+            f"pg_catalog.set_config({quote(n)}, {quote(v)}, false)" for n, v in settings))
+    # a setting of the previous launcher that this one does not send goes back to its default
+    out += [f"RESET {quote_ident(n)}" for n, _ in previous if n not in wanted]
+    return out
+
+
+# DISCARD ALL as its documented parts: unlike DISCARD ALL they may share one round trip
+DISCARD = ("CLOSE ALL", "SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "DEALLOCATE ALL", "UNLISTEN *",
+           "SELECT pg_catalog.pg_advisory_unlock_all()", "DISCARD PLANS", "DISCARD TEMP", "DISCARD SEQUENCES")
+
+
 def quote(text: str) -> str:
     """A SQL string literal (standard_conforming_strings is on in every worker)."""
     if "\0" in text:
@@ -76,15 +93,7 @@ class Worker:
         """Set the job's settings; nothing to do when the worker already has exactly these."""
         if settings == self.applied:
             return
-        wanted = {n for n, _ in settings}
-        # a setting of the previous launcher that this one does not send goes back to its default
-        stale = [n for n, _ in (self.applied or []) if n not in wanted]
-        sql = []
-        if settings:
-            # one simple-protocol round trip; the worker keeps standard_conforming_strings on
-            sql.append("SELECT " + ", ".join(
-                f"pg_catalog.set_config({quote(n)}, {quote(v)}, false)" for n, v in settings))
-        sql += [f"RESET {quote_ident(n)}" for n in stale]
+        sql = settings_sql(settings, self.applied or [])
         self.applied = None  # unknown until the statement succeeds
         if sql:
             self.run_simple("; ".join(sql))
@@ -182,9 +191,10 @@ class Worker:
                 return False
             if self.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self.run_simple("ROLLBACK")
-            self.run_simple("DISCARD ALL")
-            settings, self.applied = self.applied, []
-            self.apply_settings(settings or [])  # the next job of this key most likely wants the same
+            settings, self.applied = self.applied or [], None
+            # one round trip; the next job of this key most likely wants the same settings again
+            self.run_simple("; ".join(DISCARD + tuple(settings_sql(settings, []))))
+            self.applied = settings
             return self.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except Exception:
             return False

@@ -110,6 +110,7 @@ class Job:
     parent_cookie: int | None = None
     session_user_id: int | None = None
     row_pending: tuple | None = None
+    sent: bool = False  # the launch sent the job's SQL itself
 
     def listing(self) -> dict:
         err = self.last_error
@@ -324,7 +325,10 @@ class Dispatcher:
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
-            job.row_pending = self.store(job.db).submit(INSERT, self._row(job, sess))
+            job.row_pending = self.store(job.db).insert(INSERT, self._row(job, sess))
+        except psycopg.Error as e:
+            self.pool.release(worker)
+            raise self._unrecorded(e) from None
         except BaseException:
             self.pool.release(worker)
             raise
@@ -335,6 +339,13 @@ class Dispatcher:
             sess.running.add(job.cookie)
             sess.launched += 1
             self._trim(sess)
+        if job.row_pending[0].is_set() and job.settings == worker.applied:
+            # the row is committed and the worker is ready: start the job from here, no handoff
+            try:
+                worker.send(job.sql.encode())
+                job.sent = True
+            except Exception:  # the job thread reports the dead connection
+                job.sent = False
         job.thread = self.executor.submit(self._run_job, job)  # applies the settings while the row is committed
         try:
             Store.wait(job.row_pending)  # the row is visible to every session before the launch returns
@@ -344,11 +355,15 @@ class Dispatcher:
                 sess.jobs.pop(job.cookie, None)
                 job.detached = True
                 self._forget_if_done(job)
-            raise PgError("could not record the background job in plpy_bg.jobs; it was not started",
-                          detail=str(e).strip() or type(e).__name__,
-                          hint="The job table must be writable (disk space, read-only mode) for jobs to start.",
-                          sqlstate=getattr(e, "sqlstate", None) or "58000")
+            raise self._unrecorded(e) from None
         return {"pid": job.pid, "cookie": job.cookie}
+
+    @staticmethod
+    def _unrecorded(e: Exception) -> PgError:
+        return PgError("could not record the background job in plpy_bg.jobs; it was not started",
+                       detail=str(e).strip() or type(e).__name__,
+                       hint="The job table must be writable (disk space, read-only mode) for jobs to start.",
+                       sqlstate=getattr(e, "sqlstate", None) or "58000")
 
     # ---- running a job ----
     def _run_job(self, job: Job) -> None:
@@ -359,9 +374,10 @@ class Dispatcher:
         in_set = False
         reusable = True
         try:
-            w.apply_settings(job.settings)
-            Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
-            w.send(job.sql.encode())
+            if not job.sent:
+                w.apply_settings(job.settings)
+                Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
+                w.send(job.sql.encode())
             cancelled = lambda: job.cancel_requested
             for res in w.results(stream=True):
                 st = res.status

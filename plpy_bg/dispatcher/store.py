@@ -78,6 +78,15 @@ class Store:
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
 
+    def insert(self, sql: str, params: dict) -> tuple:
+        """A launch's row: written in the caller's thread when the fast lane is idle (no thread
+        handoff on the launch path), queued otherwise; returns a pending to `wait` for."""
+        if self.fast.write_now(sql, params):
+            done = threading.Event()
+            done.set()
+            return done, {}
+        return self.fast.submit(sql, params)
+
     @staticmethod
     def wait(pending: tuple, timeout: float = 30.0) -> None:
         Lane.wait(pending, timeout)
@@ -116,6 +125,7 @@ class Lane:
         self.last_purge = 0.0 if not durable else float("inf")
         self.ready = threading.Event()
         self.failing: str | None = None  # the last refusal while writes wait to be retried
+        self.busy = threading.Lock()  # held while writes are applied, by the thread or a caller
         self.thread.start()
 
     # ---- API used by the dispatcher ----
@@ -137,6 +147,27 @@ class Lane:
         if "error" in box:
             raise box["error"]
 
+    def write_now(self, sql: str, params: dict) -> bool:
+        """Commit one write in the caller's thread if nothing is queued or being written; False
+        when the lane is busy or its connection is down (queue the write then). A refusal
+        by the server is raised."""
+        if not self.q.empty() or not self.busy.acquire(blocking=False):
+            return False
+        try:
+            if not self._usable():
+                return False
+            try:
+                self.conn.execute(sql, params)
+            except Exception:
+                if not self._usable():
+                    self._drop()
+                    return False
+                raise
+            self.failing = None
+            return True
+        finally:
+            self.busy.release()
+
     # ---- writer thread ----
     def _open(self) -> psycopg.Connection:
         conn = self._connect(self.dbname)
@@ -156,9 +187,10 @@ class Lane:
                 except queue.Empty:
                     break
             waited = any(item[2] is not None for item in batch)
-            if not self._with_retry(lambda: self._apply(batch), keep=not waited):
-                for item in batch:  # one row failed: apply one by one, report each failure
-                    self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
+            with self.busy:
+                if not self._with_retry(lambda: self._apply(batch), keep=not waited):
+                    for item in batch:  # one row failed: apply one by one, report each failure
+                        self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
             if time.monotonic() - self.last_purge > 600:
                 self.last_purge = time.monotonic()
                 self.write(PURGE, {"keep": self.retention})

@@ -3,9 +3,10 @@
 pg_background copies the whole GUC state. Reading `pg_settings` costs about
 0.8 ms, so it is read once per session: the names of the settings a role may
 set, and which of them the session had already changed (session, role or
-database values). Each launch then reads the current values of those names
-with `current_setting()` (one array, inside the launch's one query) and sends
-the settings that were non-default then or differ from their value then.
+database values). Each launch then compares the current values with those
+(`current_setting()`, inside the launch's one query, with the names and values
+as constants of the session's plan) and sends the settings that were
+non-default then or differ from their value then.
 Custom placeholders (myapp.tenant) are not in pg_settings; they are named in
 `plpy_bg.inherit_settings`.
 """
@@ -29,9 +30,10 @@ WHERE s.context IN ('user', 'superuser') AND s.name <> ALL($2)
 ORDER BY s.name
 """
 
-# the launch query reads the current values of the baseline's names in this form
-VALUES_EXPR = ("ARRAY(SELECT pg_catalog.current_setting(u.n) FROM pg_catalog.unnest($1::pg_catalog.text[]) "
-               "WITH ORDINALITY AS u(n, i) ORDER BY u.i)")
+
+def literal(text: str) -> str:
+    """A string literal whatever standard_conforming_strings says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 PLACEHOLDERS_SQL = """
 SELECT n, pg_catalog.current_setting(n, true) AS v FROM pg_catalog.unnest($1::pg_catalog.text[]) AS n
@@ -48,11 +50,27 @@ class Baseline:
         self.values = [r["value"] for r in rows]
         self.changed = [bool(r["changed"]) for r in rows]
 
-    def inherit(self, values: list[str], superuser: bool) -> list[list[str]]:
-        """[name, value] pairs the job must set, given the values read at launch."""
+    def values_sql(self) -> str:
+        """An expression the launch query evaluates: 'i:value' for each setting to send, i.e. those
+        changed already at the baseline and those whose value differs from it now. The names and
+        baseline values are constants in the session's prepared plan: nothing is passed or
+        converted per launch but what differs."""
+        items = []
+        for i, n in enumerate(self.names):
+            cur = f"pg_catalog.current_setting({literal(n)})"
+            if self.changed[i]:
+                items.append(f"'{i}:' || {cur}")
+            else:
+                items.append(f"CASE WHEN {cur} IS DISTINCT FROM {literal(self.values[i])} THEN '{i}:' || {cur} END")
+        return f"pg_catalog.array_remove(ARRAY[{', '.join(items)}]::pg_catalog.text[], NULL)"
+
+    def inherit(self, items: list[str], superuser: bool) -> list[list[str]]:
+        """[name, value] pairs the job must set, from what values_sql() gave at launch."""
         out = []
-        for i, v in enumerate(values):
-            if (self.changed[i] or v != self.values[i]) and (superuser or not self.superuser_only[i]):
+        for item in items:
+            i, v = item.split(":", 1)
+            i = int(i)
+            if superuser or not self.superuser_only[i]:
                 out.append([self.names[i], v])
         return out
 

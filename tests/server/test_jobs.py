@@ -276,3 +276,14 @@ def test_sql_preview_hides_literals(pg):
 
 def test_invariants_hold(pg):
     assert invariants(pg) == []
+
+
+@pytest.mark.parametrize("scs", ["on", "off"])
+def test_settings_with_quotes_and_backslashes_are_inherited(pg, scs):
+    with pg.connect("alice") as c:
+        result(c, launch(c, "SELECT 1"))  # the session's baseline is read before the changes
+        c.execute(f"SET standard_conforming_strings = {scs}")
+        c.execute("SELECT set_config('application_name', %s, false)", ("it's a \\ test",))
+        c.execute("SELECT set_config('work_mem', '5MB', false)")
+        h = launch(c, "SELECT current_setting('application_name') || '|' || current_setting('work_mem')")
+        assert result(c, h) == [("it's a \\ test|5MB",)]

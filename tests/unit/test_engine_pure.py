@@ -94,9 +94,19 @@ def test_settings_baseline_sends_changed_and_nondefault():
         {"name": "work_mem", "context": "user", "value": "4MB", "changed": False},
         {"name": "session_replication_role", "context": "superuser", "value": "origin", "changed": False},
     ])
-    assert b.inherit(["public", "4MB", "origin"], False) == [["search_path", "public"]]
-    assert b.inherit(["s", "64MB", "replica"], False) == [["search_path", "s"], ["work_mem", "64MB"]]
-    assert b.inherit(["s", "4MB", "replica"], True) == [["search_path", "s"], ["session_replication_role", "replica"]]
+    # the launch query returns 'index:value' for what to send; the superuser-only one needs a superuser
+    assert b.inherit(["0:public"], False) == [["search_path", "public"]]
+    assert b.inherit(["0:s", "1:64MB", "2:replica"], False) == [["search_path", "s"], ["work_mem", "64MB"]]
+    assert b.inherit(["0:s", "2:replica"], True) == [["search_path", "s"], ["session_replication_role", "replica"]]
+    assert b.inherit(["1:a:b"], False) == [["work_mem", "a:b"]]  # a colon in a value stays
+    sql = b.values_sql()
+    assert "CASE" not in sql.split(",")[0]  # changed at the baseline: always sent
+    assert sql.count("CASE WHEN") == 2 and "E'4MB'" in sql
+
+
+def test_settings_literal_survives_quotes_and_backslashes():
+    from plpy_bg.jobs.settings import literal
+    assert literal("it's a \\ test") == "E'it''s a \\\\ test'"
 
 
 def test_streaming_sink_applies_backpressure():

@@ -142,6 +142,10 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
         "provenance": prov, "classification": classification,
     }
+    if mode != "submit":  # rows are kept: let the worker write them as record literals
+        run_sql = policy.row_text_sql(sql, classification)
+        if run_sql is not None:
+            req["run_sql"] = run_sql
     return cl.request("launch", **req)
 
 

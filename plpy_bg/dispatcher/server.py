@@ -111,6 +111,7 @@ class Job:
     session_user_id: int | None = None
     row_pending: tuple | None = None
     sent: bool = False  # the launch sent the job's SQL itself
+    run_sql: str | None = None  # the one query wrapped to return record literals (row_text)
 
     def listing(self) -> dict:
         err = self.last_error
@@ -317,7 +318,7 @@ class Dispatcher:
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
                 provenance=req.get("provenance"), classification=req.get("classification"),
-                session_user_id=req.get("session_user_id"))
+                session_user_id=req.get("session_user_id"), run_sql=req.get("run_sql"))
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
                 job.parent_cookie = parent.cookie
@@ -342,7 +343,7 @@ class Dispatcher:
         if job.row_pending[0].is_set() and job.settings == worker.applied:
             # the row is committed and the worker is ready: start the job from here, no handoff
             try:
-                worker.send(job.sql.encode())
+                worker.send((job.run_sql or job.sql).encode())
                 job.sent = True
             except Exception:  # the job thread reports the dead connection
                 job.sent = False
@@ -377,7 +378,7 @@ class Dispatcher:
             if not job.sent:
                 w.apply_settings(job.settings)
                 Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
-                w.send(job.sql.encode())
+                w.send((job.run_sql or job.sql).encode())
             cancelled = lambda: job.cancel_requested
             for res in w.results(stream=True):
                 st = res.status
@@ -386,11 +387,14 @@ class Dispatcher:
                         in_set = True
                         had_rows = True
                         job.sink.new_set()
-                    nf = res.nfields
                     gv = res.get_value
-                    lit = P.row_literal
-                    job.sink.put_many([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)],
-                                      cancelled)
+                    if job.run_sql is not None:  # the worker wrote each row as a record literal
+                        job.sink.put_many([gv(r, 0) for r in range(res.ntuples)], cancelled)
+                    else:
+                        nf = res.nfields
+                        lit = P.row_literal
+                        job.sink.put_many([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)],
+                                          cancelled)
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
                         job.sink.new_set()
@@ -482,7 +486,7 @@ class Dispatcher:
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
-        job.sql, job.settings, job.provenance, job.classification = "", [], None, None
+        job.sql, job.run_sql, job.settings, job.provenance, job.classification = "", None, [], None, None
         job.worker = job.thread = None
         if job.sink.discarding:
             job.sink = ENDED

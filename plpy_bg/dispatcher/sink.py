@@ -45,21 +45,27 @@ class RowSink:
         self.put_many([row], cancelled)
 
     def put_many(self, rows: list[bytes], cancelled=lambda: False) -> None:
+        """Queue a chunk of rows as one entry (rows joined by NUL, as the wire carries them)."""
+        if not rows:
+            return
+        blob = rows[0] if len(rows) == 1 else b"\0".join(rows)
         with self.cond:
             if self.discarding:
                 return
-            while (self.streaming and not self.spill and not self.discarding
-                   and self.mem_bytes >= self.limit and not cancelled()):
+            self.rows_total += len(rows)
+            # backpressure: a streaming job waits until the chunk fits the queue (a chunk larger
+            # than the whole queue waits for it to be empty)
+            while (self.streaming and not self.spill and not self.discarding and self.mem
+                   and self.mem_bytes + len(blob) > self.limit and not cancelled()):
                 self.cond.wait(0.5)
             if self.discarding:
                 return
-            self.rows_total += len(rows)
-            for row in rows:
-                if self.file is None and self.mem_bytes + len(row) <= self.limit:
-                    self.mem.append(row)
-                    self.mem_bytes += len(row)
-                else:
-                    self._to_file(row)
+            if self.file is None and (self.mem_bytes + len(blob) <= self.limit
+                                      or (self.streaming and not self.spill and not self.mem)):
+                self.mem.append(blob)
+                self.mem_bytes += len(blob)
+            else:
+                self._to_file(blob)
             if self.streaming:
                 self.cond.notify_all()
 
@@ -99,7 +105,8 @@ class RowSink:
 
     # ---- reader side (the launcher's fetch requests) ----
     def take(self, max_bytes: int, timeout: float) -> tuple[list[bytes], dict | None]:
-        """Up to max_bytes of rows; (rows, final) where final is set once all rows are read."""
+        """About max_bytes of row chunks (each one or more NUL-separated rows); (chunks, final)
+        where final is set once all rows are read."""
         with self.cond:
             readable = lambda: self.finished or (self.streaming and (self.mem or self.file_unread))
             if not readable():

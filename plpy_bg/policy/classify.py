@@ -281,6 +281,30 @@ def _inspect_expressions(stmt: dict, entry: dict) -> None:
             entry["kind"] = _worse(entry["kind"], "write")
 
 
+def _row_text_ok(node_type: str, body: dict) -> bool:
+    """A plain query that may run as a subquery (its rows then come back as record text):
+    no SELECT INTO, no data-modifying WITH (both must stay at the top level)."""
+    if node_type != "SelectStmt" or body.get("intoClause"):
+        return False
+    for cte in (body.get("withClause") or {}).get("ctes", ()):
+        q = (cte.get("CommonTableExpr") or {}).get("ctequery") or {}
+        if set(q) != {"SelectStmt"} or not _row_text_ok("SelectStmt", q["SelectStmt"]):
+            return False
+    return True
+
+
+def row_text_sql(sql: str, classification: dict) -> str | None:
+    """The job's one query wrapped so the worker writes each row as a record literal (record_out),
+    or None when it is not one plain query. The statement keeps its own text, on its own lines."""
+    stmts = classification["statements"]
+    if len(stmts) != 1 or not stmts[0].get("row_text"):
+        return None
+    raw = sql.encode()
+    loc, ln = stmts[0]["location"], stmts[0]["length"]
+    text = (raw[loc:loc + ln] if ln else raw[loc:]).decode()
+    return f"SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\n{text}\n) AS plpy_bg_row"
+
+
 def _parse(sql: str) -> list[dict]:
     try:
         return json.loads(_parser.parse_sql_json(sql)).get("stmts", [])
@@ -307,7 +331,9 @@ def classify(sql: str) -> dict:
         (node_type, body), = stmt.items() if stmt else (("EmptyStmt", {}),)
         kind, tag, reasons = _classify_statement(node_type, body)
         entry = {"node": node_type, "command": tag, "kind": kind, "reasons": list(reasons),
-                 "functions": [], "operators": [], "dangerous_calls": []}
+                 "functions": [], "operators": [], "dangerous_calls": [],
+                 "location": raw.get("stmt_location", 0), "length": raw.get("stmt_len", 0),
+                 "row_text": _row_text_ok(node_type, body)}
         if node_type == "VariableSetStmt" and (body.get("name") or "").lower() == "search_path":
             if body.get("kind") == "VAR_SET_VALUE":
                 vals = [_const_str(a) or "" for a in body.get("args", ())]

@@ -287,3 +287,21 @@ def test_settings_with_quotes_and_backslashes_are_inherited(pg, scs):
         c.execute("SELECT set_config('work_mem', '5MB', false)")
         h = launch(c, "SELECT current_setting('application_name') || '|' || current_setting('work_mem')")
         assert result(c, h) == [("it's a \\ test|5MB",)]
+
+
+@pytest.mark.parametrize("sql, rows", [
+    ("SELECT 1 AS plpy_bg_row, 'a\"b,c' AS q", [("1", 'a"b,c')]),
+    ("SELECT 7, 'x'; -- a trailing comment", [("7", "x")]),
+    ("SELECT 8, 'y' -- a comment without a newline", [("8", "y")]),
+    ("VALUES (1, NULL), (2, '')", [("1", None), ("2", "")]),
+    ("WITH d AS (DELETE FROM rt_del RETURNING a, 'gone') SELECT * FROM d", [("1", "gone")]),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 2) SELECT n, 'r' FROM r",
+     [("1", "r"), ("2", "r")]),
+])
+def test_one_query_and_other_statements_give_the_same_rows(pg, sql, rows):
+    """A plain query runs as a subquery that returns record text; others return rows as they are."""
+    pg.sql("DROP TABLE IF EXISTS rt_del; CREATE TABLE rt_del (a int); INSERT INTO rt_del VALUES (1);"
+           "GRANT ALL ON rt_del TO alice")
+    with pg.connect("alice") as c:
+        h = launch(c, sql)
+        assert result(c, h, "a text, b text") == rows

@@ -166,3 +166,26 @@ def test_discard_unblocks_the_writer():
     sink.discard()
     t.join(2)
     assert not t.is_alive()
+
+
+def test_a_chunk_is_one_entry_and_a_chunk_larger_than_the_queue_still_passes():
+    sink = RowSink(limit=100, streaming=True)
+    sink.put_many([b"(1)", b"(2)", b"(3)"])
+    big = [b"z" * 60, b"z" * 60]  # 121 bytes joined: more than the queue holds
+
+    def writer():
+        sink.put_many(big)
+        sink.finish({"tag": "SELECT 5"})
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert sink.mem_bytes == 11 and t.is_alive()  # waits for the queue to be empty
+    chunks, final = sink.take(1000, 1.0)
+    assert chunks == [b"(1)\0(2)\0(3)"]
+    got, final = [], None
+    while final is None:
+        c, final = sink.take(1000, 1.0)
+        got += c
+    assert got == [b"\0".join(big)] and sink.rows_total == 5
+    assert P.unpack_rows(P.pack_rows(chunks + got)[5:]) == ["(1)", "(2)", "(3)", "z" * 60, "z" * 60]

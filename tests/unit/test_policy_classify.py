@@ -132,3 +132,13 @@ def test_syntax_error_raises():
 
 def test_cache_returns_same_object():
     assert classify("SELECT 42") is classify("SELECT 42")
+
+
+def test_row_text_wraps_one_plain_query_only():
+    from plpy_bg.policy.classify import classify, row_text_sql
+    w = row_text_sql("  SELECT 1; -- done", classify("  SELECT 1; -- done"))
+    assert w == "SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\nSELECT 1\n) AS plpy_bg_row"
+    assert row_text_sql("SELECT 'é' -- x", classify("SELECT 'é' -- x")).endswith("SELECT 'é' -- x\n) AS plpy_bg_row")
+    for sql in ("SELECT 1 INTO t", "SELECT 1; SELECT 2", "INSERT INTO t VALUES (1) RETURNING 1",
+                "WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d", "SHOW work_mem", "EXPLAIN SELECT 1"):
+        assert row_text_sql(sql, classify(sql)) is None, sql

@@ -2,13 +2,16 @@
 """Job engine benchmarks on one throwaway server, side by side in one run.
 
     python3 bench/bench_jobs.py [--runs 300] [--submits 3000] [--rows 1000000] [--no-record]
+    python3 bench/bench_jobs.py --runs 20 --sessions '' --concurrent '' --rows 10000000
 
 Measures, from a client over loopback:
 - launch + result of `SELECT 1`: plpy_bg, a fresh dblink connection, and
   pg_background when its build is installed on the machine (never built here);
+  then from 1, 10 and 50 sessions at once (latency and jobs/s in all);
 - submit throughput: jobs/s from submit of the first INSERT until all committed,
   from 1, 10 and 50 concurrent launching sessions;
-- a large result: rows/s and the peak memory of every process involved.
+- a large result: rows/s, the peak memory of the launcher and the worker, and
+  the dispatcher's memory sampled while the rows flow (bounded by queue_size).
 Prints a table and appends it, dated, to bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -87,6 +90,34 @@ def submit_throughput(c: Cluster, sessions: int, total: int) -> float:
     return per * sessions / dt
 
 
+def concurrent_latency(c: Cluster, sessions: int, per: int) -> tuple[list[float], float]:
+    """launch+result of SELECT 1 from `sessions` sessions at once: every latency, and jobs/s."""
+    conns = [psycopg.connect(c.dsn(), autocommit=True) for _ in range(sessions)]
+    for k in conns:
+        launch_result(k, 2)
+    start = threading.Barrier(sessions + 1)
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def worker(k):
+        start.wait()
+        xs = launch_result(k, per)
+        with lock:
+            out.extend(xs)
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in conns]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    dt = time.perf_counter() - t0
+    for k in conns:
+        k.close()
+    return out, len(out) / dt
+
+
 def status_kb(pid: int, field: str = "VmHWM") -> int:
     """A memory field of /proc/<pid>/status in kB (VmHWM: peak RSS); 0 when the process is gone."""
     try:
@@ -103,6 +134,17 @@ def big_result(c: Cluster, rows: int) -> dict:
         me = k.info.backend_pid
         h = k.execute("SELECT * FROM pg_background_launch_v2(%s)",
                       (f"SELECT g, md5(g::text) FROM generate_series(1, {rows}) g",)).fetchone()
+        disp = int(next(c.sockdir.glob(".s.plpy_bg.*.lock")).read_text().strip())
+        before = status_kb(disp, "VmRSS")
+        peak = [before]
+        stop = threading.Event()
+
+        def sample():  # the dispatcher's lifetime peak says nothing about this result: sample it
+            while not stop.is_set():
+                peak[0] = max(peak[0], status_kb(disp, "VmRSS"))
+                time.sleep(0.05)
+
+        threading.Thread(target=sample, daemon=True).start()
         t = time.perf_counter()
         n = 0
         with k.cursor(name="big") as cur:
@@ -115,9 +157,9 @@ def big_result(c: Cluster, rows: int) -> dict:
                 n += len(batch)
         k.commit()
         dt = time.perf_counter() - t
-        disp = int(next(c.sockdir.glob(".s.plpy_bg.*.lock")).read_text().strip())
+        stop.set()
         return {"rows": n, "rows_per_s": n / dt, "launcher_peak_kb": status_kb(me),
-                "worker_peak_kb": status_kb(h[0]), "dispatcher_peak_kb": status_kb(disp)}
+                "worker_peak_kb": status_kb(h[0]), "dispatcher_kb": f"{before} before, {peak[0]} at most during"}
 
 
 def dblink_rows(c: Cluster, rows: int) -> float:
@@ -134,7 +176,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--submits", type=int, default=3000)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--sessions", default="1,10,50")
+    ap.add_argument("--sessions", default="1,10,50", help="submit throughput from this many sessions")
+    ap.add_argument("--concurrent", default="1,10,50", help="launch+result latency from this many sessions")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     build.action_install(argparse.Namespace(no_apt=True))
@@ -164,10 +207,17 @@ def main() -> None:
             lines.append(f"| {name} | {statistics.median(xs):.3f} | {pct(xs, 95):.3f} |")
         if not has_pgbg:
             lines.append("| pg_background 1.8 (not installed here; measured earlier on this platform) | 2.25 | 3.4 |")
+        if args.concurrent:
+            lines.append("")
+            lines.append("| launch+result SELECT 1, concurrent sessions | median ms | p95 ms | jobs/s in all |")
+            lines.append("|---|---|---|---|")
+            for s in [int(x) for x in args.concurrent.split(",")]:
+                xs, rate = concurrent_latency(c, s, max(20, args.runs // s))
+                lines.append(f"| {s} session(s) | {statistics.median(xs):.3f} | {pct(xs, 95):.3f} | {rate:.0f} |")
         lines.append("")
         lines.append("| submit throughput (INSERT jobs, until all committed) | jobs/s |")
         lines.append("|---|---|")
-        for s in [int(x) for x in args.sessions.split(",")]:
+        for s in [int(x) for x in args.sessions.split(",") if x]:
             lines.append(f"| {s} session(s), {args.submits} jobs | {submit_throughput(c, s, args.submits):.0f} |")
         lines.append("| pg_background 1.8 (measured earlier on this platform) | 470 |")
         if args.rows:
@@ -177,7 +227,7 @@ def main() -> None:
             lines.append(f"| {args.rows:,}-row result | rows/s | peak RSS kB |")
             lines.append("|---|---|---|")
             lines.append(f"| plpy_bg result_v2 | {big['rows_per_s']:.0f} | launcher {big['launcher_peak_kb']}, "
-                         f"worker {big['worker_peak_kb']}, dispatcher {big['dispatcher_peak_kb']} |")
+                         f"worker {big['worker_peak_kb']}; dispatcher RSS {big['dispatcher_kb']} |")
             lines.append(f"| dblink | {dbr:.0f} | |")
     finally:
         c.destroy()

@@ -56,6 +56,7 @@ ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.E
 ERROR_LIMIT = 512
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
+SWITCH_INTERVAL = float(os.environ.get("PLPY_BG_SWITCH_INTERVAL", "0.0005"))
 SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
 
 
@@ -967,6 +968,8 @@ def main(argv=None) -> int:
     ap.add_argument("--postmaster-pid", type=int, required=True)
     args = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # many threads wait on sockets and briefly need the GIL: hand it over sooner than every 5 ms
+    sys.setswitchinterval(SWITCH_INTERVAL)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
     path = socket_path_for(args.sockdir, args.port)

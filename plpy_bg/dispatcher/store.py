@@ -1,12 +1,14 @@
 """The job table (`plpy_bg.jobs`), written autonomously by the dispatcher.
 
 Writes go through two lanes per database, each a thread and a connection that
-commits queued writes in groups. The fast lane (launch rows, flags, progress)
-commits with ``synchronous_commit = off``: a launch waits for its row to be
+commits queued writes in groups. The fast lane (launch rows only) commits with
+``synchronous_commit = off``: a launch waits for its row to be
 committed (visible to every session at once) but never for a WAL flush; the
 row reaches disk no later than the job's own commit, which does wait for the
 flush. The durable lane writes each final state with a flush, so a crash right
-after a job ends cannot lose its outcome, and launches never wait behind it.
+after a job ends cannot lose its outcome, and launches never wait behind it; it
+also takes every other update of existing rows (flags, progress), so the two
+lanes never lock the same row.
 
 A write the server refuses for a reason that passes (disk full, read-only, out
 of memory or connections, a serialization failure) is kept and retried with
@@ -73,7 +75,9 @@ class Store:
         self.durable = Lane(connect, dbname, epoch, retention, durable=True)
 
     def write(self, sql: str, params: dict) -> None:
-        (self.durable if sql is FINISH else self.fast).write(sql, params)
+        # only launch rows take the fast lane: updates of existing rows share the durable lane,
+        # so two lanes never lock the same row (they would deadlock under load)
+        (self.fast if sql is INSERT else self.durable).write(sql, params)
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)

@@ -140,7 +140,7 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "session_user_id": r["suid"], "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
-        "provenance": prov, "classification": classification,
+        "provenance_json": json.dumps(prov), "classification_json": json.dumps(classification),
     }
     if mode != "submit":  # rows are kept: let the worker write them as record literals
         run_sql = policy.row_text_sql(sql, classification)

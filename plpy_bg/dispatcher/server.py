@@ -60,6 +60,15 @@ SWITCH_INTERVAL = float(os.environ.get("PLPY_BG_SWITCH_INTERVAL", "0.0005"))
 SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
 
 
+def _json_text(req: dict, name: str) -> str | None:
+    """A launch's provenance or classification as JSON text: sent encoded (`<name>_json`), it is
+    stored as is, never decoded and encoded again per launch."""
+    text = req.get(name + "_json")
+    if text is None and req.get(name) is not None:
+        text = json.dumps(req[name])
+    return text
+
+
 def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
     """Cut at `limit` bytes without splitting a UTF-8 sequence."""
     if text is None:
@@ -106,8 +115,8 @@ class Job:
     sink: RowSink | None = None
     worker: Worker | None = None
     thread: "concurrent.futures.Future | None" = None
-    provenance: dict | None = None
-    classification: dict | None = None
+    provenance: str | None = None  # JSON text, as the launcher sent it and the table stores it
+    classification: str | None = None
     parent_cookie: int | None = None
     session_user_id: int | None = None
     row_pending: tuple | None = None
@@ -318,7 +327,7 @@ class Dispatcher:
                 settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
-                provenance=req.get("provenance"), classification=req.get("classification"),
+                provenance=_json_text(req, "provenance"), classification=_json_text(req, "classification"),
                 session_user_id=req.get("session_user_id"), run_sql=req.get("run_sql"))
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
@@ -447,8 +456,8 @@ class Dispatcher:
             "launcher_pid": job.launcher_pid, "launcher_user_id": job.session_user_id,
             "mode": job.mode, "queue_size": job.queue_size, "sql": job.sql, "preview": job.preview,
             "launched_at": job.launched_at, "epoch": self.epoch,
-            "provenance": json.dumps(job.provenance) if job.provenance is not None else None,
-            "classification": json.dumps(job.classification) if job.classification is not None else None,
+            "provenance": job.provenance,
+            "classification": job.classification,
             "parent_cookie": job.parent_cookie,
         }
 
@@ -735,7 +744,8 @@ class Dispatcher:
             if job is None:
                 return {"job": None}
             return {"job": {"pid": job.pid, "cookie": job.cookie, "role": job.role,
-                            "provenance": job.provenance, "classification": job.classification}}
+                            "provenance": json.loads(job.provenance) if job.provenance else None,
+                            "classification": json.loads(job.classification) if job.classification else None}}
         if op == "ensure_role":
             self.ensure_ident(req["db"], req["role"])
             return {}

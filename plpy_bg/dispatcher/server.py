@@ -555,12 +555,11 @@ class Dispatcher:
         job.sink.discard()
         self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
 
-    def cancel(self, job: Job, grace_ms: int) -> None:
+    def cancel(self, job: Job, grace_ms: int, reason: str = "canceling statement due to user request") -> None:
         if job.done.is_set():
             return
-        job.cancel_requested = True
-        job.last_error = {"sqlstate": "57014", "message": "canceling statement due to user request",
-                          "detail": None, "hint": None, "context": None}
+        job.last_error = {"sqlstate": "57014", "message": reason, "detail": None, "hint": None, "context": None}
+        job.cancel_requested = True  # after the reason: the job may end as soon as this is seen
         job.sink.discard() if job.session is None or job.detached else job.sink.allow_spill()
         try:
             job.worker.pgconn.get_cancel().cancel()
@@ -590,10 +589,8 @@ class Dispatcher:
                     self._terminate(j)
                 elif (j.worker_timeout_ms and not j.cancel_requested
                       and (now - j.started) * 1000 >= j.worker_timeout_ms):
-                    self.cancel(j, 1000)
-                    j.last_error = {"sqlstate": "57014",
-                                    "message": f"background job exceeded pg_background.worker_timeout ({j.worker_timeout_ms} ms)",
-                                    "detail": None, "hint": None, "context": None}
+                    self.cancel(j, 1000, f"background job exceeded pg_background.worker_timeout "
+                                         f"({j.worker_timeout_ms} ms)")
             if now - last_pm >= 1.0:
                 last_pm = now
                 if not self._postmaster_alive():

@@ -24,14 +24,14 @@ GRACE_CAP_MS = 3_600_000
 CANCEL_GRACE_MS = 1000
 SLICE_MS = 200
 
-CONTEXT_SQL = f"""
+CONTEXT_SQL = """
 SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
   (SELECT s.oid::int8 FROM pg_catalog.pg_roles s WHERE s.rolname = SESSION_USER) AS suid,
   pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
-  {{vals}} AS vals
+  {vals} AS vals
 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
 """
 

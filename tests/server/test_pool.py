@@ -2,7 +2,6 @@
 roles, idle workers are bounded per role and in total by settings and reaped when idle."""
 import time
 
-import psycopg
 import pytest
 
 from tests.fix_pg import invariants, launch, result, wait_for

@@ -214,12 +214,14 @@ def main() -> None:
             for s in [int(x) for x in args.concurrent.split(",")]:
                 xs, rate = concurrent_latency(c, s, max(20, args.runs // s))
                 lines.append(f"| {s} session(s) | {statistics.median(xs):.3f} | {pct(xs, 95):.3f} | {rate:.0f} |")
-        lines.append("")
-        lines.append("| submit throughput (INSERT jobs, until all committed) | jobs/s |")
-        lines.append("|---|---|")
+        if args.sessions:
+            lines.append("")
+            lines.append("| submit throughput (INSERT jobs, until all committed) | jobs/s |")
+            lines.append("|---|---|")
         for s in [int(x) for x in args.sessions.split(",") if x]:
             lines.append(f"| {s} session(s), {args.submits} jobs | {submit_throughput(c, s, args.submits):.0f} |")
-        lines.append("| pg_background 1.8 (measured earlier on this platform) | 470 |")
+        if args.sessions:
+            lines.append("| pg_background 1.8 (measured earlier on this platform) | 470 |")
         if args.rows:
             big = big_result(c, args.rows)
             dbr = dblink_rows(c, args.rows)

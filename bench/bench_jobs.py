@@ -59,6 +59,25 @@ def launch_result(conn, runs):
     return out
 
 
+def at_once(conns, body) -> float:
+    """Run body(conn) in a thread per session, all released together; returns the release time
+    (time.perf_counter()) once all have ended."""
+    start = threading.Barrier(len(conns) + 1)
+
+    def run(k):
+        start.wait()
+        body(k)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in conns]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    return t0
+
+
 def submit_throughput(c: Cluster, sessions: int, total: int) -> float:
     with psycopg.connect(c.dsn(), autocommit=True) as a:
         a.execute("DROP TABLE IF EXISTS bench_sink; CREATE TABLE bench_sink (i int)")
@@ -67,20 +86,12 @@ def submit_throughput(c: Cluster, sessions: int, total: int) -> float:
     for k in conns:  # warm: session set-up and dispatcher connection
         k.execute("SELECT * FROM pg_background_submit_v2('SELECT 1')").fetchone()
     time.sleep(0.5)
-    start = threading.Barrier(sessions + 1)
 
-    def worker(k):
-        start.wait()
-        for i in range(per):
+    def submit(k):
+        for _ in range(per):
             k.execute("SELECT pg_background_submit_v2('INSERT INTO bench_sink VALUES (1)')").fetchone()
 
-    ts = [threading.Thread(target=worker, args=(k,)) for k in conns]
-    for t in ts:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in ts:
-        t.join()
+    t0 = at_once(conns, submit)
     with psycopg.connect(c.dsn(), autocommit=True) as a:
         while a.execute("SELECT count(*) FROM bench_sink").fetchone()[0] < per * sessions:
             time.sleep(0.002)
@@ -95,24 +106,15 @@ def concurrent_latency(c: Cluster, sessions: int, per: int) -> tuple[list[float]
     conns = [psycopg.connect(c.dsn(), autocommit=True) for _ in range(sessions)]
     for k in conns:
         launch_result(k, 2)
-    start = threading.Barrier(sessions + 1)
     out: list[float] = []
     lock = threading.Lock()
 
-    def worker(k):
-        start.wait()
+    def measure(k):
         xs = launch_result(k, per)
         with lock:
             out.extend(xs)
 
-    ts = [threading.Thread(target=worker, args=(k,)) for k in conns]
-    for t in ts:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in ts:
-        t.join()
-    dt = time.perf_counter() - t0
+    dt = time.perf_counter() - at_once(conns, measure)
     for k in conns:
         k.close()
     return out, len(out) / dt

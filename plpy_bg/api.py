@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 
 from plpy_bg.dispatcher import client as dclient
@@ -16,6 +15,7 @@ from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
 from plpy_bg import policy
 from plpy_bg.jobs import settings as jsettings
+from plpy_bg.jobs.settings import UNITS_BYTES as _UNITS_BYTES, UNITS_MS as _UNITS_MS, parse_setting
 
 DEFAULT_QUEUE = 65536
 MIN_QUEUE = 4096
@@ -69,25 +69,6 @@ def _plan(plpy, GD, key: str, sql: str, types: list[str]):
 def _require(name: str, value) -> None:
     if value is None:
         raise NullValue(f"{name} must not be null")
-
-
-_UNITS_BYTES = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
-_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_setting(name: str, raw: str | None, default: int, units: dict, base: str) -> int:
-    """An integer setting with optional unit (as PostgreSQL writes them), e.g. '256kB', '5min'."""
-    if raw is None or raw == "":
-        return default
-    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", raw)
-    unit = (m.group(2).lower() if m else "") or base
-    if not m or unit not in units:
-        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"',
-                               hint=f"Valid units are {', '.join(units)}.")
-    val = int(float(m.group(1)) * units[unit])
-    if val < 0:
-        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"', detail="It must not be negative.")
-    return val
 
 
 def check_sql(sql) -> str:

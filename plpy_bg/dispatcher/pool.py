@@ -19,6 +19,7 @@ import psycopg
 from psycopg import pq
 
 from plpy_bg.errors import PgError
+from plpy_bg.jobs.settings import literal
 
 DiagField = pq.DiagnosticField
 CHUNK_ROWS = 256  # rows per result chunk from libpq: fewer Python calls, little delay
@@ -58,7 +59,7 @@ def settings_sql(settings: list, previous: list) -> list[str]:
     """Statements that take a worker from `previous` settings to `settings`."""
     wanted = {n for n, _ in settings}
     out = []
-    if settings:  # standard_conforming_strings is on in every worker
+    if settings:
         out.append("SELECT " + ", ".join(
             f"pg_catalog.set_config({quote(n)}, {quote(v)}, false)" for n, v in settings))
     # a setting of the previous launcher that this one does not send goes back to its default
@@ -72,10 +73,10 @@ DISCARD = ("CLOSE ALL", "SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "DEALL
 
 
 def quote(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings is on in every worker)."""
+    """A SQL string literal, written as the launcher's settings query writes them."""
     if "\0" in text:
         raise PgError("setting values cannot contain NUL bytes", sqlstate="22021")
-    return "'" + text.replace("'", "''") + "'"
+    return literal(text)
 
 
 @dataclass(eq=False)
@@ -307,9 +308,10 @@ class Pool:
     def idle_count(self) -> int:
         return sum(len(s) for s in self.idle.values())
 
-    def idle_workers(self) -> list[Worker]:
+    def snapshot(self) -> tuple[dict[int, Worker], dict[int, Worker], bool]:
+        """(every live worker by pid, the idle ones by pid, whether one is being opened)."""
         with self.lock:
-            return [w for s in self.idle.values() for w in s]
+            return dict(self.live), {w.pid: w for s in self.idle.values() for w in s}, bool(self.warming)
 
     def reap(self, now: float | None = None, all_: bool = False) -> int:
         """Close workers idle too long, dead, or beyond the bounds (the oldest idle go first)."""

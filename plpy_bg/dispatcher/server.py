@@ -48,6 +48,7 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
+from plpy_bg.jobs import settings as jsettings
 
 log = logging.getLogger("plpy_bg.dispatcher")
 
@@ -56,17 +57,7 @@ ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.E
 ERROR_LIMIT = 512
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
-SWITCH_INTERVAL = float(os.environ.get("PLPY_BG_SWITCH_INTERVAL", "0.0005"))
 SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
-
-
-def _json_text(req: dict, name: str) -> str | None:
-    """A launch's provenance or classification as JSON text: sent encoded (`<name>_json`), it is
-    stored as is, never decoded and encoded again per launch."""
-    text = req.get(name + "_json")
-    if text is None and req.get(name) is not None:
-        text = json.dumps(req[name])
-    return text
 
 
 def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
@@ -327,7 +318,7 @@ class Dispatcher:
                 settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
-                provenance=_json_text(req, "provenance"), classification=_json_text(req, "classification"),
+                provenance=req.get("provenance_json"), classification=req.get("classification_json"),
                 session_user_id=req.get("session_user_id"), run_sql=req.get("run_sql"))
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
@@ -792,10 +783,7 @@ class Dispatcher:
             elif j.state != "completed" and not j.last_error:
                 bad.append(f"job {j.pid}/{j.cookie} ended {j.state} without a reason")
         # the pool: every worker connection is idle or runs one job, and its backend agrees
-        with self.pool.lock:
-            live = dict(self.pool.live)
-            idle = {w.pid: w for s in self.pool.idle.values() for w in s}
-            warming = bool(self.pool.warming)
+        live, idle, warming = self.pool.snapshot()
         now = time.monotonic()
         for pid, w in live.items():
             running = by_pid.get(pid)
@@ -859,12 +847,10 @@ class Dispatcher:
     def pool_listing(self) -> list[dict]:
         with self.lock:
             by_pid = dict(self.by_worker_pid)
-        with self.pool.lock:
-            live = list(self.pool.live.values())
-            idle = {w.pid for s in self.pool.idle.values() for w in s}
+        live, idle, _ = self.pool.snapshot()
         now = time.monotonic()
         out = []
-        for w in sorted(live, key=lambda w: w.pid):
+        for w in sorted(live.values(), key=lambda w: w.pid):
             j = by_pid.get(w.pid)
             out.append({"pid": w.pid, "database": w.key[0], "role": w.key[1], "profile": w.key[2],
                         "state": "running" if j else ("idle" if w.pid in idle else "opening"),
@@ -887,9 +873,11 @@ class Dispatcher:
         except Exception as e:
             log.warning("could not read the pool settings: %s", e)
             return
-        per_role = parse_count(row[0], self.pool.max_idle_per_role, "plpy_bg.pool_max_idle_per_role")
-        total = parse_count(row[1], self.pool.max_idle_total, "plpy_bg.pool_max_idle")
-        timeout = parse_seconds(row[2], self.pool.idle_timeout, "plpy_bg.pool_idle_timeout")
+        per_role = pool_setting("plpy_bg.pool_max_idle_per_role", row[0], self.pool.max_idle_per_role,
+                                {"": 1}, "", 0, 100000)
+        total = pool_setting("plpy_bg.pool_max_idle", row[1], self.pool.max_idle_total, {"": 1}, "", 0, 100000)
+        timeout = pool_setting("plpy_bg.pool_idle_timeout", row[2], int(self.pool.idle_timeout * 1000),
+                               jsettings.UNITS_MS, "s", 1, 7 * 86_400_000) / 1000
         if (per_role, total, timeout) != (self.pool.max_idle_per_role, self.pool.max_idle_total,
                                           self.pool.idle_timeout):
             log.info("pool bounds: %s idle per role, %s idle in all, %s s idle limit", per_role, total, timeout)
@@ -928,37 +916,16 @@ class Dispatcher:
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
 
 
-def parse_count(text: str | None, default: int, name: str) -> int:
-    if text is None or text.strip() == "":
-        return default
+def pool_setting(name: str, raw: str | None, default, units: dict, base: str, low: int, high: int):
+    """A pool setting read with the launch settings' parser; out of [low, high] or unreadable, it
+    is logged and the default kept (the dispatcher has nobody to raise the error to)."""
     try:
-        n = int(text.strip())
-        if 0 <= n <= 100000:
-            return n
-    except ValueError:
-        pass
-    log.warning("%s = %r is not a count from 0 to 100000; keeping %s", name, text, default)
-    return default
-
-
-def parse_seconds(text: str | None, default: float, name: str) -> float:
-    """A duration as PostgreSQL writes one: 60, 60s, 500ms, 2min, 1h (a bare number is seconds)."""
-    if text is None or text.strip() == "":
-        return default
-    t = text.strip().lower().replace(" ", "")
-    for unit, scale in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
-        if t.endswith(unit):
-            t, mult = t[: -len(unit)], scale
-            break
-    else:
-        mult = 1.0
-    try:
-        v = float(t) * mult
-        if 0 < v <= 86400 * 7:
+        v = jsettings.parse_setting(name, raw, default, units, base)
+        if low <= v <= high:
             return v
-    except ValueError:
+    except PgError:
         pass
-    log.warning("%s = %r is not a duration from 1 ms to 7 days; keeping %s s", name, text, default)
+    log.warning("%s = %r is not in [%s, %s] %s; keeping %s", name, raw, low, high, base or "", default)
     return default
 
 
@@ -975,8 +942,6 @@ def main(argv=None) -> int:
     ap.add_argument("--postmaster-pid", type=int, required=True)
     args = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # many threads wait on sockets and briefly need the GIL: hand it over sooner than every 5 ms
-    sys.setswitchinterval(SWITCH_INTERVAL)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
     path = socket_path_for(args.sockdir, args.port)

@@ -203,10 +203,9 @@ class Lane:
         return self.conn is not None and not self.conn.closed and not self.conn.broken
 
     def _with_retry(self, fn, item=None, keep: bool = True) -> bool:
-        """Run fn until the server takes it. A refusal that passes is retried when `keep` (forever
-        on the durable lane, a few times on the fast one); otherwise False, the error in item."""
+        """Run fn until the server takes it. A refusal that passes is retried on the durable lane
+        when nobody waits (`keep`); otherwise False, the error in item."""
         backoff = 0.1
-        refusals = 0
         while True:
             try:
                 if not self._usable():
@@ -225,8 +224,7 @@ class Lane:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
-                refusals += 1
-                if keep and state[:2] in TRANSIENT_CLASSES and (self.durable or refusals < 4):
+                if keep and self.durable and state[:2] in TRANSIENT_CLASSES:
                     self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
                     log.warning("job table write refused (%s); retrying in %.1f s", self.failing, backoff)
                     time.sleep(backoff)

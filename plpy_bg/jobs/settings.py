@@ -12,6 +12,10 @@ Custom placeholders (myapp.tenant) are not in pg_settings; they are named in
 """
 from __future__ import annotations
 
+import re
+
+from plpy_bg.errors import InvalidParameter
+
 # always sent, even at their defaults: the job must run with exactly these
 ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
           "TimeZone", "DateStyle", "IntervalStyle", "application_name", "extra_float_digits",
@@ -92,3 +96,22 @@ def placeholders(plpy, GD, names_csv: str | None) -> list[list[str]]:
     if plan is None:
         plan = GD[GD_PLAN] = plpy.prepare(PLACEHOLDERS_SQL, ["text[]"])
     return [[x["n"], x["v"]] for x in plan.execute([names]) if x["v"] is not None]
+
+
+UNITS_BYTES = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
+UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_setting(name: str, raw: str | None, default: int, units: dict, base: str) -> int:
+    """An integer setting with optional unit (as PostgreSQL writes them), e.g. '256kB', '5min'."""
+    if raw is None or raw == "":
+        return default
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", raw)
+    unit = (m.group(2).lower() if m else "") or base
+    if not m or unit not in units:
+        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"',
+                               hint=f"Valid units are {', '.join(units)}.")
+    val = int(float(m.group(1)) * units[unit])
+    if val < 0:
+        raise InvalidParameter(f'invalid value for parameter "{name}": "{raw}"', detail="It must not be negative.")
+    return val

@@ -114,7 +114,8 @@ def concurrent_latency(c: Cluster, sessions: int, per: int) -> tuple[list[float]
         with lock:
             out.extend(xs)
 
-    dt = time.perf_counter() - at_once(conns, measure)
+    t0 = at_once(conns, measure)
+    dt = time.perf_counter() - t0
     for k in conns:
         k.close()
     return out, len(out) / dt

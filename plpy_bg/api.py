@@ -3,6 +3,11 @@
 Every function takes `plpy` (and `GD`), validates its arguments, talks to the
 dispatcher through `dispatcher.client`, and turns a `PgError` into a
 PostgreSQL error with the same SQLSTATE, message, detail and hint.
+
+The launch functions keep the caller's search_path (the job inherits it), so
+every statement here names its functions, operators and types with their
+schema: a caller's `=` or `text` never takes part. Who is calling is read from
+the backend itself (GetUserId), never from a query a caller could shape.
 """
 from __future__ import annotations
 
@@ -14,25 +19,28 @@ from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
 from plpy_bg import policy
+from plpy_bg.jobs import identmap
+from plpy_bg.policy import native
 from plpy_bg.jobs import settings as jsettings
 from plpy_bg.jobs.settings import UNITS_BYTES as _UNITS_BYTES, UNITS_MS as _UNITS_MS, parse_setting
 
 DEFAULT_QUEUE = 65536
 MIN_QUEUE = 4096
+MAX_QUEUE = 256 << 20  # pg_background's bound: a queue is memory the dispatcher holds for the caller
 DEFAULT_MAX_WORKERS = 16
+MAX_MAX_WORKERS = 1000  # pg_background.max_workers accepts 1 to 1000
 GRACE_CAP_MS = 3_600_000
 CANCEL_GRACE_MS = 1000
 SLICE_MS = 200
 
 CONTEXT_SQL = """
-SELECT CURRENT_USER::text AS cu, r.oid::int8 AS uid, r.rolsuper AS superuser,
-  (SELECT s.oid::int8 FROM pg_catalog.pg_roles s WHERE s.rolname = SESSION_USER) AS suid,
+SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
   {vals} AS vals
-FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER
+FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1
 """
 
 BLOCKED_BY_ME = """
@@ -40,8 +48,13 @@ SELECT EXISTS (
   WITH RECURSIVE b(p, d) AS (
     SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids($1)), 1
     UNION
-    SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.p)), b.d + 1 FROM b WHERE b.d < 8)
-  SELECT 1 FROM b WHERE b.p = pg_catalog.pg_backend_pid()) AS blocked
+    SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(b.p)), b.d OPERATOR(pg_catalog.+) 1
+    FROM b WHERE b.d OPERATOR(pg_catalog.<) 8)
+  SELECT 1 FROM b WHERE b.p OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) AS blocked
+"""
+
+PRIVS_SQL = """
+SELECT u FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS u WHERE pg_catalog.pg_has_role($2, u, 'USAGE')
 """
 
 
@@ -86,6 +99,8 @@ def queue_bytes(queue_size, default_raw: str | None) -> int:
     if queue_size == 0:
         queue_size = parse_setting("pg_background.default_queue_size", default_raw, DEFAULT_QUEUE,
                                    _UNITS_BYTES, "b")
+    if queue_size > MAX_QUEUE:
+        raise InvalidParameter(f"queue size must not exceed {MAX_QUEUE} bytes")
     return max(queue_size, MIN_QUEUE)
 
 
@@ -96,29 +111,50 @@ def _handle(pid, cookie) -> None:
 
 # ---- launch -----------------------------------------------------------------
 
+class Caller(dclient.Identity):
+    """Who calls: the current user's oid as the backend holds it, and, when the dispatcher asks,
+    which other job owners it has the privileges of (pg_has_role USAGE, as pg_background checks)."""
+
+    def __init__(self, plpy, GD):
+        self.plpy, self.GD = plpy, GD
+        self.uid = native.backend(plpy).user_id()
+        self.privs: list[int] | None = None
+
+    def privs_of(self, uids: list[int]) -> list[int]:
+        rows = _plan(self.plpy, self.GD, "privs", PRIVS_SQL, ["pg_catalog.oid[]", "pg_catalog.oid"]).execute(
+            [uids, self.uid])
+        return [int(r["u"]) for r in rows]
+
+
 def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     check_sql(sql)
+    be = native.backend(plpy)
+    uid, suid = be.user_id(), be.session_user_id()
     base = jsettings.baseline(plpy, GD)
     plan = GD.get("plpy_bg.plan.context")
     if plan is None:  # per session: the baseline's names and values are constants of the plan
-        plan = GD["plpy_bg.plan.context"] = plpy.prepare(CONTEXT_SQL.replace("{vals}", base.values_sql()))
-    ctx = plan.execute([])
+        plan = GD["plpy_bg.plan.context"] = plpy.prepare(CONTEXT_SQL.replace("{vals}", base.values_sql()),
+                                                         ["pg_catalog.oid"])
+    ctx = plan.execute([uid])
     if not ctx:
-        raise PgError("current role not found", sqlstate="42704")
+        raise PgError(f"current role (oid {uid}) does not exist", sqlstate="42704")
     r = ctx[0]
     qsize = queue_bytes(queue_size, r["default_queue_size"])
     max_workers = parse_setting("pg_background.max_workers", r["max_workers"], DEFAULT_MAX_WORKERS,
                                 {"": 1}, "")
+    if not 1 <= max_workers <= MAX_MAX_WORKERS:
+        raise InvalidParameter(f'{max_workers} is outside the valid range for parameter "pg_background.max_workers" '
+                               f'(1 .. {MAX_MAX_WORKERS})')
     worker_timeout = parse_setting("pg_background.worker_timeout", r["worker_timeout"], 0, _UNITS_MS, "ms")
     settings = base.inherit(r["vals"], r["superuser"]) + jsettings.placeholders(plpy, GD, r["extra_names"])
     search_path = next((v for n, v in settings if n == "search_path"), None)
     # provenance and policy before anything runs: a refused job never reaches the dispatcher
     prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))
-    classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path)
+    classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path, job_oid=uid)
     cl = dclient.get(plpy, GD)
     req = {
-        "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "role": r["cu"], "user_id": r["uid"],
-        "session_user_id": r["suid"], "sql": sql, "queue_size": qsize, "max_workers": max_workers,
+        "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "role": r["cu"], "user_id": uid,
+        "session_user_id": suid, "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
         "provenance_json": json.dumps(prov), "classification_json": json.dumps(classification),
@@ -180,7 +216,7 @@ class _Fetcher:
         self.plpy, self.GD, self.pid = plpy, GD, pid
         self.cl = dclient.get(plpy, GD)
         self.kw = {"pid": pid, "cookie": cookie, "slice_ms": SLICE_MS}
-        self.who = lambda: _whoami(plpy, GD)
+        self.who = Caller(plpy, GD)
         self.first = True
         self.final = None
 
@@ -258,7 +294,7 @@ def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
     short statements lets CREATE INDEX CONCURRENTLY finish).
     """
     cl = dclient.get(plpy, GD)
-    who = lambda: _whoami(plpy, GD)
+    who = Caller(plpy, GD)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
     while True:
         slice_ms = SLICE_MS
@@ -293,25 +329,18 @@ def wait_v2_timeout(plpy, GD, pid, cookie, timeout_ms) -> bool:
 @sql_errors
 def detach_v1(plpy, GD, pid) -> None:
     _require("pid", pid)
-    dclient.get(plpy, GD).request("detach", pid=pid, cookie=None)
+    dclient.get(plpy, GD).request_as(Caller(plpy, GD), "detach", pid=pid, cookie=None)
 
 
 @sql_errors
 def detach_v2(plpy, GD, pid, cookie) -> None:
     _handle(pid, cookie)
-    dclient.get(plpy, GD).request("detach", pid=pid, cookie=cookie)
-
-
-def _whoami(plpy, GD) -> dict:
-    r = _plan(plpy, GD, "whoami",
-              "SELECT r.oid::int8 AS uid, r.rolsuper AS superuser FROM pg_catalog.pg_roles r "
-              "WHERE r.rolname = CURRENT_USER", []).execute([])
-    return {"user_id": r[0]["uid"], "is_superuser": r[0]["superuser"]} if r else {}
+    dclient.get(plpy, GD).request_as(Caller(plpy, GD), "detach", pid=pid, cookie=cookie)
 
 
 def _cancel(plpy, GD, pid, cookie, grace_ms: int) -> None:
     cl = dclient.get(plpy, GD)
-    cl.request_as(lambda: _whoami(plpy, GD), "cancel", pid=pid, cookie=cookie, grace_ms=grace_ms)
+    cl.request_as(Caller(plpy, GD), "cancel", pid=pid, cookie=cookie, grace_ms=grace_ms)
     # wait (interruptibly) until the job has stopped or the grace and the terminate are through
     _wait(plpy, GD, pid, cookie, grace_ms + 2000)
 
@@ -333,7 +362,7 @@ def cancel_v2_grace(plpy, GD, pid, cookie, grace_ms) -> None:
 
 @sql_errors
 def list_v2(plpy, GD):
-    jobs = dclient.get(plpy, GD).request("list")["jobs"]
+    jobs = dclient.get(plpy, GD).request_as(Caller(plpy, GD), "list")["jobs"]
     return [(j["pid"], j["cookie"], j["launched_at"], j["user_id"], j["queue_size"], j["state"],
              j["sql_preview"], j["last_error"], j["consumed"]) for j in jobs]
 
@@ -358,24 +387,54 @@ def progress(plpy, GD, pct, msg) -> None:
 @sql_errors
 def get_progress_v2(plpy, GD, pid, cookie):
     _handle(pid, cookie)
-    p = dclient.get(plpy, GD).request_as(lambda: _whoami(plpy, GD), "get_progress",
-                                         pid=pid, cookie=cookie)["progress"]
+    p = dclient.get(plpy, GD).request_as(Caller(plpy, GD), "get_progress", pid=pid, cookie=cookie)["progress"]
     if p is None:
         return None
     return {"progress_pct": p[0], "progress_msg": p[1]}
 
 
 @sql_errors
-def register_role(plpy, GD, role) -> None:
-    """Add the peer-map line that lets job workers log in as `role`."""
+def register_role(plpy, GD, role, present) -> None:
+    """Add (or remove) the peer-map line that lets job workers log in as `role`.
+
+    Runs as the extension's owner (SECURITY DEFINER): the ident file's path is
+    a superuser's setting, and the backend writes the file as the server's OS user.
+    """
     _require("role_name", role)
-    ctx = dclient.cluster_context(plpy, GD)
-    dclient.get(plpy, GD).request("ensure_role", db=ctx["db"], role=role)
+    _require("present", present)
+    if not present and role == identmap.DISPATCHER_ROLE:
+        return  # the dispatcher's own login stays
+    path = plpy.execute("SELECT pg_catalog.current_setting('ident_file') AS f")[0]["f"]
+    if identmap.update_file(path, identmap.os_user(), add=[role] if present else [],
+                            remove=[] if present else [role]):
+        plpy.execute("SELECT pg_catalog.pg_reload_conf()")
+
+
+ACTIVITY_SQL = """
+SELECT a.pid, a.datname::pg_catalog.text AS datname, a.usename::pg_catalog.text AS usename,
+       a.usesysid::pg_catalog.int8 AS usesysid
+FROM pg_catalog.pg_stat_activity a
+WHERE a.backend_type OPERATOR(pg_catalog.=) 'client backend'
+  AND (a.application_name OPERATOR(pg_catalog.=) 'plpy_bg worker' OR a.pid OPERATOR(pg_catalog.=) ANY($1))
+"""
 
 
 @sql_errors
 def invariants(plpy, GD) -> list:
-    return dclient.get(plpy, GD).request("invariants")["violations"]
+    """The dispatcher's invariants against pg_stat_activity as this (superuser) caller sees it.
+
+    A violation must persist for a second to count: a job ending or a worker
+    connecting while the check runs is not one.
+    """
+    cl = dclient.get(plpy, GD)
+    for attempt in range(6):
+        live = cl.request("pool_pids")["pids"]
+        rows = _plan(plpy, GD, "activity", ACTIVITY_SQL, ["pg_catalog.int4[]"]).execute([live])
+        activity = [[r["pid"], r["datname"], r["usename"], r["usesysid"]] for r in rows]
+        bad = cl.request("invariants", activity=activity)["violations"]
+        if not bad or attempt == 5:
+            return bad
+        time.sleep(0.2)
 
 
 @sql_errors

@@ -6,6 +6,16 @@ PostgreSQL error with the same SQLSTATE, message, detail and hint.
 from __future__ import annotations
 
 
+def cut_utf8(text: str | None, limit: int) -> str | None:
+    """`text` cut at `limit` bytes without splitting a UTF-8 sequence."""
+    if text is None:
+        return None
+    b = text.encode()
+    if len(b) <= limit:
+        return text
+    return b[:limit].decode("utf-8", "ignore")
+
+
 class PgError(Exception):
     """A PostgreSQL-style error: lower-case message, no final period."""
 

@@ -21,8 +21,19 @@ from plpy_bg.errors import ConnectionFailure, PgError
 GD_KEY = "plpy_bg.client"
 CTX_KEY = "plpy_bg.cluster"
 NOT_WORKER_KEY = "plpy_bg.not_worker"
-IDENTIFY = b'{"identify":true}'
+NEED_PRIVS = b'{"need_privs":'
 SPAWN_TIMEOUT = 15.0
+
+
+class Identity:
+    """The caller of a request that touches a job: `uid` is sent with every such request; the
+    dispatcher asks `privs_of` only about jobs of other roles, and the answer is kept for the call."""
+
+    uid: int
+    privs: list[int] | None = None
+
+    def privs_of(self, uids: list[int]) -> list[int]:
+        raise NotImplementedError
 
 
 class Client:
@@ -51,14 +62,19 @@ class Client:
                                     detail=str(e),
                                     hint="Jobs of this session were detached; they run on.") from None
 
-    def call_as(self, who, op: str, **kw) -> list[tuple[bytes, bytes]]:
-        """`call`, adding the caller's identity (`who()`) only when the dispatcher asks for it."""
-        frames = self.call(op, **kw)
-        if frames[-1] == (b"A", IDENTIFY):
-            frames = self.call(op, **kw, **who())
+    def call_as(self, who: Identity, op: str, **kw) -> list[tuple[bytes, bytes]]:
+        """`call` with the caller's role; when the job is another role's, the dispatcher names that
+        role and the call is repeated with the roles whose privileges the caller has."""
+        if who.privs is not None:
+            kw["privs_of"] = who.privs
+        frames = self.call(op, uid=who.uid, **kw)
+        kind, payload = frames[-1]
+        if kind == b"A" and payload.startswith(NEED_PRIVS) and who.privs is None:
+            who.privs = who.privs_of(json.loads(payload)["need_privs"])
+            frames = self.call(op, uid=who.uid, privs_of=who.privs, **kw)
         return frames
 
-    def request_as(self, who, op: str, **kw) -> dict:
+    def request_as(self, who: Identity, op: str, **kw) -> dict:
         return self._answer(self.call_as(who, op, **kw))
 
     def request(self, op: str, **kw) -> dict:
@@ -80,20 +96,18 @@ class Client:
 
 
 def cluster_context(plpy, GD) -> dict:
-    """Where the dispatcher listens and how it logs in; read once per session."""
+    """Where the dispatcher listens; read once per session."""
     ctx = GD.get(CTX_KEY)
     if ctx is None:
-        r = plpy.execute("SELECT c.dirs, c.port, c.admin, pg_catalog.current_database()::text AS db "
+        r = plpy.execute("SELECT c.dirs, c.port, pg_catalog.current_database()::pg_catalog.text AS db "
                          "FROM plpy_bg.cluster_context() c")[0]
         dirs = [d.strip() for d in r["dirs"].split(",") if d.strip().startswith("/")]
         if not dirs:
             raise PgError("plpy_bg needs a Unix socket directory",
                           detail="Job workers log in over the server's Unix socket with peer authentication.",
                           hint="Set unix_socket_directories to an absolute path.", sqlstate="55000")
-        from plpy_bg.dispatcher.server import socket_path_for
-
-        ctx = {"sockdir": dirs[0], "port": int(r["port"]), "admin": r["admin"], "db": r["db"],
-               "path": socket_path_for(dirs[0], int(r["port"]))}
+        ctx = {"sockdir": dirs[0], "port": int(r["port"]), "db": r["db"],
+               "path": P.socket_path_for(dirs[0], int(r["port"]))}
         GD[CTX_KEY] = ctx
     return ctx
 
@@ -123,7 +137,7 @@ def spawn(ctx: dict) -> None:
     with open(ctx["path"] + ".log", "ab") as logf:
         subprocess.Popen(
             [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),
-             "--admin-role", ctx["admin"], "--postmaster-pid", str(_postmaster_pid())],
+             "--postmaster-pid", str(_postmaster_pid())],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
             close_fds=True, env=env, cwd="/")
 

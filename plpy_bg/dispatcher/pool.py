@@ -2,8 +2,11 @@
 
 A worker is never a superuser login downgraded with SET ROLE: it authenticates
 as the role itself (peer map ``plpy_bg``), so no statement in the job can
-become anyone else. Idle workers are kept per (database, role, profile) and
-reset with DISCARD ALL before reuse; a worker is never shared across keys.
+become anyone else. Idle workers are kept per (database, role oid, profile)
+and reset with DISCARD ALL before reuse; a worker is never shared across keys.
+The key holds the role's oid, not its name, and a new worker's login oid is
+checked against it: after a rename swap the name leads to another role, the
+oid never does.
 A worker whose seccomp filter stack changed during a job (a job may add a
 filter, never remove one) is closed instead of reused: its profile is no longer
 the key's.
@@ -11,6 +14,7 @@ the key's.
 from __future__ import annotations
 
 import select
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,21 +22,26 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import pq
 
-from plpy_bg.errors import PgError
-from plpy_bg.jobs.settings import literal
+from plpy_bg.dispatcher.host import Process
+from plpy_bg.errors import PgError, cut_utf8
+from plpy_bg.jobs.settings import UNITS_BYTES, literal, parse_setting
 
 DiagField = pq.DiagnosticField
 CHUNK_ROWS = 256  # rows per result chunk from libpq: fewer Python calls, little delay
 
 
+ERROR_FIELD_LIMIT = 8192  # bytes kept of each field of a job's error: a job cannot fill the dispatcher
+
+
 def error_fields(res) -> dict:
     def f(code):
         v = res.error_field(code)
-        return v.decode("utf-8", "replace") if v else None
+        return cut_utf8(v.decode("utf-8", "replace"), ERROR_FIELD_LIMIT) if v else None
 
     return {
         "sqlstate": f(DiagField.SQLSTATE) or "XX000",
-        "message": f(DiagField.MESSAGE_PRIMARY) or (res.error_message or b"").decode("utf-8", "replace").strip(),
+        "message": f(DiagField.MESSAGE_PRIMARY) or cut_utf8(
+            (res.error_message or b"").decode("utf-8", "replace").strip(), ERROR_FIELD_LIMIT),
         "detail": f(DiagField.MESSAGE_DETAIL),
         "hint": f(DiagField.MESSAGE_HINT),
         "context": f(DiagField.CONTEXT),
@@ -53,6 +62,13 @@ def seccomp_filters(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return 0
+
+
+def temp_file_limit_bytes(raw: str) -> int | None:
+    """temp_file_limit as current_setting() shows it ('-1', '1MB', '64kB'); None when unlimited."""
+    if raw.strip().startswith("-"):
+        return None
+    return parse_setting("temp_file_limit", raw, 0, UNITS_BYTES, "kb")
 
 
 def settings_sql(settings: list, previous: list) -> list[str]:
@@ -81,14 +97,25 @@ def quote(text: str) -> str:
 
 @dataclass(eq=False)
 class Worker:
-    key: tuple
+    key: tuple  # (database, role oid, profile)
     conn: psycopg.Connection
     pid: int
+    login: str = ""  # the role name it logged in with
+    temp_file_limit: int | None = None  # the role's, in bytes: bounds the rows spooled for its jobs
+    process: Process | None = None
     created: float = field(default_factory=time.monotonic)
     idle_since: float = field(default_factory=time.monotonic)
     jobs_run: int = 0
     applied: list | None = None  # the settings in force, re-applied after each reset
     filters: int | None = None  # seccomp filters in the backend once it was ready for jobs
+
+    def __post_init__(self):
+        if self.process is None:
+            self.process = Process(self.pid)  # while the connection is open, the pid is its backend
+
+    def terminate(self) -> bool:
+        """SIGTERM the backend, as pg_terminate_backend does; never a signal to a recycled pid."""
+        return self.process.signal(signal.SIGTERM)
 
     def apply_settings(self, settings: list) -> None:
         """Set the job's settings; nothing to do when the worker already has exactly these."""
@@ -125,6 +152,8 @@ class Worker:
             self.conn.close()
         except Exception:
             pass
+        if self.process is not None:
+            self.process.close()
 
     # ---- low-level execution with the GIL released while waiting ----
     def send(self, sql: bytes) -> None:
@@ -229,8 +258,8 @@ class Pool:
         self.idle_timeout = idle_timeout
         self.reap()
 
-    def _open(self, key: tuple) -> Worker:
-        w = self._connect(key)
+    def _open(self, key: tuple, login: str) -> Worker:
+        w = self._connect(key, login)
         with self.lock:
             self.opened += 1
             self.live[w.pid] = w
@@ -242,7 +271,8 @@ class Pool:
                 del self.live[w.pid]
         w.close()
 
-    def acquire(self, key: tuple) -> tuple[Worker, bool]:
+    def acquire(self, key: tuple, login: str) -> tuple[Worker, bool]:
+        """An idle worker of `key`, or a new one logged in as `login` (the key's role by name)."""
         stale = []
         with self.lock:
             stack = self.idle.get(key)
@@ -260,10 +290,10 @@ class Pool:
         if found is not None:
             self.reused += 1
             if key not in self.idle:
-                self._prewarm(key)
+                self._prewarm(key, login)
             return found, True
-        w = self._open(key)
-        self._prewarm(key)
+        w = self._open(key, login)
+        self._prewarm(key, login)
         return w, False
 
     def _room(self, key: tuple) -> bool:
@@ -280,7 +310,7 @@ class Pool:
             self.idle.setdefault(w.key, []).append(w)
             return True
 
-    def _prewarm(self, key: tuple) -> None:
+    def _prewarm(self, key: tuple, login: str) -> None:
         """Open one more worker in the background: a login and its filter cost tens of ms."""
         with self.lock:
             if key in self.warming or not self._room(key):
@@ -289,7 +319,7 @@ class Pool:
 
         def open_one():
             try:
-                w = self._open(key)
+                w = self._open(key, login)
                 if not self._park(w):
                     self.close(w)
             except Exception:  # the launch that needs it will report the failure
@@ -339,8 +369,17 @@ class Pool:
             self.close(w)
         return len(closed)
 
-    def drop_key(self, key: tuple) -> None:
+    def drop_database(self, db: str | None = None) -> int:
+        """Close every idle worker of database `db` (of all databases when None)."""
         with self.lock:
-            stack = self.idle.pop(key, [])
-        for w in stack:
-            self.close(w)
+            keys = [k for k in self.idle if db is None or k[0] == db]
+            stacks = [self.idle.pop(k) for k in keys]
+        for stack in stacks:
+            for w in stack:
+                self.close(w)
+        return sum(len(s) for s in stacks)
+
+    def databases(self) -> set[str]:
+        """Databases where a worker connection is open (idle or running)."""
+        with self.lock:
+            return {w.key[0] for w in self.live.values()}

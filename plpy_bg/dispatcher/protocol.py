@@ -14,6 +14,7 @@ Types:
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 
@@ -23,6 +24,11 @@ MAX_FRAME = 1 << 30  # a 1 GB statement is PostgreSQL's own limit too
 
 class ProtocolError(Exception):
     pass
+
+
+def socket_path_for(sockdir: str, port: int) -> str:
+    """Where the dispatcher of the server on `port` listens (mode 0600: the server's OS user only)."""
+    return os.path.join(sockdir, f".s.plpy_bg.{port}")
 
 
 def pack(kind: bytes, payload: bytes) -> bytes:

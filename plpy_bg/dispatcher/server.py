@@ -41,9 +41,11 @@ import psycopg
 from psycopg import pq
 
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters
-from plpy_bg.dispatcher.sink import RowSink
+from plpy_bg.dispatcher.host import Postmaster
+from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters, temp_file_limit_bytes
+from plpy_bg.dispatcher.sink import Budget, RowSink, SpoolFull
 from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
+from plpy_bg.errors import cut_utf8
 from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
@@ -58,20 +60,17 @@ ERROR_LIMIT = 512
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
 SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
+SESSION_MAX_JOBS = 1024  # jobs a session may track at once (running or with unread results)
+SESSION_ROW_BYTES = 64 << 20  # unread rows a session may hold in the dispatcher's memory
+PROGRESS_MSG_LIMIT = 63  # bytes of a progress message kept, as pg_background's progress_msg[64]
 
 
-def cut_utf8(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
-    """Cut at `limit` bytes without splitting a UTF-8 sequence."""
-    if text is None:
-        return None
-    b = text.encode()
-    if len(b) <= limit:
-        return text
-    return b[:limit].decode("utf-8", "ignore")
+class NeedPrivs(Exception):
+    """The request touches jobs of other roles: the caller must say whose privileges it has."""
 
-
-class NeedIdentity(Exception):
-    """The request touches a job of another session: the caller must say who it is."""
+    def __init__(self, uids: list[int]):
+        super().__init__(uids)
+        self.uids = sorted(set(uids))
 
 
 @dataclass(eq=False)
@@ -95,6 +94,7 @@ class Job:
     last_error: dict | None = None
     command_tag: str | None = None
     consumed: bool = False
+    delivered: bool = False  # the launcher read the last row: no longer attached (as pg_background)
     detached: bool = False
     progress: tuple | None = None
     cancel_requested: bool = False
@@ -120,7 +120,7 @@ class Job:
             "pid": self.pid, "cookie": self.cookie, "launched_at": self.launched_at.isoformat(),
             "user_id": self.user_id, "queue_size": self.queue_size, "state": self.state,
             "sql_preview": self.preview,
-            "last_error": cut_utf8(err["message"]) if err else None,
+            "last_error": cut_utf8(err["message"], ERROR_LIMIT) if err else None,
             "consumed": self.consumed,
         }
 
@@ -137,26 +137,55 @@ class Session:
     canceled: int = 0
     total_ms: float = 0.0
     closed: bool = False
+    budget: Budget = field(default_factory=lambda: Budget(SESSION_ROW_BYTES))
+
+
+def _options(settings: dict[str, str]) -> str:
+    """A libpq `options` value: each setting as -c name=value (spaces escaped as libpq requires)."""
+    return " ".join(f"-c {k}={v.replace(chr(92), chr(92) * 2).replace(' ', chr(92) + ' ')}"
+                    for k, v in settings.items())
+
+
+# Startup options win over ALTER DATABASE/ROLE ... SET, which a database owner controls: every
+# session the dispatcher opens resolves names in pg_catalog only, and its own sessions cannot be
+# made read-only, timed out or locked out by the database's settings.
+PINNED = {"search_path": "pg_catalog, pg_temp"}
+OWN_OPTIONS = _options({**PINNED, "default_transaction_read_only": "off", "statement_timeout": "0",
+                        "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
+                        "idle_session_timeout": "0", "default_transaction_isolation": "read committed"})
+# an idle pooled worker must not be ended by the server's idle_session_timeout
+WORKER_OPTIONS = _options({**PINNED, "idle_session_timeout": "0"})
+CONTESTED_SQL = """
+SELECT DISTINCT d.datname::pg_catalog.text
+FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
+WHERE l.locktype OPERATOR(pg_catalog.=) 'object'
+  AND l.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_database'::pg_catalog.regclass
+  AND l.mode OPERATOR(pg_catalog.=) ANY ('{ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock}')
+  AND d.datname OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.text[])
+"""
+WORKER_HELLO = """
+SELECT s.usesysid::pg_catalog.int8, pg_catalog.current_setting('temp_file_limit')
+FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s
+"""
 
 
 class Dispatcher:
-    def __init__(self, sockdir: str, port: int, admin_role: str, postmaster_pid: int,
-                 socket_path: str, os_user: str = "postgres"):
+    def __init__(self, sockdir: str, port: int, postmaster: Postmaster, socket_path: str):
         self.sockdir = sockdir
         self.port = port
-        self.admin_role = admin_role
-        self.postmaster_pid = postmaster_pid
+        self.postmaster = postmaster
+        self.postmaster_pid = postmaster.pid
         self.socket_path = socket_path
-        self.os_user = os_user
+        self.os_user = identmap.os_user()
         self.epoch = secrets.token_hex(8)
         self.lock = threading.RLock()
         self.jobs: dict[int, Job] = {}
         self.by_worker_pid: dict[int, Job] = {}
         self.stores: dict[str, Store] = {}
-        self.admin_conns: dict[str, psycopg.Connection] = {}
-        self.admin_lock = threading.Lock()
+        self.control_conns: dict[str, psycopg.Connection] = {}
+        self.control_lock = threading.Lock()
         self.mapped_roles: set[str] = set()
-        self.sandbox_cache: dict[str, tuple] = {}
+        self.server_cache: dict[str, tuple] = {}
         self.ident_lock = threading.Lock()
         self.pool = Pool(self._open_worker)
         self.config_db: str | None = None  # a database to read cluster-wide settings in
@@ -167,54 +196,57 @@ class Dispatcher:
         self.started_at = time.time()
         self.listener: socket.socket | None = None
         self.lockfile = None
+        self.db_active: dict[str, float] = {}  # database -> when a job last started or ended there
+        self.draining = False  # the server is shutting down: no new jobs
 
     # ---- connections back into the server ----
-    def _conninfo(self, db: str, role: str, appname: str) -> dict:
-        return {"host": self.sockdir, "port": self.port, "dbname": db, "user": role,
-                "application_name": appname, "connect_timeout": 10,
-                "client_encoding": "UTF8"}
+    def _connect(self, db: str, role: str, appname: str, options: str) -> psycopg.Connection:
+        return psycopg.connect(host=self.sockdir, port=self.port, dbname=db, user=role,
+                               application_name=appname, connect_timeout=10, client_encoding="UTF8",
+                               options=options, autocommit=True)
 
-    def admin(self, db: str) -> psycopg.Connection:
-        """A superuser connection for control (cancel, terminate, ident reload)."""
-        with self.admin_lock:
-            c = self.admin_conns.get(db)
-            if c is None or c.closed or c.broken:
-                c = psycopg.connect(**self._conninfo(db, self.admin_role, "plpy_bg dispatcher"),
-                                    autocommit=True)
-                self.admin_conns[db] = c
-            return c
+    def _connect_own(self, db: str) -> psycopg.Connection:
+        """A session of the dispatcher's own role: no superuser, job table writes only."""
+        try:
+            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", OWN_OPTIONS)
+        except psycopg.OperationalError as e:
+            if "Peer authentication failed" in str(e) or f'role "{identmap.DISPATCHER_ROLE}"' in str(e):
+                raise ConnectionFailure(
+                    f'the plpy_bg dispatcher cannot log in as "{identmap.DISPATCHER_ROLE}"',
+                    detail=str(e).strip(),
+                    hint=f'CREATE EXTENSION plpy_bg creates the role; pg_ident.conf needs the line '
+                         f'{identmap.map_line(self.os_user, identmap.DISPATCHER_ROLE)} and pg_hba.conf '
+                         f'"local all all peer map=plpy_bg".') from None
+            raise
 
-    def admin_exec(self, db: str, sql: str, params=None):
+    def control_exec(self, db: str, sql: str, params=None):
+        """Run one statement on the dispatcher's control session in `db` (reconnecting once)."""
         for attempt in (1, 2):
-            try:
-                with self.admin_lock:
-                    c = self.admin_conns.get(db)
-                c = self.admin(db) if c is None or c.closed or c.broken else c
-                with self.admin_lock:
+            with self.control_lock:
+                c = self.control_conns.get(db)
+                if c is None or c.closed or c.broken:
+                    c = self.control_conns[db] = self._connect_own(db)
+                try:
                     return c.execute(sql, params).fetchall()
-            except psycopg.OperationalError:
-                with self.admin_lock:
-                    self.admin_conns.pop(db, None)
-                if attempt == 2:
-                    raise
+                except psycopg.OperationalError:
+                    self.control_conns.pop(db, None)
+                    if attempt == 2:
+                        raise
 
     def store(self, db: str) -> Store:
         with self.lock:
             s = self.stores.get(db)
             if s is None:
-                s = Store(lambda d: psycopg.connect(**self._conninfo(d, self.admin_role, "plpy_bg dispatcher")),
-                          db, self.epoch)
-                self.stores[db] = s
+                s = self.stores[db] = Store(self._connect_own, db, self.epoch)
             return s
 
-    def _open_worker(self, key: tuple) -> Worker:
-        db, role, _ = key
+    def _open_worker(self, key: tuple, role: str) -> Worker:
+        """A worker connection logged in as `role`, which must still be the role of oid key[1]."""
+        db, role_oid, _ = key
         last = None
         for attempt in range(40):
             try:
-                # an idle pooled worker must not be ended by the server's idle_session_timeout
-                conn = psycopg.connect(**self._conninfo(db, role, "plpy_bg worker"), autocommit=True,
-                                       options="-c idle_session_timeout=0")
+                conn = self._connect(db, role, "plpy_bg worker", WORKER_OPTIONS)
                 break
             except psycopg.OperationalError as e:
                 last = e
@@ -226,9 +258,7 @@ class Dispatcher:
                         hint="Raise max_connections or wait for running jobs to end.")
                 if "Peer authentication failed" in msg and attempt < 39:
                     # the map line may be missing or the postmaster not reloaded yet
-                    if self.ensure_ident(db, role):
-                        time.sleep(0.05)
-                        continue
+                    self.ensure_ident(db, role)
                     time.sleep(0.05)
                     continue
                 if "not permitted to log in" in msg:
@@ -244,71 +274,86 @@ class Dispatcher:
         else:
             raise ConnectionFailure(f'could not log in as role "{role}" for a background job',
                                     detail=str(last).strip(),
-                                    hint=f'Add "{identmap.map_line(self.os_user, role)}" to pg_ident.conf '
+                                    hint=f'Add {identmap.map_line(self.os_user, role)} to pg_ident.conf '
                                          'and "local all all peer map=plpy_bg" to pg_hba.conf.')
         conn.prepare_threshold = None  # DISCARD ALL between jobs drops prepared statements
-        if conn.info.parameter_status("standard_conforming_strings") != "on":
-            conn.execute("SET SESSION standard_conforming_strings = on")
-        w = Worker(key=key, conn=conn, pid=conn.info.backend_pid)
+        w = None
         try:
+            login_oid, temp_limit = conn.execute(WORKER_HELLO).fetchone()
+            if int(login_oid) != role_oid:  # renamed between the launch and the login
+                raise InsufficientPrivilege(
+                    f'role "{role}" is no longer the role that launched the job',
+                    detail=f"The launching role has oid {role_oid}; the name now belongs to oid {login_oid}.",
+                    hint="Launch the job again.")
+            if conn.info.parameter_status("standard_conforming_strings") != "on":
+                conn.execute("SET SESSION standard_conforming_strings = on")
+            w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role,
+                       temp_file_limit=temp_file_limit_bytes(temp_limit))
             if self.sandboxed(db):  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
         except psycopg.Error as e:
-            w.close()
-            raise PgError("could not install the seccomp filter in a job worker",
+            (w or conn).close()
+            raise PgError("could not prepare a job worker (seccomp filter)",
                           detail=e.diag.message_primary or str(e), hint=e.diag.message_hint,
                           sqlstate=e.sqlstate or "XX000")
+        except BaseException:
+            (w or conn).close()
+            raise
         return w
+
+    def server_settings(self, db: str) -> tuple[str, bool]:
+        """(the ident file's path, pgseccomp.enabled as the configuration files say), cached 5 s.
+
+        A superuser's facts, read through one narrow function granted to the dispatcher's role."""
+        now = time.monotonic()
+        hit = self.server_cache.get(db)
+        if hit is None or now - hit[1] > 5.0:
+            path, sandbox = self.control_exec(db, "SELECT s.ident_file, s.sandbox FROM plpy_bg.dispatcher_settings() s")[0]
+            on = (sandbox or "").strip().lower() in ("on", "true", "yes", "1")
+            hit = self.server_cache[db] = ((path, on), now)
+        return hit[0]
 
     def sandboxed(self, db: str) -> bool:
         """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
-        now = time.monotonic()
-        hit = self.sandbox_cache.get(db)
-        if hit is None or now - hit[1] > 5.0:
-            rows = self.admin_exec(db, "SELECT setting FROM pg_catalog.pg_file_settings "
-                                       "WHERE name = 'pgseccomp.enabled' AND error IS NULL ORDER BY seqno DESC LIMIT 1")
-            on = bool(rows) and rows[0][0].strip().lower() in ("on", "true", "yes", "1")
-            hit = self.sandbox_cache[db] = (on, now)
-        return hit[0]
+        return self.server_settings(db)[1]
 
     def ensure_ident(self, db: str, role: str) -> bool:
-        """Add the peer-map line for `role` and reload; True when the file changed."""
+        """Add the peer-map line for `role` and make the postmaster reload; True when the file changed."""
+        identmap.check_role_name(role)
         with self.ident_lock:
             if role in self.mapped_roles:
                 return False
-            path = self.admin_exec(db, "SELECT pg_catalog.current_setting('ident_file')")[0][0]
-            try:
-                with open(path) as f:
-                    text = f.read()
-            except FileNotFoundError:
-                text = ""
-            new = identmap.add_roles(text, self.os_user, [role])
+            path = self.server_settings(db)[0]
+            changed = identmap.update_file(path, self.os_user, add=[role])
             self.mapped_roles.add(role)
-            if new is None:
-                return False
-            tmp = path + ".plpy_bg.tmp"
-            with open(tmp, "w") as f:
-                f.write(new)
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, path)
-            self.admin_exec(db, "SELECT pg_catalog.pg_reload_conf()")
-            log.info("added peer map line for role %s", role)
-            return True
+            if changed:
+                self.postmaster.reload()
+                log.info("added peer map line for role %s", role)
+            return changed
 
     # ---- launch ----
     def launch(self, sess: Session, req: dict) -> dict:
         mode = req["mode"]
         max_workers = int(req.get("max_workers") or 16)
+        if self.draining:
+            raise PgError("could not start background job: the server is shutting down", sqlstate="57P03")
+        self.note_activity(req["db"])
         with self.lock:
             active = len(sess.running)
+            if len(sess.jobs) >= SESSION_MAX_JOBS:
+                raise TooManyWorkers(
+                    "too many background jobs tracked by this session",
+                    detail=f"{len(sess.jobs)} jobs of this session are running or hold unread results.",
+                    hint="Read their results (pg_background_result_v2) or detach them (pg_background_detach_v2).")
             if active >= max_workers:
                 raise TooManyWorkers(
                     "too many background workers in this session",
                     detail=f"{active} jobs of this session are running; pg_background.max_workers is {max_workers}.",
                     hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
-        key = (req["db"], req["role"], "worker")
-        worker, _ = self.pool.acquire(key)
+        # by oid: a role renamed or dropped never reaches a worker logged in as another role
+        key = (req["db"], int(req["user_id"]), "worker")
+        worker, _ = self.pool.acquire(key, req["role"])
         try:
             statements = int(req.get("statements") or 1)
             job = Job(
@@ -323,7 +368,8 @@ class Dispatcher:
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
                 job.parent_cookie = parent.cookie
-            job.sink = RowSink(job.queue_size, job.streaming)
+            job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,
+                               spool_dir=self.postmaster.spool_dir, spool_limit=worker.temp_file_limit)
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
@@ -381,6 +427,17 @@ class Dispatcher:
                 Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
                 w.send((job.run_sql or job.sql).encode())
             cancelled = lambda: job.cancel_requested
+            spool_error = None
+
+            def put(rows: list[bytes]) -> None:
+                nonlocal spool_error
+                try:
+                    job.sink.put_many(rows, cancelled)
+                except SpoolFull as e:  # the job fails as a query past temp_file_limit does
+                    spool_error = e.as_dict()
+                    job.sink.drop_rows()
+                    w.pgconn.get_cancel().cancel()
+
             for res in w.results(stream=True):
                 st = res.status
                 if st in ROW_CHUNK:
@@ -390,12 +447,11 @@ class Dispatcher:
                         job.sink.new_set()
                     gv = res.get_value
                     if job.run_sql is not None:  # the worker wrote each row as a record literal
-                        job.sink.put_many([gv(r, 0) for r in range(res.ntuples)], cancelled)
+                        put([gv(r, 0) for r in range(res.ntuples)])
                     else:
                         nf = res.nfields
                         lit = P.row_literal
-                        job.sink.put_many([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)],
-                                          cancelled)
+                        put([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)])
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
                         job.sink.new_set()
@@ -413,6 +469,8 @@ class Dispatcher:
                              "message": "COPY to or from the client is not supported in a background job",
                              "hint": "COPY to or from a server file, or use INSERT ... SELECT.",
                              "detail": None, "context": None}
+            if spool_error is not None:
+                error = spool_error
             if w.pgconn.status != pq.ConnStatus.OK:
                 reusable = False
         except psycopg.OperationalError as e:
@@ -481,9 +539,10 @@ class Dispatcher:
             self._forget_if_done(job)
         job.sink.finish({"tag": tag, "error": error, "state": state})
         job.done.set()
+        self.note_activity(job.db)
         self.store(job.db).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
-            "tag": tag, "last_error": cut_utf8(error["message"]) if error else None,
+            "tag": tag, "last_error": cut_utf8(error["message"], ERROR_LIMIT) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
@@ -511,30 +570,47 @@ class Dispatcher:
 
     # ---- handles ----
     def find(self, sess: Session, req: dict, op: str) -> Job:
+        """The job a request names, once the caller is shown to hold its role's privileges.
+
+        Checked on every call, whichever session launched the job: the caller's
+        role (`uid`, read from its backend) must be the job's or have its
+        privileges (pg_has_role USAGE, which the launcher answers when asked),
+        as pg_background checks. Results and detach are for the launching session.
+        """
         pid = req.get("pid")
         cookie = req.get("cookie")
+        uid = req.get("uid")
+        if uid is None:
+            raise InsufficientPrivilege("background job request without the caller's role",
+                                        hint="Reconnect: this session runs another version of plpy_bg.")
         if cookie is None:  # v1: the newest job of this session with that pid
             cands = [j for j in sess.jobs.values() if j.pid == pid and j.mode == "v1"]
             if not cands:
                 raise ObjectNotFound(f"PID {pid} is not attached to this session",
                                      hint="Launch it with pg_background_launch in this session.")
-            return max(cands, key=lambda j: j.started)
-        with self.lock:
-            job = sess.jobs.get(cookie) or self.jobs.get(cookie)
-        if job is None or job.pid != pid:
-            raise ObjectNotFound(f"no background job with pid {pid} and this cookie",
-                                 detail="The job may have ended and been detached, or the handle is wrong.",
-                                 hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
-        if job.session is not sess or job.detached:
-            if "user_id" not in req:
-                raise NeedIdentity()
-            owner = job.user_id == req.get("user_id") or req.get("is_superuser")
-            if not owner:
-                raise InsufficientPrivilege(f"permission denied for background job with pid {pid}",
-                                            detail="The job belongs to another role.")
-            if op in ("result", "detach"):
-                raise ObjectNotFound(f"background job with pid {pid} is not attached to this session",
-                                     detail="Only the session that launched a job can read its results or detach it.")
+            job = max(cands, key=lambda j: j.started)
+        else:
+            with self.lock:
+                job = sess.jobs.get(cookie) or self.jobs.get(cookie)
+            if (job is None or job.pid != pid) and op == "detach":
+                raise ObjectNotFound(f"PID {pid} is not attached to this session")
+            if job is None or job.pid != pid:
+                raise ObjectNotFound(f"no background job with pid {pid} and this cookie",
+                                     detail="The job may have ended and been detached, or the handle is wrong.",
+                                     hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
+        if job.user_id != uid and job.user_id not in (req.get("privs_of") or ()):
+            if "privs_of" not in req:
+                raise NeedPrivs([job.user_id])
+            raise InsufficientPrivilege(f"permission denied for background job with pid {pid}",
+                                        detail="The job belongs to a role whose privileges the current role does not have.")
+        attached = job.session is sess and not job.detached and sess.jobs.get(job.cookie) is job
+        if op == "detach" and (not attached or job.delivered):
+            raise ObjectNotFound(f"PID {pid} is not attached to this session",
+                                 detail="Its results were read." if attached else
+                                 "Only the session that launched a job, and has not detached it, can detach it.")
+        if op == "result" and not attached:
+            raise ObjectNotFound(f"PID {pid} is not attached to this session",
+                                 detail="Only the session that launched a job can read its results.")
         return job
 
     def detach(self, sess: Session, job: Job) -> None:
@@ -559,17 +635,15 @@ class Dispatcher:
         job.terminate_at = time.monotonic() + grace_ms / 1000.0
 
     def _terminate(self, job: Job) -> None:
-        """SIGTERM the job's backend; never SIGKILL, which would crash-restart the cluster."""
+        """SIGTERM the job's backend through its pidfd; never SIGKILL, which would crash-restart the cluster."""
         job.terminated = True
-        try:
-            self.admin_exec(job.db, "SELECT pg_catalog.pg_terminate_backend(%s)", (job.pid,))
-        except Exception as e:
-            log.warning("could not terminate job %s: %s", job.pid, e)
+        w = job.worker
+        if w is None or not w.terminate():
+            log.warning("could not terminate job %s: its backend is gone", job.pid)
 
     # ---- the watchdog ----
     def watchdog(self) -> None:
-        last_pm = 0.0
-        last_reap = time.monotonic()
+        last_tick = time.monotonic()
         while not self.stopping.is_set():
             time.sleep(0.05)
             now = time.monotonic()
@@ -582,20 +656,106 @@ class Dispatcher:
                       and (now - j.started) * 1000 >= j.worker_timeout_ms):
                     self.cancel(j, 1000, f"background job exceeded pg_background.worker_timeout "
                                          f"({j.worker_timeout_ms} ms)")
-            if now - last_pm >= 1.0:
-                last_pm = now
-                if not self._postmaster_alive():
-                    log.info("postmaster %s is gone; dispatcher exits", self.postmaster_pid)
-                    self.stopping.set()
-                    os._exit(0)
-            if now - last_reap >= 1.0:
-                last_reap = now
+            if now - last_tick < 1.0:
+                continue
+            last_tick = now
+            if not self.postmaster.alive():
+                log.info("postmaster %s is gone; dispatcher exits", self.postmaster_pid)
+                self.stopping.set()
+                os._exit(0)
+            try:
+                if self.postmaster.stopping():
+                    self.drain()
+                    continue
                 self.refresh_config()
                 self.pool.reap()
+                self.release_databases(now)
+            except Exception:
+                log.exception("watchdog tick failed")
+
+    # ---- letting go of databases ----
+    def note_activity(self, db: str) -> None:
+        with self.lock:
+            self.db_active[db] = time.monotonic()
+
+    def _running_in(self, db: str) -> bool:
+        with self.lock:
+            return any(j.db == db for j in self.by_worker_pid.values())
+
+    def held_databases(self) -> set[str]:
+        with self.lock:
+            held = set(self.stores)
+        with self.control_lock:
+            held |= set(self.control_conns)
+        return held | self.pool.databases()
+
+    def release(self, db: str, why: str) -> bool:
+        """Close every connection of ours to `db` that no running job needs; True when none is left."""
+        if self._running_in(db):
+            return False
+        n = self.pool.drop_database(db)
+        with self.lock:
+            store = self.stores.get(db)
+        flushed = store is None or store.release()
+        with self.control_lock:
+            c = self.control_conns.pop(db, None)
+        if c is not None:
+            c.close()
+        if n or store is not None or c is not None:
+            log.info("released database %s (%s): %d idle workers closed", db, why, n)
+        return flushed and db not in self.pool.databases()
+
+    def release_databases(self, now: float) -> None:
+        """Let go of a database that a command needs alone (DROP DATABASE, a template for CREATE
+        DATABASE, RENAME) at once, and of any database idle for the pool's idle limit."""
+        held = self.held_databases()
+        if not held:
+            return
+        for db in self.contested(held):
+            self.release(db, "needed alone by another session")
+        for db in held:
+            with self.lock:
+                last = self.db_active.get(db, 0.0)
+            if now - last > self.pool.idle_timeout and self.release(db, "idle"):
+                with self.lock:
+                    self.db_active.pop(db, None)
+
+    def _probe_db(self) -> str | None:
+        """A database where our control session is open: opening one could itself block on the
+        lock of a DROP DATABASE, so cluster-wide questions are asked only on an open one."""
+        with self.control_lock:
+            dbs = sorted(self.control_conns)
+        return self.config_db if self.config_db in dbs else next(iter(dbs), None)
+
+    def contested(self, held: set[str]) -> set[str]:
+        """Databases of ours that another session locks to be alone in them (those commands wait
+        up to 5 s for other sessions to leave: we leave within one watchdog tick)."""
+        probe = self._probe_db()
+        if probe is None:
+            return set()
+        try:
+            rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),))
+        except Exception as e:
+            log.warning("could not read database locks: %s", e)
+            return set()
+        return {r[0] for r in rows}
+
+    def drain(self) -> None:
+        """The server is shutting down: take no more jobs, close what no running job needs, and
+        leave once the last running job's outcome is recorded (a smart shutdown then completes)."""
+        if not self.draining:
+            log.info("the server is shutting down: the dispatcher takes no more jobs")
+            self.draining = True
+        done = True
+        for db in self.held_databases():
+            done = self.release(db, "server shutting down") and done
+        if done and not self.by_worker_pid:
+            log.info("dispatcher exits: no jobs left and the server is shutting down")
+            self.retire()
 
     def retire(self) -> None:
         """Leave the socket to a dispatcher of the restarted server, then exit."""
-        log.info("postmaster %s was replaced; dispatcher retires", self.postmaster_pid)
+        log.info("dispatcher of postmaster %s retires", self.postmaster_pid)
         self.stopping.set()
         try:
             if self.listener is not None:
@@ -606,15 +766,6 @@ class Dispatcher:
         except OSError:
             pass
         threading.Timer(0.2, lambda: os._exit(0)).start()
-
-    def _postmaster_alive(self) -> bool:
-        try:
-            os.kill(self.postmaster_pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
 
     # ---- one backend session ----
     def serve_session(self, sess: Session) -> None:
@@ -630,8 +781,8 @@ class Dispatcher:
                 req = json.loads(payload)
                 try:
                     out = self.handle(sess, req)
-                except NeedIdentity:
-                    sock.sendall(P.pack_json(b"A", {"identify": True}))
+                except NeedPrivs as e:
+                    sock.sendall(P.pack_json(b"A", {"need_privs": e.uids}))
                     continue
                 except PgError as e:
                     sock.sendall(P.pack_json(b"E", e.as_dict()))
@@ -686,6 +837,7 @@ class Dispatcher:
             if final is not None:
                 frames.append(P.pack_json(b"Z", final))
                 job.sink = ENDED  # read once: nothing more to keep
+                job.delivered = True
                 if job.mode == "v1":
                     self.detach(sess, job)
             else:
@@ -704,9 +856,14 @@ class Dispatcher:
             job = self.find(sess, req, "cancel")
             self.cancel(job, int(req.get("grace_ms") or 0))
             return {"done": job.done.is_set()}
-        if op == "list":
+        if op == "list":  # this session's jobs of roles whose privileges the caller has
+            uid, privs = req.get("uid"), req.get("privs_of")
             with self.lock:
-                return {"jobs": [j.listing() for j in sorted(sess.jobs.values(), key=lambda j: j.started)]}
+                jobs = sorted(sess.jobs.values(), key=lambda j: j.started)
+            others = {j.user_id for j in jobs if j.user_id != uid}
+            if others and privs is None:
+                raise NeedPrivs(list(others))
+            return {"jobs": [j.listing() for j in jobs if j.user_id == uid or j.user_id in privs]}
         if op == "stats":
             with self.lock:
                 active = len(sess.running)
@@ -720,8 +877,10 @@ class Dispatcher:
                 job = self.by_worker_pid.get(sess.peer_pid)
             if job is None:
                 raise WrongState("pg_background_progress can only be called inside a background job")
-            job.progress = (req.get("pct"), req.get("msg"))
-            self.store(job.db).write(PROGRESS, {"cookie": job.cookie, "pct": req.get("pct"), "msg": req.get("msg")})
+            msg = cut_utf8(req.get("msg"), PROGRESS_MSG_LIMIT)
+            job.progress = (req.get("pct"), msg)
+            self.store(job.db).write_latest(("progress", job.cookie), PROGRESS,
+                                            {"cookie": job.cookie, "pct": req.get("pct"), "msg": msg})
             return {}
         if op == "get_progress":
             job = self.find(sess, req, "progress")
@@ -734,9 +893,6 @@ class Dispatcher:
             return {"job": {"pid": job.pid, "cookie": job.cookie, "role": job.role,
                             "provenance": json.loads(job.provenance) if job.provenance else None,
                             "classification": json.loads(job.classification) if job.classification else None}}
-        if op == "ensure_role":
-            self.ensure_ident(req["db"], req["role"])
-            return {}
         if op == "hello":
             if int(req.get("postmaster_pid") or 0) != self.postmaster_pid:
                 self.retire()
@@ -744,29 +900,25 @@ class Dispatcher:
                               hint="Reconnect; a new dispatcher starts.")
             if req.get("db"):
                 self.store(req["db"])  # its first connection marks jobs of a dead dispatcher lost
+                self.server_settings(req["db"])  # opens the control session: a probe for the watchdog
                 self.config_db = self.config_db or req["db"]
+                self.note_activity(req["db"])
             return {"epoch": self.epoch}
         if op == "ping":
             return {"epoch": self.epoch, "pid": os.getpid(), "pool_opened": self.pool.opened,
                     "pool_reused": self.pool.reused, "pool_idle": self.pool.idle_count()}
-        if op == "invariants":
-            return {"violations": self.check_invariants()}
+        if op == "pool_pids":
+            return {"pids": sorted(self.pool.snapshot()[0])}
+        if op == "invariants":  # pg_stat_activity as the (superuser) caller sees it
+            return {"violations": self._violations(req.get("activity") or [])}
         if op == "pool":
             self.refresh_config(force=True)
             return {"workers": self.pool_listing()}
         raise InvalidParameter(f"unknown dispatcher request {op!r}")
 
-    def check_invariants(self) -> list[str]:
-        """The invariants of the module docstring; a violation must persist for a second to count
-        (a job ending or a worker connecting while the check runs is not one)."""
-        for _ in range(6):
-            bad = self._violations()
-            if not bad:
-                return []
-            time.sleep(0.2)
-        return bad
-
-    def _violations(self) -> list[str]:
+    def _violations(self, activity: list) -> list[str]:
+        """The invariants of the module docstring, against `activity`: (pid, database, role name,
+        role oid) of every client backend that is a job worker or holds a pid of ours."""
         bad = []
         with self.lock:
             jobs = list(self.jobs.values())
@@ -797,23 +949,17 @@ class Dispatcher:
         for pid, j in by_pid.items():
             if pid not in live:
                 bad.append(f"job {pid}/{j.cookie} runs on a worker the pool does not know")
-        db = self.config_db or next(iter(stores), None)
-        if db is not None:
-            rows = self.admin_exec(db, """
-                SELECT pid, datname, usename, application_name FROM pg_catalog.pg_stat_activity
-                WHERE backend_type = 'client backend'
-                  AND (application_name = 'plpy_bg worker' OR pid = ANY(%s))""", (list(live),))
-            seen = {r[0]: r for r in rows}
-            for pid, w in live.items():
-                r = seen.get(pid)
-                if r is None:
-                    if w.alive():
-                        bad.append(f"worker {pid} is connected but its backend is not in pg_stat_activity")
-                elif (r[1], r[2]) != (w.key[0], w.key[1]):
-                    bad.append(f"worker {pid} of ({w.key[0]}, {w.key[1]}) is a backend of ({r[1]}, {r[2]})")
-            for pid, r in seen.items():
-                if pid not in live:
-                    bad.append(f"backend {pid} ({r[1]}, {r[2]}) is a job worker the dispatcher does not hold")
+        seen = {int(r[0]): r for r in activity}
+        for pid, w in live.items():
+            r = seen.get(pid)
+            if r is None:
+                if w.alive():
+                    bad.append(f"worker {pid} is connected but its backend is not in pg_stat_activity")
+            elif (r[1], int(r[3])) != (w.key[0], w.key[1]):
+                bad.append(f"worker {pid} of ({w.key[0]}, role oid {w.key[1]}) is a backend of ({r[1]}, {r[2]})")
+        for pid, r in seen.items():
+            if pid not in live:
+                bad.append(f"backend {pid} ({r[1]}, {r[2]}) is a job worker the dispatcher does not hold")
         # the job table: once queued writes are committed, it says what the dispatcher knows
         for db, store in stores.items():
             failing = store.failing()
@@ -823,17 +969,19 @@ class Dispatcher:
                 continue
             try:
                 store.barrier()
-                rows = self.admin_exec(db, """
-                    SELECT j.cookie, j.pid, j.state, j.dispatcher_epoch, a.pid IS NOT NULL
-                    FROM plpy_bg.jobs j LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = j.pid
-                    WHERE j.state = 'running' OR (j.state <> 'completed' AND j.last_error IS NULL)
+                rows = self.control_exec(db, """
+                    SELECT j.cookie, j.pid, j.state, j.dispatcher_epoch
+                    FROM plpy_bg.jobs j
+                    WHERE j.state OPERATOR(pg_catalog.=) 'running'
+                       OR (j.state OPERATOR(pg_catalog.<>) 'completed' AND j.last_error IS NULL)
                     LIMIT 100""")
             except Exception as e:
                 bad.append(f"job table of database {db} cannot be read: {e}")
                 continue
             with self.lock:
                 running = {j.cookie for j in self.jobs.values() if j.state == "running"}
-            for cookie, pid, state, epoch, has_backend in rows:
+            for cookie, pid, state, epoch in rows:
+                has_backend = pid in seen
                 if state != "running":
                     bad.append(f"job row {pid}/{cookie} ended {state} without a reason")
                 elif epoch != self.epoch:
@@ -852,7 +1000,7 @@ class Dispatcher:
         out = []
         for w in sorted(live.values(), key=lambda w: w.pid):
             j = by_pid.get(w.pid)
-            out.append({"pid": w.pid, "database": w.key[0], "role": w.key[1], "profile": w.key[2],
+            out.append({"pid": w.pid, "database": w.key[0], "role": w.login, "profile": w.key[2],
                         "state": "running" if j else ("idle" if w.pid in idle else "opening"),
                         "job_cookie": j.cookie if j else None, "jobs_run": w.jobs_run,
                         "idle_seconds": round(now - w.idle_since, 3) if w.pid in idle else None,
@@ -862,11 +1010,12 @@ class Dispatcher:
     def refresh_config(self, force: bool = False) -> None:
         """The pool's bounds from the server's settings (postgresql.conf or ALTER SYSTEM)."""
         now = time.monotonic()
-        if self.config_db is None or (not force and now - self.config_at < 5.0):
+        probe = self._probe_db()
+        if probe is None or (not force and now - self.config_at < 5.0):
             return
         self.config_at = now
         try:
-            row = self.admin_exec(self.config_db, """SELECT
+            row = self.control_exec(probe, """SELECT
                 pg_catalog.current_setting('plpy_bg.pool_max_idle_per_role', true),
                 pg_catalog.current_setting('plpy_bg.pool_max_idle', true),
                 pg_catalog.current_setting('plpy_bg.pool_idle_timeout', true)""")[0]
@@ -929,22 +1078,17 @@ def pool_setting(name: str, raw: str | None, default, units: dict, base: str, lo
     return default
 
 
-def socket_path_for(sockdir: str, port: int) -> str:
-    return os.path.join(sockdir, f".s.plpy_bg.{port}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m plpy_bg.dispatcher",
                                  description="Run the plpy_bg job dispatcher for one cluster.")
     ap.add_argument("--sockdir", required=True, help="the server's Unix socket directory")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--admin-role", required=True, help="superuser role the dispatcher logs in as")
     ap.add_argument("--postmaster-pid", type=int, required=True)
     args = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
-    path = socket_path_for(args.sockdir, args.port)
+    path = P.socket_path_for(args.sockdir, args.port)
     lockf = open(path + ".lock", "a")
     deadline = time.monotonic() + 3
     while True:
@@ -957,7 +1101,12 @@ def main(argv=None) -> int:
             time.sleep(0.05)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s plpy_bg dispatcher[%(process)d] %(levelname)s %(message)s")
-    d = Dispatcher(args.sockdir, args.port, args.admin_role, args.postmaster_pid, path)
+    try:
+        pm = Postmaster(args.postmaster_pid)
+    except (OSError, RuntimeError) as e:
+        log.error("cannot serve postmaster %s: %s", args.postmaster_pid, e)
+        return 1
+    d = Dispatcher(args.sockdir, args.port, pm, path)
     d.lockfile = lockf
     lockf.seek(0)
     lockf.truncate()

@@ -6,20 +6,61 @@ shm_mq). A multi-statement job returns only its last row set, which is known
 only at the end, so its rows go to a spooled file and become readable when the
 job finishes. `wait_v2` must never hang on a full queue, so it switches the
 sink to spilling. A detached or submitted job discards its rows.
+
+Memory is bounded twice: by the job's queue and by its session's `Budget`
+(unread rows of all its jobs); a job with nothing in memory may always hold
+one chunk, so some job of the session can always make progress. Spooled rows
+go to unnamed files (O_TMPFILE) in the server's own temporary directory
+(mode 0700, the server's OS user only), and a job whose spool would pass its
+role's temp_file_limit fails with 53400, as the server's own temporary files do.
 """
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
 import threading
 from collections import deque
 
+from plpy_bg.errors import PgError
+
 _LEN = struct.Struct("!I")
 
 
-class RowSink:
-    def __init__(self, limit: int, streaming: bool):
+class SpoolFull(PgError):
+    sqlstate = "53400"
+
+
+class Budget:
+    """Bytes of unread rows a session holds in the dispatcher's memory, across its jobs."""
+
+    def __init__(self, limit: int):
         self.limit = limit
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def fits(self, n: int) -> bool:
+        return self.used + n <= self.limit
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.used -= n
+
+
+UNBOUNDED = Budget(1 << 62)
+
+
+class RowSink:
+    def __init__(self, limit: int, streaming: bool, budget: Budget = UNBOUNDED, spool_dir: str | None = None,
+                 spool_limit: int | None = None):
+        self.limit = limit
+        self.budget = budget
+        self.spool_dir = spool_dir
+        self.spool_limit = spool_limit  # bytes, None = unlimited
         self.streaming = streaming
         self.cond = threading.Condition()
         self.mem: deque[bytes] = deque()
@@ -30,6 +71,7 @@ class RowSink:
         self.file_wpos = 0
         self.spill = not streaming
         self.discarding = False
+        self.dropping = False  # the job failed: rows already sent are dropped, later ones ignored
         self.finished = False
         self.final: dict | None = None  # {"tag": ...} or {"error": {...}}
         self.rows_total = 0
@@ -50,28 +92,38 @@ class RowSink:
             return
         blob = rows[0] if len(rows) == 1 else b"\0".join(rows)
         with self.cond:
-            if self.discarding:
+            if self.discarding or self.dropping:
                 return
             self.rows_total += len(rows)
-            # backpressure: a streaming job waits until the chunk fits the queue (a chunk larger
-            # than the whole queue waits for it to be empty)
+            # backpressure: a streaming job waits until the chunk fits the queue and the session's
+            # budget (a chunk larger than either waits for this queue to be empty)
             while (self.streaming and not self.spill and not self.discarding and self.mem
-                   and self.mem_bytes + len(blob) > self.limit and not cancelled()):
-                self.cond.wait(0.5)
+                   and not self._fits(len(blob)) and not cancelled()):
+                self.cond.wait(0.5 if self.mem_bytes + len(blob) > self.limit else 0.05)
             if self.discarding:
                 return
-            if self.file is None and (self.mem_bytes + len(blob) <= self.limit
-                                      or (self.streaming and not self.spill and not self.mem)):
+            if self.file is None and (self._fits(len(blob)) or (self.streaming and not self.spill and not self.mem)):
                 self.mem.append(blob)
                 self.mem_bytes += len(blob)
+                self.budget.add(len(blob))
             else:
                 self._to_file(blob)
             if self.streaming:
                 self.cond.notify_all()
 
+    def _fits(self, n: int) -> bool:
+        return self.mem_bytes + n <= self.limit and self.budget.fits(n)
+
     def _to_file(self, row: bytes) -> None:
+        if self.spool_limit is not None and self.file_wpos + _LEN.size + len(row) > self.spool_limit:
+            raise SpoolFull(f"temporary file size exceeds temp_file_limit ({self.spool_limit // 1024}kB)",
+                            detail="The rows of this background job waiting to be read would pass the "
+                                   "temp_file_limit of its role.",
+                            hint="Read the rows while the job runs (pg_background_result_v2), or return fewer.")
         if self.file is None:
-            self.file = tempfile.TemporaryFile(prefix="plpy_bg_rows_")
+            if self.spool_dir is not None:
+                os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+            self.file = tempfile.TemporaryFile(prefix="plpy_bg_rows_", dir=self.spool_dir)
         self.file.seek(self.file_wpos)
         self.file.write(_LEN.pack(len(row)) + row)
         self.file_wpos = self.file.tell()
@@ -89,6 +141,13 @@ class RowSink:
             self.spill = True
             self.cond.notify_all()
 
+    def drop_rows(self) -> None:
+        """The job fails: free its rows, ignore any more, and let the launcher read the error."""
+        with self.cond:
+            self.dropping = True
+            self._clear()
+            self.cond.notify_all()
+
     def discard(self) -> None:
         with self.cond:
             self.discarding = True
@@ -97,6 +156,7 @@ class RowSink:
 
     def _clear(self) -> None:
         self.mem.clear()
+        self.budget.give(self.mem_bytes)
         self.mem_bytes = 0
         if self.file is not None:
             self.file.close()
@@ -120,6 +180,7 @@ class RowSink:
             while self.mem and size < max_bytes:
                 r = self.mem.popleft()
                 self.mem_bytes -= len(r)
+                self.budget.give(len(r))
                 out.append(r)
                 size += len(r)
             while self.file_unread and size < max_bytes:

@@ -14,6 +14,11 @@ A write the server refuses for a reason that passes (disk full, read-only, out
 of memory or connections, a serialization failure) is kept and retried with
 backoff; a launch waiting for its row gets the error at once instead, so it is
 refused rather than run unrecorded. Final states are never dropped.
+
+The lanes log in as the dispatcher's own role (no superuser) with a pinned
+search_path, and every statement names its operators and functions with
+their schema as well. Progress reports are coalesced: a job that reports
+10,000 times while a write is in flight costs one pending write, its latest.
 """
 from __future__ import annotations
 
@@ -49,21 +54,26 @@ ON CONFLICT (cookie) DO UPDATE SET state = EXCLUDED.state, finished_at = EXCLUDE
     rows_returned = EXCLUDED.rows_returned
 """
 
-FLAGS = "UPDATE plpy_bg.jobs SET consumed = %(consumed)s, detached = %(detached)s WHERE cookie = %(cookie)s"
+FLAGS = """
+UPDATE plpy_bg.jobs SET consumed = %(consumed)s, detached = %(detached)s
+WHERE cookie OPERATOR(pg_catalog.=) %(cookie)s::pg_catalog.int8
+"""
 
 PROGRESS = """
-UPDATE plpy_bg.jobs SET progress_pct = %(pct)s, progress_msg = %(msg)s, progress_at = now()
-WHERE cookie = %(cookie)s
+UPDATE plpy_bg.jobs SET progress_pct = %(pct)s, progress_msg = %(msg)s, progress_at = pg_catalog.now()
+WHERE cookie OPERATOR(pg_catalog.=) %(cookie)s::pg_catalog.int8
 """
 
 RECONCILE = """
-UPDATE plpy_bg.jobs SET state = 'lost', finished_at = now(),
+UPDATE plpy_bg.jobs SET state = 'lost', finished_at = pg_catalog.now(),
     last_error = 'the dispatcher that ran this job stopped before the job ended; its outcome is unknown'
-WHERE state = 'running' AND dispatcher_epoch <> %(epoch)s
+WHERE state OPERATOR(pg_catalog.=) 'running'
+  AND dispatcher_epoch OPERATOR(pg_catalog.<>) %(epoch)s::pg_catalog.text
 """
 
 PURGE = """
-DELETE FROM plpy_bg.jobs WHERE state <> 'running' AND finished_at < now() - %(keep)s::interval
+DELETE FROM plpy_bg.jobs WHERE state OPERATOR(pg_catalog.<>) 'running'
+  AND finished_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) %(keep)s::pg_catalog.interval
 """
 
 
@@ -78,6 +88,15 @@ class Store:
         # only launch rows take the fast lane: updates of existing rows share the durable lane,
         # so two lanes never lock the same row (they would deadlock under load)
         (self.fast if sql is INSERT else self.durable).write(sql, params)
+
+    def write_latest(self, key, sql: str, params: dict) -> None:
+        """Queue a write that replaces an earlier one of the same `key` not yet applied."""
+        self.durable.write_latest(key, sql, params)
+
+    def release(self) -> bool:
+        """Close both lanes' connections once their queued writes are committed; False when writes
+        still wait (they reconnect when the next write comes)."""
+        return all([lane.release() for lane in (self.fast, self.durable)])
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
@@ -108,6 +127,8 @@ class Store:
             Lane.wait(p, timeout)
 
 
+LATEST = object()  # marks a queued write whose statement is looked up when applied
+
 # SQLSTATE classes of refusals that pass: insufficient resources, read-only, serialization,
 # operator intervention, system error, object in use (a lock timeout)
 TRANSIENT_CLASSES = ("53", "25", "40", "57", "58", "55")
@@ -130,12 +151,34 @@ class Lane:
         self.ready = threading.Event()
         self.failing: str | None = None  # the last refusal while writes wait to be retried
         self.busy = threading.Lock()  # held while writes are applied, by the thread or a caller
+        self.latest: dict = {}  # key -> (sql, params) of a coalesced write waiting in the queue
+        self.latest_lock = threading.Lock()
         self.thread.start()
 
     # ---- API used by the dispatcher ----
     def write(self, sql: str, params: dict) -> None:
         """Queue a write nobody waits for."""
         self.q.put((sql, params, None, {}))
+
+    def write_latest(self, key, sql: str, params: dict) -> None:
+        """Queue a write nobody waits for, superseding a queued one of the same key."""
+        with self.latest_lock:
+            queued = key in self.latest
+            self.latest[key] = (sql, params)
+        if not queued:
+            self.q.put((LATEST, key, None, {}))
+
+    def release(self) -> bool:
+        """Drop the connection when nothing is queued or being written; True when it is closed."""
+        if not self.q.empty() or not self.busy.acquire(blocking=False):
+            return False
+        try:
+            if not self.q.empty():
+                return False
+            self._drop()
+            return True
+        finally:
+            self.busy.release()
 
     def submit(self, sql: str, params: dict) -> tuple:
         """Queue a write whose commit someone will wait for with `wait`."""
@@ -190,6 +233,7 @@ class Lane:
                     batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
+            batch = [self._resolve(item) for item in batch]
             waited = any(item[2] is not None for item in batch)
             with self.busy:
                 if not self._with_retry(lambda: self._apply(batch), keep=not waited):
@@ -198,6 +242,14 @@ class Lane:
             if time.monotonic() - self.last_purge > 600:
                 self.last_purge = time.monotonic()
                 self.write(PURGE, {"keep": self.retention})
+
+    def _resolve(self, item: tuple) -> tuple:
+        """A queued coalesced write becomes its latest statement (taken off the table of pending ones)."""
+        if item[0] is not LATEST:
+            return item
+        with self.latest_lock:
+            sql, params = self.latest.pop(item[1])
+        return sql, params, None, {}
 
     def _usable(self) -> bool:
         return self.conn is not None and not self.conn.closed and not self.conn.broken

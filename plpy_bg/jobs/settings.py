@@ -24,14 +24,16 @@ ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transacti
 NEVER = ("client_encoding", "session_authorization", "role", "transaction_isolation",
          "transaction_read_only", "transaction_deferrable", "seed", "is_superuser", "idle_session_timeout")
 
+# run under the caller's search_path: every operator and type is named with its schema
 BASELINE_SQL = """
 SELECT s.name, s.context, pg_catalog.current_setting(s.name) AS value,
-       (s.source IN ('session', 'client', 'database', 'user', 'database user')
-        OR s.name = ANY($1)) AS changed
+       (s.source OPERATOR(pg_catalog.=) ANY ('{session,client,database,user,"database user"}'::pg_catalog.text[])
+        OR s.name OPERATOR(pg_catalog.=) ANY($1)) AS changed
 FROM pg_catalog.pg_settings s
-WHERE s.context IN ('user', 'superuser') AND s.name <> ALL($2)
-  AND s.name NOT LIKE 'pgseccomp.%' AND s.name NOT LIKE 'plpy_bg.%'
-ORDER BY s.name
+WHERE s.context OPERATOR(pg_catalog.=) ANY ('{user,superuser}'::pg_catalog.text[])
+  AND s.name OPERATOR(pg_catalog.<>) ALL($2)
+  AND NOT pg_catalog.starts_with(s.name, 'pgseccomp.') AND NOT pg_catalog.starts_with(s.name, 'plpy_bg.')
+ORDER BY s.name COLLATE pg_catalog."C"
 """
 
 
@@ -62,10 +64,11 @@ class Baseline:
         items = []
         for i, n in enumerate(self.names):
             cur = f"pg_catalog.current_setting({literal(n)})"
+            item = f"pg_catalog.textcat('{i}:', {cur})"
             if self.changed[i]:
-                items.append(f"'{i}:' || {cur}")
-            else:
-                items.append(f"CASE WHEN {cur} IS DISTINCT FROM {literal(self.values[i])} THEN '{i}:' || {cur} END")
+                items.append(item)
+            else:  # current_setting() of a listed setting is never NULL: <> is IS DISTINCT FROM here
+                items.append(f"CASE WHEN {cur} OPERATOR(pg_catalog.<>) {literal(self.values[i])} THEN {item} END")
         return f"pg_catalog.array_remove(ARRAY[{', '.join(items)}]::pg_catalog.text[], NULL)"
 
     def inherit(self, items: list[str], superuser: bool) -> list[list[str]]:
@@ -82,7 +85,7 @@ class Baseline:
 def baseline(plpy, GD) -> Baseline:
     b = GD.get(GD_KEY)
     if b is None:
-        plan = plpy.prepare(BASELINE_SQL, ["text[]", "text[]"])
+        plan = plpy.prepare(BASELINE_SQL, ["pg_catalog.text[]", "pg_catalog.text[]"])
         b = GD[GD_KEY] = Baseline(plan.execute([list(ALWAYS), list(NEVER)]))
     return b
 
@@ -94,7 +97,7 @@ def placeholders(plpy, GD, names_csv: str | None) -> list[list[str]]:
         return []
     plan = GD.get(GD_PLAN)
     if plan is None:
-        plan = GD[GD_PLAN] = plpy.prepare(PLACEHOLDERS_SQL, ["text[]"])
+        plan = GD[GD_PLAN] = plpy.prepare(PLACEHOLDERS_SQL, ["pg_catalog.text[]"])
     return [[x["n"], x["v"]] for x in plan.execute([names]) if x["v"] is not None]
 
 

@@ -5,6 +5,10 @@ is unchanged (any committed catalog change anywhere bumps it when this
 backend next accepts invalidations, exactly when its syscache would notice)
 and only in a transaction without an xid (one that wrote nothing, so no
 uncommitted catalog change of our own can be hiding). Otherwise we query.
+
+These queries run under the launching caller's search_path: every operator,
+function and type is named with its schema, so a caller's own `=` or `oid`
+(even one in pg_temp) never answers for the catalog.
 """
 from __future__ import annotations
 
@@ -12,47 +16,51 @@ from typing import Any
 
 from plpy_bg.policy import native
 
-_Q_ROLE = ("SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = $1", ["oid"])
-_Q_ROLE_BY_NAME = ("SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = $1", ["name"])
-_Q_PROC = ("""
+_EQ = "OPERATOR(pg_catalog.=)"
+_Q_ROLE = (f"SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid {_EQ} $1", ["pg_catalog.oid"])
+_Q_ROLE_BY_NAME = (f"SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname {_EQ} $1",
+                   ["pg_catalog.name"])
+_Q_PROC = (f"""
 SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
        p.proowner, r.rolname AS owner, l.lanname, p.prosecdef, p.prokind,
-       p.xmin::text::int8 AS xmin, p.ctid::text AS ctid
+       p.xmin::pg_catalog.text::pg_catalog.int8 AS xmin, p.ctid::pg_catalog.text AS ctid
 FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-LEFT JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
-WHERE p.oid = $1""", ["oid"])
-_Q_RELS = ("""
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} p.proowner
+WHERE p.oid {_EQ} $1""", ["pg_catalog.oid"])
+_Q_RELS = (f"""
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules, c.relowner, r.rolname AS owner
 FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
-WHERE c.oid = ANY($1)""", ["oid[]"])
-_Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["oid", "oid"])
-_Q_FUNCS = ("""
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
+WHERE c.oid {_EQ} ANY($1)""", ["pg_catalog.oid[]"])
+_Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["pg_catalog.oid", "pg_catalog.oid"])
+_Q_FUNCS = (f"""
 SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
        p.proowner, r.rolname AS owner, p.prosecdef, p.pronargs, p.pronargdefaults,
-       p.provariadic <> 0 AS variadic, l.lanname
+       p.provariadic OPERATOR(pg_catalog.<>) 0::pg_catalog.oid AS variadic, l.lanname
 FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-LEFT JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
-WHERE p.proname = $1 AND n.nspname = ANY($2)
-  AND NOT coalesce(r.rolsuper, false)  -- superusers are trusted by everyone""", ["name", "name[]"])
-_Q_OPS = ("""
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} p.proowner
+WHERE p.proname {_EQ} $1 AND n.nspname {_EQ} ANY($2)
+  AND NOT coalesce(r.rolsuper, false)  -- superusers are trusted by everyone""",
+            ["pg_catalog.name", "pg_catalog.name[]"])
+_Q_OPS = (f"""
 SELECT o.oid, n.nspname, o.oprname, o.oprowner, ro.rolname AS opowner,
-       o.oprleft, o.oprright, o.oprcode::oid AS func, p.proowner, rp.rolname AS funcowner,
+       o.oprleft, o.oprright, o.oprcode::pg_catalog.oid AS func, p.proowner, rp.rolname AS funcowner,
        p.prosecdef, pg_catalog.format('%s(%s)', o.oprname,
-         pg_catalog.concat_ws(', ', o.oprleft::regtype, o.oprright::regtype)) AS signature
+         pg_catalog.concat_ws(', ', o.oprleft::pg_catalog.regtype, o.oprright::pg_catalog.regtype)) AS signature
 FROM pg_catalog.pg_operator o
-JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
-LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = o.oprowner
-LEFT JOIN pg_catalog.pg_roles rp ON rp.oid = p.proowner
-WHERE o.oprname = $1 AND n.nspname = ANY($2)
-  AND NOT (coalesce(ro.rolsuper, false) AND coalesce(rp.rolsuper, false))""", ["name", "name[]"])
-_Q_TRUST = ("SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster = $1", ["oid"])
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid {_EQ} o.oprcode
+LEFT JOIN pg_catalog.pg_roles ro ON ro.oid {_EQ} o.oprowner
+LEFT JOIN pg_catalog.pg_roles rp ON rp.oid {_EQ} p.proowner
+WHERE o.oprname {_EQ} $1 AND n.nspname {_EQ} ANY($2)
+  AND NOT (coalesce(ro.rolsuper, false) AND coalesce(rp.rolsuper, false))""",
+          ["pg_catalog.name", "pg_catalog.name[]"])
+_Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", ["pg_catalog.oid"])
 _Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
 
 

@@ -168,7 +168,8 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, statements: list[dict], 
     return resolved, bad
 
 
-def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | None = None) -> dict:
+def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | None = None,
+          job_oid: int | None = None) -> dict:
     """Classify `sql`, decide, and return the classification to store with the job.
 
     Raises InsufficientPrivilege (42501) when the job is refused. `search_path`
@@ -180,7 +181,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
         raise PgError("syntax error in background job SQL", detail=str(e), sqlstate="42601") from None
     cat = _catalog.catalog(plpy)
     cat.refresh()
-    role = cat.role_by_name(job_role)
+    role = cat.role(job_oid) if job_oid is not None else cat.role_by_name(job_role)
     if role is None:
         raise ObjectNotFound(f'role "{job_role}" does not exist')
     job_oid = role["oid"]

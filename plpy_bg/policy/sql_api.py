@@ -2,31 +2,30 @@
 from __future__ import annotations
 
 from plpy_bg.errors import InsufficientPrivilege, NullValue, PgError
+from plpy_bg.policy import catalog as _catalog
+from plpy_bg.policy import native
 from plpy_bg.policy.decision import _induce, chain_detail, require_trusted_chain
 from plpy_bg.policy.provenance import capture_provenance
-from plpy_bg.policy.trust import TRUST_FUNCTION
+from plpy_bg.policy.trust import DISTRUST_FUNCTION, TRUST_FUNCTION
 
-_Q_INSERT = ("INSERT INTO plpy_bg.trust (truster, trustee) "
-             "SELECT r.oid, $1::pg_catalog.oid FROM pg_catalog.pg_roles r "
-             "WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER "
-             "AND r.oid OPERATOR(pg_catalog.<>) $1::pg_catalog.oid "
-             "ON CONFLICT DO NOTHING")
-_Q_DELETE = ("DELETE FROM plpy_bg.trust t USING pg_catalog.pg_roles r "
-             "WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER "
-             "AND t.truster OPERATOR(pg_catalog.=) r.oid AND t.trustee OPERATOR(pg_catalog.=) $1::pg_catalog.oid")
+_Q_OID = ("SELECT $1::pg_catalog.oid AS o", ["pg_catalog.regrole"])
+_Q_INSERT = ("INSERT INTO plpy_bg.trust (truster, trustee) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+             ["pg_catalog.oid", "pg_catalog.oid"])
+_Q_DELETE = ("DELETE FROM plpy_bg.trust t WHERE t.truster OPERATOR(pg_catalog.=) $1 "
+             "AND t.trustee OPERATOR(pg_catalog.=) $2", ["pg_catalog.oid", "pg_catalog.oid"])
+_Q_WRITE = ("SELECT plpy_bg.trust_write()", [])
 _plans: dict = {}
 
+# (truster oid, trustee oid, declare) while pg_background_trust/distrust runs plpy_bg.trust_write():
+# Python state of this backend, which SQL cannot set, so the definer writes only what they decided.
+_pending: tuple[int, int, bool] | None = None
 
-def _run(plpy, q: str, trustee) -> None:
-    plan = _plans.get(q)
+
+def _run(plpy, q: tuple[str, list[str]], *args) -> list:
+    plan = _plans.get(q[0])
     if plan is None:
-        plan = _plans[q] = plpy.prepare(q, ["regrole"])
-    try:
-        plpy.execute(plan, [trustee])
-    except plpy.SPIError as e:  # keep trust_guard's refusal as it was worded, not wrapped in "spiexceptions..."
-        msg = str(e.args[0] if e.args else e).removeprefix("plpy_bg: ")
-        _raise(plpy, PgError(msg, getattr(e, "detail", None), getattr(e, "hint", None),
-                             getattr(e, "sqlstate", None) or "XX000"))
+        plan = _plans[q[0]] = plpy.prepare(q[0], q[1])
+    return plpy.execute(plan, list(args))
 
 
 def _raise(plpy, e: PgError) -> None:
@@ -34,32 +33,49 @@ def _raise(plpy, e: PgError) -> None:
 
 
 def trust(plpy, trustee) -> None:
-    """pg_background_trust(trustee): the current role trusts `trustee` (checked again by trust_guard)."""
-    if trustee is None:
-        _raise(plpy, NullValue("trustee must not be null"))
-    _run(plpy, _Q_INSERT, trustee)
+    """pg_background_trust(trustee): the current role trusts `trustee`, if its chain is trusted."""
+    _declare(plpy, trustee, True)
 
 
 def distrust(plpy, trustee) -> None:
     """pg_background_distrust(trustee): withdraw; always allowed, trust only ever shrinks."""
-    if trustee is None:
-        _raise(plpy, NullValue("trustee must not be null"))
-    _run(plpy, _Q_DELETE, trustee)
+    _declare(plpy, trustee, False)
 
 
-def trust_guard(plpy, TD) -> str | None:
-    """BEFORE INSERT OR UPDATE on plpy_bg.trust: refuse trust declared by code the truster does not trust."""
-    if TD["event"] == "UPDATE":
-        _raise(plpy, InsufficientPrivilege("trust declarations cannot be changed",
-                                           hint=f"Withdraw it and declare it again with {TRUST_FUNCTION}()."))
-    role = plpy.execute("SELECT CURRENT_USER AS u")[0]["u"]
-    prov = capture_provenance(plpy)
+def _declare(plpy, trustee, declare: bool) -> None:
+    global _pending
     try:
-        require_trusted_chain(plpy, prov, role, TRUST_FUNCTION,
-                              hint=f'Declare trust in a session of "{role}", not from code of other roles.')
+        if trustee is None:
+            raise NullValue("trustee must not be null")
+        truster = native.backend(plpy).user_id()
+        trustee_oid = int(_run(plpy, _Q_OID, trustee)[0]["o"])
+        if declare:
+            cat = _catalog.catalog(plpy)
+            cat.refresh()
+            role = (cat.role(truster) or {}).get("name") or str(truster)
+            require_trusted_chain(plpy, capture_provenance(plpy), role, TRUST_FUNCTION,
+                                  hint=f'Declare trust in a session of "{role}", not from code of other roles.')
+            if trustee_oid == truster:
+                return  # a role trusts itself without a row
     except PgError as e:
         _raise(plpy, e)
-    return None
+    _pending = (truster, trustee_oid, declare)
+    try:
+        _run(plpy, _Q_WRITE)
+    finally:
+        _pending = None
+
+
+def trust_write(plpy) -> None:
+    """plpy_bg.trust_write(), as the table's owner: apply the one pending declaration of this backend."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is None:
+        _raise(plpy, InsufficientPrivilege(
+            "plpy_bg.trust_write() may only be called by pg_background_trust() and pg_background_distrust()",
+            hint=f"Use {TRUST_FUNCTION}() or {DISTRUST_FUNCTION}()."))
+    truster, trustee, declare = pending
+    _run(plpy, _Q_INSERT if declare else _Q_DELETE, truster, trustee)
 
 
 def ddl_check(plpy, GD, tag: str) -> None:

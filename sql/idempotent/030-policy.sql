@@ -33,19 +33,20 @@ $sql$;
 COMMENT ON FUNCTION @extschema@.pg_background_trusted() IS
     'trust declared by or in the current role';
 
--- Runs as the declaring role: a trust row may only come from a chain that role already trusts.
-CREATE OR REPLACE FUNCTION plpy_bg.trust_guard()
-RETURNS trigger LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+-- The only writer of plpy_bg.trust, as its owner: nobody else has DML on it (so nobody can LOCK it
+-- against every launch). It writes only what pg_background_trust() or pg_background_distrust(),
+-- running in this backend as the declaring role, handed it for this one call; called any other way it refuses.
+CREATE OR REPLACE FUNCTION plpy_bg.trust_write()
+RETURNS pg_catalog.void LANGUAGE plpython3u VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
 from plpy_bg.policy import sql_api
-return sql_api.trust_guard(plpy, TD)
+return sql_api.trust_write(plpy)
 $python$;
 
 DROP TRIGGER IF EXISTS trust_guard ON plpy_bg.trust;
-CREATE TRIGGER trust_guard BEFORE INSERT OR UPDATE ON plpy_bg.trust
-    FOR EACH ROW EXECUTE FUNCTION plpy_bg.trust_guard();
+DROP FUNCTION IF EXISTS plpy_bg.trust_guard();
 
 -- PL/Python cannot be an event trigger: a PL/pgSQL shell passes the tag to the Python check.
 CREATE OR REPLACE FUNCTION plpy_bg.policy_ddl_check(tag pg_catalog.text)
@@ -73,13 +74,16 @@ $plpgsql$;
 
 -- privileges
 REVOKE ALL ON TABLE plpy_bg.trust FROM PUBLIC;
-GRANT SELECT, INSERT, DELETE ON TABLE plpy_bg.trust TO pgbackground_role;
+REVOKE ALL ON TABLE plpy_bg.trust FROM pgbackground_role;
+-- reading allows at most ACCESS SHARE, which blocks no launch and no declaration
+GRANT SELECT ON TABLE plpy_bg.trust TO pgbackground_role;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_trusted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.policy_ddl_check(pg_catalog.text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.policy_ddl_guard() FROM PUBLIC;
-REVOKE ALL ON FUNCTION plpy_bg.trust_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.trust_write() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION plpy_bg.trust_write() TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trusted() TO pgbackground_role;

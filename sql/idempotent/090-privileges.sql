@@ -1,16 +1,17 @@
 -- Privilege helpers, internal functions and the grants; runs last.
 
-CREATE OR REPLACE FUNCTION plpy_bg.register_role(role_name pg_catalog.text)
+-- the peer-map line that lets the dispatcher log in as a job role; runs as the extension's owner
+CREATE OR REPLACE FUNCTION plpy_bg.register_role(role_name pg_catalog.text, present pg_catalog.bool DEFAULT true)
 RETURNS pg_catalog.void
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
 from plpy_bg import api
-return api.register_role(plpy, GD, role_name)
+return api.register_role(plpy, GD, role_name, present)
 $python$;
-COMMENT ON FUNCTION plpy_bg.register_role(pg_catalog.text) IS
-'Adds the pg_ident.conf line that lets job workers log in as the role (peer map plpy_bg)';
+COMMENT ON FUNCTION plpy_bg.register_role(pg_catalog.text, pg_catalog.bool) IS
+'Adds (or with present = false removes) the pg_ident.conf line that lets job workers log in as the role (peer map plpy_bg)';
 
 CREATE OR REPLACE FUNCTION plpy_bg.check_invariants()
 RETURNS SETOF pg_catalog.text
@@ -38,13 +39,12 @@ COMMENT ON FUNCTION plpy_bg.pool_workers() IS
 'Every job worker connection of the dispatcher: idle in the pool, running a job, or opening';
 
 -- where the dispatcher listens: superuser-only settings, read for the launching role
-CREATE OR REPLACE FUNCTION plpy_bg.cluster_context(OUT dirs pg_catalog.text, OUT port pg_catalog.int4,
-                                                   OUT admin pg_catalog.text)
+DROP FUNCTION IF EXISTS plpy_bg.cluster_context(OUT pg_catalog.text, OUT pg_catalog.int4, OUT pg_catalog.text);
+CREATE OR REPLACE FUNCTION plpy_bg.cluster_context(OUT dirs pg_catalog.text, OUT port pg_catalog.int4)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_catalog.current_setting('unix_socket_directories'),
-             pg_catalog.current_setting('port')::pg_catalog.int4,
-             (SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_roles r WHERE r.oid = 10) $$;
+             pg_catalog.current_setting('port')::pg_catalog.int4 $$;
 
 -- the objects a role needs to use background jobs, as format() patterns
 CREATE OR REPLACE FUNCTION plpy_bg.api_objects()
@@ -87,8 +87,14 @@ BEGIN
     IF role_name IS NULL THEN
         RAISE EXCEPTION 'role_name must not be null' USING ERRCODE = '22004';
     END IF;
+    -- outside the catch-all below: a name pg_ident.conf cannot hold is refused before anything is granted
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) role_name AND rolcanlogin) THEN
+        PERFORM plpy_bg.register_role(role_name);
+    END IF;
+    BEGIN
     SELECT n.nspname INTO _schema FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'plpy_bg';
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+      WHERE e.extname OPERATOR(pg_catalog.=) 'plpy_bg';
     FOR _obj IN SELECT plpy_bg.api_objects() LOOP
         _sql := pg_catalog.format('GRANT %s TO %I',
                   pg_catalog.format(_obj, _schema),
@@ -103,13 +109,11 @@ BEGIN
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('GRANT SELECT ON %I.pg_background_jobs TO %I', _schema, role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name AND rolcanlogin) THEN
-        PERFORM plpy_bg.register_role(role_name);
-    END IF;
     RETURN true;
-EXCEPTION WHEN OTHERS THEN
-    RAISE NOTICE 'error granting plpy_bg privileges to %: %', role_name, SQLERRM;
-    RETURN false;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'error granting plpy_bg privileges to %: %', role_name, SQLERRM;
+        RETURN false;
+    END;
 END;
 $function$;
 
@@ -128,7 +132,8 @@ BEGIN
         RAISE EXCEPTION 'role_name must not be null' USING ERRCODE = '22004';
     END IF;
     SELECT n.nspname INTO _schema FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'plpy_bg';
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+      WHERE e.extname OPERATOR(pg_catalog.=) 'plpy_bg';
     FOR _obj IN SELECT plpy_bg.api_objects() LOOP
         _sql := pg_catalog.format('REVOKE %s FROM %I', pg_catalog.format(_obj, _schema), role_name);
         _sql := pg_catalog.replace(_sql, 'REVOKE TYPE', 'REVOKE USAGE ON TYPE');
@@ -141,6 +146,7 @@ BEGIN
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('REVOKE USAGE ON SCHEMA plpy_bg FROM %I', role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    PERFORM plpy_bg.register_role(role_name, false);
     RETURN true;
 EXCEPTION WHEN OTHERS THEN
     RAISE NOTICE 'error revoking plpy_bg privileges from %: %', role_name, SQLERRM;
@@ -166,8 +172,18 @@ REVOKE ALL ON FUNCTION @extschema@.pg_background_progress(pg_catalog.int4, pg_ca
 REVOKE ALL ON FUNCTION @extschema@.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
-REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.pool_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.cluster_context() FROM PUBLIC;
 SELECT @extschema@.grant_pg_background_privileges('pgbackground_role', false);
+
+-- the dispatcher's own peer-map line; a file the server cannot let us write is the DBA's to edit
+DO $do$
+BEGIN
+    PERFORM plpy_bg.register_role('plpy_bg_dispatcher');
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'could not add the plpy_bg_dispatcher line to pg_ident.conf: %', SQLERRM
+        USING HINT = 'Add the line  plpy_bg postgres "plpy_bg_dispatcher"  to pg_ident.conf and reload.';
+END
+$do$;

@@ -30,8 +30,12 @@ def test_consumed_and_detached_handles(pg):
         result(c, h, "a int")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="already consumed"):
             result(c, h, "a int")
+        # read to the end, the job is no longer attached (as in pg_background)
+        with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {h[0]} is not attached to this session"):
+            c.execute("SELECT pg_background_detach_v2(%s, %s)", h)
+        h = launch(c, "SELECT 1")
         c.execute("SELECT pg_background_detach_v2(%s, %s)", h)
-        with pytest.raises(psycopg.errors.UndefinedObject):
+        with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {h[0]} is not attached to this session"):
             c.execute("SELECT pg_background_detach_v2(%s, %s)", h)
 
 

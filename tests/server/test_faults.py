@@ -147,49 +147,42 @@ def test_launcher_terminated_before_its_job_starts(own_pg):
     assert invariants(own_pg) == []
 
 
-DISK_FULL = """
-CREATE TABLE IF NOT EXISTS disk_full_flag (is_full bool);
-INSERT INTO disk_full_flag SELECT false WHERE NOT EXISTS (SELECT FROM disk_full_flag);
-CREATE OR REPLACE FUNCTION plpy_bg_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+# a refusal of the job table as the server would give it (disk full, read-only), switched by a flag
+REFUSE = """
+CREATE TABLE IF NOT EXISTS public.refuse_flag (sqlstate text);
+GRANT SELECT ON public.refuse_flag TO plpy_bg_dispatcher;
+INSERT INTO public.refuse_flag SELECT NULL WHERE NOT EXISTS (SELECT FROM public.refuse_flag);
+CREATE OR REPLACE FUNCTION public.plpy_bg_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE s text := (SELECT f.sqlstate FROM public.refuse_flag f);
 BEGIN
-    IF (SELECT is_full FROM disk_full_flag) THEN
-        RAISE EXCEPTION 'could not extend file "base/5/16384": No space left on device'
-            USING ERRCODE = 'disk_full';
+    IF s = '53100' THEN
+        RAISE EXCEPTION 'could not extend file "base/5/16384": No space left on device' USING ERRCODE = s;
+    ELSIF s IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = s;
     END IF;
     RETURN NEW;
 END $$;
-CREATE OR REPLACE TRIGGER disk_full BEFORE INSERT OR UPDATE ON plpy_bg.jobs
-    FOR EACH ROW EXECUTE FUNCTION plpy_bg_test_disk_full();
+CREATE OR REPLACE TRIGGER refuse BEFORE INSERT OR UPDATE ON plpy_bg.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.plpy_bg_test_refuse();
 """
 
 
-def _fault(server, setting: str, on: bool) -> None:
-    """Turn a job-table fault on or off for every session, the dispatcher's included."""
-    with server.connect() as c:
-        c.execute("SET default_transaction_read_only = off")
-        if setting == "disk full":
-            c.execute("UPDATE disk_full_flag SET is_full = %s", (on,))
-            return
-        if on:
-            c.execute(f"ALTER SYSTEM SET {setting} = on")
-        else:
-            c.execute(f"ALTER SYSTEM RESET {setting}")
-        c.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
+def _fault(server, sqlstate: str | None) -> None:
+    """Make the job table refuse every write with `sqlstate` (None: accept again)."""
+    server.sql("UPDATE public.refuse_flag SET sqlstate = %s", (sqlstate,))
 
 
-@pytest.mark.parametrize("fault, setting, error", [
-    ("read-only", "default_transaction_read_only", psycopg.errors.ReadOnlySqlTransaction),
-    ("disk full", "disk full", psycopg.errors.DiskFull),
+@pytest.mark.parametrize("sqlstate, error", [
+    ("25006", psycopg.errors.ReadOnlySqlTransaction),
+    ("53100", psycopg.errors.DiskFull),
 ])
-def test_job_table_refuses_writes(own_pg, fault, setting, error):
+def test_job_table_refuses_writes(own_pg, sqlstate, error):
     """Launches are refused with the server's error while the job table cannot be written; a job
     that ends meanwhile keeps its outcome in the dispatcher and records it once writes work again."""
-    if fault == "disk full":
-        own_pg.sql(DISK_FULL)
+    own_pg.sql(REFUSE)
     with own_pg.connect("alice") as c:
         h = launch(c, "SELECT pg_sleep(1.5), 'outcome kept'")
-        _fault(own_pg, setting, True)
+        _fault(own_pg, sqlstate)
         try:
             with pytest.raises(error, match="could not record the background job"):
                 launch(c, "SELECT 'refused'")
@@ -200,10 +193,9 @@ def test_job_table_refuses_writes(own_pg, fault, setting, error):
             assert any("failing" in v for v in invariants(own_pg))
             assert job_row(own_pg, h[1])["state"] == "running"  # not yet written, not lost
         finally:
-            _fault(own_pg, setting, False)
+            _fault(own_pg, None)
         wait_for(lambda: job_row(own_pg, h[1])["state"] == "completed", timeout=20)
         h2 = launch(c, "SELECT 'writable again'")
         assert result(c, h2) == [("writable again",)]
-    if fault == "disk full":
-        own_pg.sql("DROP TRIGGER disk_full ON plpy_bg.jobs")
+    own_pg.sql("DROP TRIGGER refuse ON plpy_bg.jobs")
     assert invariants(own_pg) == []

@@ -53,10 +53,17 @@ def test_identity_inside_security_definer_is_its_owner(pg):
         c.execute("""CREATE OR REPLACE FUNCTION admin_whoami() RETURNS pg_background_handle
                      LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_catalog AS
                      $$ SELECT * FROM pg_background_launch_v2('SELECT session_user::text, current_user::text') $$""")
-        c.execute("GRANT EXECUTE ON FUNCTION admin_whoami() TO alice")
+        c.execute("""CREATE OR REPLACE FUNCTION admin_whoami_result(pid int, cookie bigint)
+                     RETURNS TABLE (s text, u text)
+                     LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_catalog AS
+                     $$ SELECT * FROM pg_background_result_v2(pid, cookie) AS (s text, u text) $$""")
+        c.execute("GRANT EXECUTE ON FUNCTION admin_whoami(), admin_whoami_result(int, bigint) TO alice")
     with pg.connect("alice") as c:
         h = c.execute("SELECT * FROM admin_whoami()").fetchone()
-        assert result(c, h, "s text, u text") == [("admin", "admin")]
+        # the job is admin's: alice reads it only through admin's own code (as in pg_background)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for background job"):
+            result(c, h, "s text, u text")
+        assert c.execute("SELECT * FROM admin_whoami_result(%s, %s)", h).fetchall() == [("admin", "admin")]
 
 
 ESCAPES = [

@@ -7,9 +7,8 @@ import pytest
 
 from plpy_bg.api import parse_setting, queue_bytes, _UNITS_BYTES, _UNITS_MS
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.dispatcher.server import cut_utf8
 from plpy_bg.dispatcher.sink import RowSink
-from plpy_bg.errors import InvalidParameter, NullValue
+from plpy_bg.errors import InvalidParameter, NullValue, cut_utf8
 from plpy_bg.jobs import identmap
 from plpy_bg.jobs.settings import Baseline
 
@@ -47,22 +46,42 @@ def test_oversized_frame_is_refused():
             P.recv_frame(b)
 
 
-def test_ident_map_lines():
-    text = "# comment\nplpy_bg /^(.*)$ \\1\n"
-    new = identmap.add_roles(text, "postgres", ["alice", 'we"ird role'])
-    assert "plpy_bg postgres alice" in new
+def test_ident_map_lines_are_quoted_and_kept_once():
+    text = "# comment\nplpy_bg /^(.*)$ \\1\nplpy_bg postgres legacy\n"
+    new = identmap.with_roles(text, "postgres", add=["alice", 'we"ird role', "legacy"])
+    assert 'plpy_bg postgres "alice"' in new
     assert 'plpy_bg postgres "we""ird role"' in new
-    assert identmap.add_roles(new, "postgres", ["alice"]) is None
+    assert new.count("legacy") == 1  # an unquoted line of an earlier version counts as present
+    assert identmap.with_roles(new, "postgres", add=["alice"]) is None
     assert new.count(identmap.BEGIN) == 1
-    newer = identmap.add_roles(new, "postgres", ["bob"])
+    newer = identmap.with_roles(new, "postgres", add=["bob"])
     assert newer.index("alice") < newer.index("bob")
+    gone = identmap.with_roles(newer, "postgres", remove=["alice", "legacy"])
+    assert "alice" not in gone and "legacy" not in gone and '"bob"' in gone
+    assert "plpy_bg /^(.*)$ \\1" in gone  # the identity line is never a role's line
+    assert identmap.with_roles(gone, "postgres", remove=["nobody"]) is None
+
+
+@pytest.mark.parametrize("name", ["a,b", "sp ace", 'q"uote', "ha#sh", "back\\slash", "+plus", "/slash", "all",
+                                  "tab\tx", "endsback\\", "ünï", '"', "#"])
+def test_ident_map_line_reads_back_as_the_same_role(name):
+    assert identmap.mapped_role(identmap.map_line("postgres", name), "postgres") == name
+
+
+@pytest.mark.parametrize("name", ["x\nplpy_bg /^someone$ admin", "cr\rx", "nul\0x", ""])
+def test_ident_map_refuses_names_a_line_cannot_hold(name):
+    with pytest.raises(identmap.UnrepresentableName) as e:
+        identmap.map_line("postgres", name)
+    assert e.value.sqlstate == "42602"
+    with pytest.raises(identmap.UnrepresentableName):
+        identmap.with_roles("", "postgres", add=["ok", name])
 
 
 def test_cut_utf8():
-    assert cut_utf8(None) is None
-    assert cut_utf8("abc") == "abc"
+    assert cut_utf8(None, 512) is None
+    assert cut_utf8("abc", 512) == "abc"
     s = "a" + "é" * 600
-    out = cut_utf8(s)
+    out = cut_utf8(s, 512)
     assert len(out.encode()) <= 512 and s.startswith(out) and len(out.encode()) >= 511
 
 

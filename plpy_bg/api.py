@@ -17,19 +17,15 @@ import time
 
 from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError
+from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError, cut_utf8
 from plpy_bg import policy
 from plpy_bg.jobs import identmap
+from plpy_bg.jobs.limits import (DEFAULT_MAX_WORKERS, DEFAULT_QUEUE, GRACE_CAP_MS, MAX_MAX_WORKERS, MAX_QUEUE,
+                                 MIN_QUEUE, PROGRESS_MSG_LIMIT)
 from plpy_bg.policy import native
 from plpy_bg.jobs import settings as jsettings
 from plpy_bg.jobs.settings import UNITS_BYTES as _UNITS_BYTES, UNITS_MS as _UNITS_MS, parse_setting
 
-DEFAULT_QUEUE = 65536
-MIN_QUEUE = 4096
-MAX_QUEUE = 256 << 20  # pg_background's bound: a queue is memory the dispatcher holds for the caller
-DEFAULT_MAX_WORKERS = 16
-MAX_MAX_WORKERS = 1000  # pg_background.max_workers accepts 1 to 1000
-GRACE_CAP_MS = 3_600_000
 CANCEL_GRACE_MS = 1000
 SLICE_MS = 200
 
@@ -381,7 +377,8 @@ def progress(plpy, GD, pct, msg) -> None:
     _require("pct", pct)
     if not 0 <= pct <= 100:
         raise InvalidParameter(f"progress must be between 0 and 100: {pct}")
-    dclient.get(plpy, GD).request("progress", pct=pct, msg=msg)
+    # cut here, not only in the dispatcher: a 100 kB message costs the socket nothing then
+    dclient.get(plpy, GD).request("progress", pct=pct, msg=cut_utf8(msg, PROGRESS_MSG_LIMIT))
 
 
 @sql_errors

@@ -132,7 +132,7 @@ def spawn(ctx: dict) -> None:
                                 detail="A dispatcher started here would inherit this session's seccomp filter.",
                                 hint="Launch a job from a session without a session filter first.")
     python = os.path.join(sys.base_exec_prefix, "bin", "python3")
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
     with open(ctx["path"] + ".log", "ab") as logf:
         subprocess.Popen(

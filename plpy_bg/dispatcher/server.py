@@ -50,19 +50,16 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
+from plpy_bg.jobs.limits import LAST_ERROR_LIMIT, PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES
 from plpy_bg.jobs import settings as jsettings
 
 log = logging.getLogger("plpy_bg.dispatcher")
 
 TERMINAL = ("completed", "failed", "canceled", "lost")
 ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.ExecStatus.SINGLE_TUPLE) if x)
-ERROR_LIMIT = 512
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
 SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
-SESSION_MAX_JOBS = 1024  # jobs a session may track at once (running or with unread results)
-SESSION_ROW_BYTES = 64 << 20  # unread rows a session may hold in the dispatcher's memory
-PROGRESS_MSG_LIMIT = 63  # bytes of a progress message kept, as pg_background's progress_msg[64]
 
 
 class NeedPrivs(Exception):
@@ -120,7 +117,7 @@ class Job:
             "pid": self.pid, "cookie": self.cookie, "launched_at": self.launched_at.isoformat(),
             "user_id": self.user_id, "queue_size": self.queue_size, "state": self.state,
             "sql_preview": self.preview,
-            "last_error": cut_utf8(err["message"], ERROR_LIMIT) if err else None,
+            "last_error": cut_utf8(err["message"], LAST_ERROR_LIMIT) if err else None,
             "consumed": self.consumed,
         }
 
@@ -147,14 +144,11 @@ def _options(settings: dict[str, str]) -> str:
 
 
 # Startup options win over ALTER DATABASE/ROLE ... SET, which a database owner controls: every
-# session the dispatcher opens resolves names in pg_catalog only, and its own sessions cannot be
-# made read-only, timed out or locked out by the database's settings.
-PINNED = {"search_path": "pg_catalog, pg_temp"}
-OWN_OPTIONS = _options({**PINNED, "default_transaction_read_only": "off", "statement_timeout": "0",
-                        "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
-                        "idle_session_timeout": "0", "default_transaction_isolation": "read committed"})
-# an idle pooled worker must not be ended by the server's idle_session_timeout
-WORKER_OPTIONS = _options({**PINNED, "idle_session_timeout": "0"})
+# session the dispatcher opens resolves names in pg_catalog only and cannot be made read-only,
+# timed out or ended while idle by the database's settings. A job then sets its launcher's values.
+PINNED_OPTIONS = _options({"search_path": "pg_catalog, pg_temp", "default_transaction_read_only": "off",
+                           "statement_timeout": "0", "lock_timeout": "0",
+                           "idle_in_transaction_session_timeout": "0", "idle_session_timeout": "0"})
 CONTESTED_SQL = """
 SELECT DISTINCT d.datname::pg_catalog.text
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
@@ -208,7 +202,7 @@ class Dispatcher:
     def _connect_own(self, db: str) -> psycopg.Connection:
         """A session of the dispatcher's own role: no superuser, job table writes only."""
         try:
-            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", OWN_OPTIONS)
+            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", PINNED_OPTIONS)
         except psycopg.OperationalError as e:
             if "Peer authentication failed" in str(e) or f'role "{identmap.DISPATCHER_ROLE}"' in str(e):
                 raise ConnectionFailure(
@@ -246,7 +240,7 @@ class Dispatcher:
         last = None
         for attempt in range(40):
             try:
-                conn = self._connect(db, role, "plpy_bg worker", WORKER_OPTIONS)
+                conn = self._connect(db, role, "plpy_bg worker", PINNED_OPTIONS)
                 break
             except psycopg.OperationalError as e:
                 last = e
@@ -542,7 +536,7 @@ class Dispatcher:
         self.note_activity(job.db)
         self.store(job.db).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
-            "tag": tag, "last_error": cut_utf8(error["message"], ERROR_LIMIT) if error else None,
+            "tag": tag, "last_error": cut_utf8(error["message"], LAST_ERROR_LIMIT) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
@@ -696,7 +690,9 @@ class Dispatcher:
         n = self.pool.drop_database(db)
         with self.lock:
             store = self.stores.get(db)
-        flushed = store is None or store.release()
+            flushed = store is None or store.release()
+            if store is not None and flushed:
+                del self.stores[db]  # the next launch or hello there makes a new one
         with self.control_lock:
             c = self.control_conns.pop(db, None)
         if c is not None:

@@ -73,7 +73,7 @@ WHERE state OPERATOR(pg_catalog.=) 'running'
 
 PURGE = """
 DELETE FROM plpy_bg.jobs WHERE state OPERATOR(pg_catalog.<>) 'running'
-  AND finished_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) %(keep)s::pg_catalog.interval
+  AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) %(keep)s::pg_catalog.interval)
 """
 
 
@@ -94,9 +94,13 @@ class Store:
         self.durable.write_latest(key, sql, params)
 
     def release(self) -> bool:
-        """Close both lanes' connections once their queued writes are committed; False when writes
-        still wait (they reconnect when the next write comes)."""
-        return all([lane.release() for lane in (self.fast, self.durable)])
+        """Close both lanes once their queued writes are committed and end their threads; False
+        (and nothing closed for good) while writes still wait."""
+        if not all([lane.release() for lane in (self.fast, self.durable)]):
+            return False
+        for lane in (self.fast, self.durable):
+            lane.q.put(None)  # the lane's thread ends
+        return True
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
@@ -227,12 +231,20 @@ class Lane:
 
     def _run(self) -> None:
         while True:
-            batch = [self.q.get()]
+            first = self.q.get()
+            if first is None:  # released: the store is forgotten
+                self._drop()
+                return
+            batch = [first]
             while len(batch) < 500:
                 try:
-                    batch.append(self.q.get_nowait())
+                    item = self.q.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    self.q.put(None)  # end after this batch
+                    break
+                batch.append(item)
             batch = [self._resolve(item) for item in batch]
             waited = any(item[2] is not None for item in batch)
             with self.busy:

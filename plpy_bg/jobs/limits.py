@@ -1,0 +1,17 @@
+"""The job engine's bounds, in one place: what one session or one job may hold of the server.
+
+Where pg_background has a bound, the same one (queue size, max_workers, progress and error
+lengths, grace period); where plpy_bg holds memory pg_background does not (the dispatcher),
+a bound of its own, documented in README ("Security model").
+"""
+DEFAULT_QUEUE = 65536
+MIN_QUEUE = 4096
+MAX_QUEUE = 256 << 20  # pg_background: "queue size must not exceed 268435456 bytes"
+DEFAULT_MAX_WORKERS = 16
+MAX_MAX_WORKERS = 1000  # pg_background.max_workers accepts 1 to 1000
+GRACE_CAP_MS = 3_600_000
+PROGRESS_MSG_LIMIT = 63  # bytes of a progress message kept, as pg_background's progress_msg[64]
+LAST_ERROR_LIMIT = 512  # bytes of last_error in listings and the job table, as pg_background
+ERROR_FIELD_LIMIT = 8192  # bytes kept of each field of a job's error (message, detail, hint, context)
+SESSION_MAX_JOBS = 1024  # jobs a session tracks at once: running, or holding unread results
+SESSION_ROW_BYTES = 64 << 20  # unread rows of one session held in the dispatcher's memory

@@ -678,7 +678,7 @@ class Dispatcher:
 
     def held_databases(self) -> set[str]:
         with self.lock:
-            held = set(self.stores)
+            held = {db for db, st in self.stores.items() if not st.idle()}
         with self.control_lock:
             held |= set(self.control_conns)
         return held | self.pool.databases()
@@ -690,14 +690,12 @@ class Dispatcher:
         n = self.pool.drop_database(db)
         with self.lock:
             store = self.stores.get(db)
-            flushed = store is None or store.release()
-            if store is not None and flushed:
-                del self.stores[db]  # the next launch or hello there makes a new one
+        flushed = store is None or store.release()
         with self.control_lock:
             c = self.control_conns.pop(db, None)
         if c is not None:
             c.close()
-        if n or store is not None or c is not None:
+        if n or c is not None:
             log.info("released database %s (%s): %d idle workers closed", db, why, n)
         return flushed and db not in self.pool.databases()
 
@@ -958,6 +956,8 @@ class Dispatcher:
                 bad.append(f"backend {pid} ({r[1]}, {r[2]}) is a job worker the dispatcher does not hold")
         # the job table: once queued writes are committed, it says what the dispatcher knows
         for db, store in stores.items():
+            if store.idle():
+                continue  # released (a dropped database stays so): nothing of ours is there to compare
             failing = store.failing()
             if failing:
                 bad.append(f"job table writes in database {db} are failing ({failing}); "

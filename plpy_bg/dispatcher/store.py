@@ -94,13 +94,13 @@ class Store:
         self.durable.write_latest(key, sql, params)
 
     def release(self) -> bool:
-        """Close both lanes once their queued writes are committed and end their threads; False
-        (and nothing closed for good) while writes still wait."""
-        if not all([lane.release() for lane in (self.fast, self.durable)]):
-            return False
-        for lane in (self.fast, self.durable):
-            lane.q.put(None)  # the lane's thread ends
-        return True
+        """Close both lanes' connections once their queued writes are committed; False while writes
+        still wait. The lanes reconnect when the next write comes."""
+        return all([lane.release() for lane in (self.fast, self.durable)])
+
+    def idle(self) -> bool:
+        """No connection open and nothing queued: released, or never used."""
+        return all(lane.conn is None and lane.q.empty() for lane in (self.fast, self.durable))
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
@@ -231,20 +231,12 @@ class Lane:
 
     def _run(self) -> None:
         while True:
-            first = self.q.get()
-            if first is None:  # released: the store is forgotten
-                self._drop()
-                return
-            batch = [first]
+            batch = [self.q.get()]
             while len(batch) < 500:
                 try:
-                    item = self.q.get_nowait()
+                    batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-                if item is None:
-                    self.q.put(None)  # end after this batch
-                    break
-                batch.append(item)
             batch = [self._resolve(item) for item in batch]
             waited = any(item[2] is not None for item in batch)
             with self.busy:
@@ -281,6 +273,13 @@ class Lane:
                 return True
             except Exception as e:
                 state = getattr(e, "sqlstate", None) or ""
+                if self.conn is None and f'database "{self.dbname}" does not exist' in str(e):
+                    log.error("database %s was dropped: a job-table write for it is discarded", self.dbname)
+                    if item is not None:
+                        item[3]["error"] = e
+                        if item[2]:
+                            item[2].set()
+                    return False
                 if not self._usable() or not state or state[:2] == "08":
                     # the server restarts or our session was killed: keep the writes and retry
                     log.warning("job table connection for %s lost (%s); retrying", self.dbname, e)

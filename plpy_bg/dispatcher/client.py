@@ -190,8 +190,10 @@ def get(plpy, GD) -> Client:
             c = Client(ctx["path"])
             c.request("hello", postmaster_pid=pm, db=ctx["db"])
             break
-        except PgError as e:  # a dispatcher of a server that restarted: it retires
+        except PgError as e:
             c.close()
+            if e.sqlstate != "57P04":  # not a dispatcher of a restarted server, which retires: say why
+                raise
             err = e
         except (FileNotFoundError, ConnectionRefusedError) as e:
             err = e

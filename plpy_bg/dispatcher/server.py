@@ -144,11 +144,18 @@ def _options(settings: dict[str, str]) -> str:
 
 
 # Startup options win over ALTER DATABASE/ROLE ... SET, which a database owner controls: every
-# session the dispatcher opens resolves names in pg_catalog only and cannot be made read-only,
-# timed out or ended while idle by the database's settings. A job then sets its launcher's values.
-PINNED_OPTIONS = _options({"search_path": "pg_catalog, pg_temp", "default_transaction_read_only": "off",
-                           "statement_timeout": "0", "lock_timeout": "0",
-                           "idle_in_transaction_session_timeout": "0", "idle_session_timeout": "0"})
+# session the dispatcher opens resolves names in pg_catalog only, acts as the role it logged in
+# as, sees row-level security applied (off would make its job-table writes fail), and cannot be
+# made read-only, timed out or ended while idle. A job then sets its launcher's values.
+PINNED = {"search_path": "pg_catalog, pg_temp", "role": "none", "row_security": "on",
+          "default_transaction_read_only": "off", "default_transaction_isolation": "read committed",
+          "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
+          "idle_session_timeout": "0"}
+PINNED_OPTIONS = _options(PINNED)
+# job-table writers: every final state committed durably (the fast lane turns it off itself)
+WRITER_OPTIONS = _options({**PINNED, "synchronous_commit": "on"})
+# the control session asks small questions; a lock a database owner holds never stalls it long
+CONTROL_OPTIONS = _options({**PINNED, "statement_timeout": "5s", "lock_timeout": "2s"})
 CONTESTED_SQL = """
 SELECT DISTINCT d.datname::pg_catalog.text
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
@@ -177,7 +184,8 @@ class Dispatcher:
         self.by_worker_pid: dict[int, Job] = {}
         self.stores: dict[str, Store] = {}
         self.control_conns: dict[str, psycopg.Connection] = {}
-        self.control_lock = threading.Lock()
+        self.control_locks: dict[str, threading.Lock] = {}  # one per database: no database stalls another
+        self.control_lock = threading.Lock()  # guards the two dicts only
         self.mapped_roles: set[str] = set()
         self.server_cache: dict[str, tuple] = {}
         self.ident_lock = threading.Lock()
@@ -199,10 +207,10 @@ class Dispatcher:
                                application_name=appname, connect_timeout=10, client_encoding="UTF8",
                                options=options, autocommit=True)
 
-    def _connect_own(self, db: str) -> psycopg.Connection:
+    def _connect_own(self, db: str, options: str = WRITER_OPTIONS) -> psycopg.Connection:
         """A session of the dispatcher's own role: no superuser, job table writes only."""
         try:
-            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", PINNED_OPTIONS)
+            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", options)
         except psycopg.OperationalError as e:
             if "Peer authentication failed" in str(e) or f'role "{identmap.DISPATCHER_ROLE}"' in str(e):
                 raise ConnectionFailure(
@@ -213,17 +221,25 @@ class Dispatcher:
                          f'"local all all peer map=plpy_bg".') from None
             raise
 
+    def _control_lock(self, db: str) -> threading.Lock:
+        with self.control_lock:
+            return self.control_locks.setdefault(db, threading.Lock())
+
     def control_exec(self, db: str, sql: str, params=None):
         """Run one statement on the dispatcher's control session in `db` (reconnecting once)."""
-        for attempt in (1, 2):
-            with self.control_lock:
+        with self._control_lock(db):
+            for attempt in (1, 2):
                 c = self.control_conns.get(db)
                 if c is None or c.closed or c.broken:
-                    c = self.control_conns[db] = self._connect_own(db)
+                    c = self._connect_own(db, CONTROL_OPTIONS)
+                    with self.control_lock:
+                        self.control_conns[db] = c
                 try:
                     return c.execute(sql, params).fetchall()
                 except psycopg.OperationalError:
-                    self.control_conns.pop(db, None)
+                    with self.control_lock:
+                        self.control_conns.pop(db, None)
+                    c.close()
                     if attempt == 2:
                         raise
 
@@ -315,10 +331,12 @@ class Dispatcher:
     def ensure_ident(self, db: str, role: str) -> bool:
         """Add the peer-map line for `role` and make the postmaster reload; True when the file changed."""
         identmap.check_role_name(role)
+        if role in self.mapped_roles:
+            return False
+        path = self.server_settings(db)[0]  # outside the lock: a slow database stalls only its own launch
         with self.ident_lock:
             if role in self.mapped_roles:
                 return False
-            path = self.server_settings(db)[0]
             changed = identmap.update_file(path, self.os_user, add=[role])
             self.mapped_roles.add(role)
             if changed:
@@ -419,6 +437,8 @@ class Dispatcher:
             if not job.sent:
                 w.apply_settings(job.settings)
                 Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
+                if job.row_pending[1].get("abandoned"):  # the launch gave up waiting and said so
+                    raise PgError("background job was not started: its launch timed out", sqlstate="57014")
                 w.send((job.run_sql or job.sql).encode())
             cancelled = lambda: job.cancel_requested
             spool_error = None
@@ -657,15 +677,22 @@ class Dispatcher:
                 log.info("postmaster %s is gone; dispatcher exits", self.postmaster_pid)
                 self.stopping.set()
                 os._exit(0)
+
+    def housekeeper(self) -> None:
+        """Once a second, the work that talks to databases (and may wait on one): pool settings and
+        reaping, letting go of databases, draining at shutdown. Kept apart from the watchdog, so
+        grace terminations, worker_timeout and the postmaster check never wait behind a database."""
+        while not self.stopping.is_set():
+            time.sleep(1.0)
             try:
                 if self.postmaster.stopping():
                     self.drain()
                     continue
                 self.refresh_config()
                 self.pool.reap()
-                self.release_databases(now)
+                self.release_databases(time.monotonic())
             except Exception:
-                log.exception("watchdog tick failed")
+                log.exception("housekeeping failed")
 
     # ---- letting go of databases ----
     def note_activity(self, db: str) -> None:
@@ -691,10 +718,11 @@ class Dispatcher:
         with self.lock:
             store = self.stores.get(db)
         flushed = store is None or store.release()
-        with self.control_lock:
-            c = self.control_conns.pop(db, None)
-        if c is not None:
-            c.close()
+        with self._control_lock(db):
+            with self.control_lock:
+                c = self.control_conns.pop(db, None)
+            if c is not None:
+                c.close()
         if n or c is not None:
             log.info("released database %s (%s): %d idle workers closed", db, why, n)
         return flushed and db not in self.pool.databases()
@@ -1044,6 +1072,7 @@ class Dispatcher:
         srv.listen(256)
         self.listener = srv
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
+        threading.Thread(target=self.housekeeper, name="housekeeper", daemon=True).start()
         log.info("dispatcher %s listening on %s (postmaster %s)", self.epoch, self.socket_path, self.postmaster_pid)
         while not self.stopping.is_set():
             try:

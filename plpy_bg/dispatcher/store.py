@@ -194,6 +194,7 @@ class Lane:
     def wait(pending: tuple, timeout: float = 30.0) -> None:
         done, box = pending
         if not done.wait(timeout):
+            box["abandoned"] = True  # nobody waits any more: the lane drops it (and its SQL text)
             raise TimeoutError("job table write timed out")
         if "error" in box:
             raise box["error"]
@@ -222,11 +223,15 @@ class Lane:
     # ---- writer thread ----
     def _open(self) -> psycopg.Connection:
         conn = self._connect(self.dbname)
-        conn.autocommit = True
-        conn.prepare_threshold = 0  # the same few statements, thousands of times
-        if not self.durable:
-            conn.execute("SET synchronous_commit = off")
-            conn.execute(RECONCILE, {"epoch": self.epoch})
+        try:
+            conn.autocommit = True
+            conn.prepare_threshold = 0  # the same few statements, thousands of times
+            if not self.durable:
+                conn.execute("SET synchronous_commit = off")
+                conn.execute(RECONCILE, {"epoch": self.epoch})
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _run(self) -> None:
@@ -237,7 +242,9 @@ class Lane:
                     batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-            batch = [self._resolve(item) for item in batch]
+            batch = [item for item in map(self._resolve, batch) if not item[3].get("abandoned")]
+            if not batch:
+                continue
             waited = any(item[2] is not None for item in batch)
             with self.busy:
                 if not self._with_retry(lambda: self._apply(batch), keep=not waited):
@@ -280,8 +287,9 @@ class Lane:
                         if item[2]:
                             item[2].set()
                     return False
-                if not self._usable() or not state or state[:2] == "08":
-                    # the server restarts or our session was killed: keep the writes and retry
+                broken = self.conn is not None and not self._usable()
+                if broken or not state or state[:2] == "08":
+                    # no answer from the server (it restarts, our session was killed): retry
                     log.warning("job table connection for %s lost (%s); retrying", self.dbname, e)
                     self._drop()
                     time.sleep(backoff)

@@ -9,9 +9,11 @@ line keeps ordinary peer logins working.
 The role is always written double-quoted (a quote doubled): PostgreSQL then
 reads it literally, never as a list (comma), a comment (#), a line
 continuation (trailing backslash), a group (+) or a regular expression (/).
-A name with CR, LF or NUL cannot be held by a line at all and is refused.
-The file is replaced atomically under a lock, so it is never left half
-written or unreadable.
+Only printable names are written: a control character or a Unicode line or
+paragraph separator could end the line for some reader of the file (Python's
+splitlines() splits on eleven of them), so such a name is refused. The file
+is split into lines at LF only, as PostgreSQL reads it, and replaced
+atomically under a lock, so it is never left half written or unreadable.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ DISPATCHER_ROLE = "plpy_bg_dispatcher"  # created by the extension; see sql/idem
 MAP_NAME = "plpy_bg"
 IDENTITY_LINE = r"/^(.*)$ \1"
 BEGIN = "# plpy_bg: job worker logins (managed; one line per role)"
-_UNREPRESENTABLE = ("\r", "\n", "\0")
 
 
 class UnrepresentableName(PgError):
@@ -39,10 +40,11 @@ def os_user() -> str:
 
 def check_role_name(role: str) -> str:
     """The name as given, or an error when a map line cannot hold it unambiguously."""
-    if not role or any(c in role for c in _UNREPRESENTABLE):
+    if not role or not role.isprintable():  # str.isprintable: no control, separator but space
         raise UnrepresentableName(
             f"role name {role!r} cannot be written to pg_ident.conf",
-            detail="A peer-map line cannot hold a carriage return, a line feed or a NUL byte.",
+            detail="A peer-map line holds printable characters only: no control character "
+                   "(carriage return, line feed, tab, NUL, ...) and no Unicode line or paragraph separator.",
             hint="Rename the role (ALTER ROLE ... RENAME TO ...) before granting it background jobs.")
     return role
 
@@ -55,12 +57,12 @@ def map_line(os_user: str, role: str) -> str:
 def _token(text: str, i: int) -> tuple[str | None, int]:
     """The next field of a map line from `i`: (value, end), quotes resolved as PostgreSQL does."""
     n = len(text)
-    while i < n and text[i] in " \t":
+    while i < n and text[i] in " \t\r":  # PostgreSQL's blanks
         i += 1
     if i >= n or text[i] == "#":
         return None, n
     out, quoted = [], False
-    while i < n and (quoted or text[i] not in " \t"):
+    while i < n and (quoted or text[i] not in " \t\r"):
         c = text[i]
         if c == '"':
             if quoted and i + 1 < n and text[i + 1] == '"':
@@ -93,7 +95,9 @@ def with_roles(text: str, os_user: str, add: list[str] = (), remove: list[str] =
     """The ident file text with lines for `add` present and lines for `remove` gone; None when unchanged."""
     for r in list(add) + list(remove):
         check_role_name(r)
-    lines = text.splitlines()
+    lines = text.split("\n")  # as PostgreSQL reads the file: splitlines() would split at more
+    if lines and lines[-1] == "":
+        lines.pop()
     drop = set(remove) - set(add)
     kept = [ln for ln in lines if mapped_role(ln, os_user) not in drop]
     present = {mapped_role(ln, os_user) for ln in kept}

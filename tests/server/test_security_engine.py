@@ -146,7 +146,8 @@ def exercise_api(server, dbname, user):
     t = "pg_catalog.text"
     with server.connect(user, dbname) as c:
         assert c.execute("SHOW search_path").fetchone()[0] == "evil, pg_catalog, public"
-        c.execute("SET statement_timeout = 0; SET default_transaction_read_only = off")
+        # the owner undoes its database's settings for itself; the dispatcher's sessions ignore them
+        c.execute("SET statement_timeout = 0; SET default_transaction_read_only = off; SET row_security = on")
         c.execute(TEMP_TYPES)
         h = c.execute("SELECT * FROM pg_background_launch_v2('SELECT 1')").fetchone()
         assert c.execute(f"SELECT * FROM pg_background_result_v2(%s, %s) AS (r {t})", h).fetchall() == [("1",)]
@@ -173,11 +174,18 @@ def test_database_owner_with_hostile_search_path_runs_nothing_as_anyone_else(own
     exercise_api(own_pg, "owned", "dbowner")
     assert not is_superuser(own_pg, "dbowner")
     assert calls(own_pg, "owned") == []  # not even as the owner: plpy_bg names nothing of the caller's
-    # a database owner's way to stop the job table there: every session read-only, or timed out at once
-    sql(own_pg, "ALTER DATABASE owned SET default_transaction_read_only = on", user="dbowner")
-    sql(own_pg, "ALTER DATABASE owned SET statement_timeout = 1", user="dbowner")
+    # a database owner's ways to stop the job table there: every session read-only, timed out at
+    # once, or with row-level security off (which makes a policy-bound table refuse the query)
+    for setting in ("default_transaction_read_only = on", "statement_timeout = 1", "row_security = off"):
+        sql(own_pg, f"ALTER DATABASE owned SET {setting}", user="dbowner")
     exercise_api(own_pg, "owned", "dbowner")
     assert calls(own_pg, "owned") == []
+    # and to make a superuser's job there run as the owner: a database-wide role
+    sql(own_pg, "ALTER DATABASE owned SET role = 'dbowner'", user="dbowner")
+    with own_pg.connect(dbname="owned", options=SAFE) as c:
+        c.execute("SET ROLE postgres")
+        h = launch(c, "SELECT current_user::pg_catalog.text, session_user::pg_catalog.text")
+        assert result(c, h, "u pg_catalog.text, s pg_catalog.text") == [("postgres", "postgres")]
     # the dispatcher's own sessions there: its role, no superuser, writing despite the database's settings
     who = sql(own_pg, "SELECT DISTINCT a.usename::text, r.rolsuper FROM pg_stat_activity a "
                       "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.datname = 'owned' "
@@ -185,6 +193,43 @@ def test_database_owner_with_hostile_search_path_runs_nothing_as_anyone_else(own
     assert who == [("plpy_bg_dispatcher", False)]
     assert sql(own_pg, "SELECT count(*) FROM plpy_bg.jobs", dbname="owned")[0][0] == 8
     assert invariants(own_pg) == []
+
+
+def test_database_owner_cannot_stall_the_dispatcher_for_other_databases(own_pg):
+    """The owner queues a lock on its own catalog behind an open transaction and floods the
+    invalidation queue, so any session of the dispatcher there waits on that lock: launches in
+    other databases must not wait with it."""
+    import threading
+    make_role(own_pg, "staller")
+    for db in ("stalled", "flood"):
+        sql(own_pg, f"CREATE DATABASE {db} OWNER staller")
+    sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname="stalled")
+    sql(own_pg, "SELECT grant_pg_background_privileges('staller')", dbname="stalled")
+    pid = dispatcher_pid(own_pg)
+    os.kill(pid, 15)  # the owner's database becomes the first the new dispatcher serves
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    with own_pg.connect("staller", "stalled") as c:
+        c.execute("SELECT * FROM pg_background_stats_v2()")
+    holder = own_pg.connect("staller", "stalled", autocommit=False)
+    holder.execute("SELECT 1 FROM pg_catalog.pg_attribute LIMIT 1")
+    queued = threading.Thread(target=lambda: sql(own_pg, "VACUUM FULL pg_catalog.pg_attribute",
+                                                 user="staller", dbname="stalled"))
+    queued.start()
+    try:
+        time.sleep(0.5)
+        sql(own_pg, "DO $$ BEGIN FOR i IN 1..3000 LOOP EXECUTE 'CREATE TEMP TABLE t' || i || ' (a int)'; "
+                    "END LOOP; END $$", user="staller", dbname="flood")
+        time.sleep(2.5)  # the dispatcher's housekeeping has met the lock by now
+        for _ in range(3):
+            start = time.monotonic()
+            with own_pg.connect() as c:  # a superuser's new session, in another database
+                assert result(c, launch(c, "SELECT 42")) == [("42",)]
+            assert time.monotonic() - start < 4, "a launch in another database waited for the stalled one"
+    finally:
+        holder.rollback()
+        holder.close()
+        queued.join(30)
+    sql(own_pg, "DROP DATABASE flood")
 
 
 def test_createdb_role_with_plpy_bg_in_template1(own_pg):
@@ -355,7 +400,9 @@ def mapped(server, role) -> bool:
                             "AND sys_name = 'postgres' AND pg_username = %s", (role,)))
 
 
-HOSTILE_NAMES = ["x\nplpy_bg /^someone$ admin", "cr\rx"]
+# a line break PostgreSQL sees, or one that a rewrite of the file by Python's splitlines() would make
+HOSTILE_NAMES = ["x\nplpy_bg /^someone$ admin", "cr\rx", "x\x0bplpy_bg someone postgres\x0b#",
+                 "y\u2028plpy_bg someone postgres", "tab\tx"]
 ODD_NAMES = ["a,b", "sp ace", 'q"uote', "ha#sh", "back\\slash", "+pgbackground_role", "/^.*$", "all",
              "endsback\\"]
 
@@ -373,6 +420,9 @@ def test_hostile_role_names_cannot_write_the_peer_map(own_pg):
                 c.execute("SELECT grant_pg_background_privileges(%s)", (name,))
             c.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
     assert (own_pg.cluster.datadir / "pg_ident.conf").read_text() == before
+    make_role(own_pg, "after_hostile")  # its line makes the dispatcher rewrite the file
+    with own_pg.connect("after_hostile") as c:
+        assert result(c, launch(c, "SELECT 'ok'")) == [("ok",)]
     assert ident_problems(own_pg) == []
     assert not sql(own_pg, "SELECT 1 FROM pg_ident_file_mappings WHERE sys_name LIKE '%someone%'")
 
@@ -508,6 +558,30 @@ def test_drop_database_right_after_a_job(own_pg):
     with own_pg.connect("alice", "tmpl") as c:  # and the database is served again afterwards
         assert result(c, launch(c, "SELECT 'back'")) == [("back",)]
     assert invariants(own_pg) == []
+
+
+def test_a_dispatcher_that_cannot_log_in_refuses_jobs_with_the_line_to_add(own_pg):
+    """Fail closed: without its peer-map line the dispatcher has no login, and says which line."""
+    ident = own_pg.cluster.datadir / "pg_ident.conf"
+    kept = ident.read_text()
+    pid = dispatcher_pid(own_pg)
+    ident.write_text("".join(ln + "\n" for ln in kept.splitlines() if "plpy_bg_dispatcher" not in ln))
+    sql(own_pg, "SELECT pg_reload_conf()")
+    try:
+        os.kill(pid, 15)  # a new dispatcher must log in again
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+        with own_pg.connect("alice") as c:
+            start = time.monotonic()
+            with pytest.raises(psycopg.errors.ConnectionFailure,
+                               match='cannot log in as "plpy_bg_dispatcher"') as e:
+                launch(c, "SELECT 1")
+            assert time.monotonic() - start < 10
+            assert 'plpy_bg postgres "plpy_bg_dispatcher"' in (e.value.diag.message_hint or "")
+    finally:
+        ident.write_text(kept)
+        sql(own_pg, "SELECT pg_reload_conf()")
+    with own_pg.connect("alice") as c:
+        assert result(c, launch(c, "SELECT 'back'")) == [("back",)]
 
 
 def test_smart_shutdown_completes_after_jobs(own_pg):

@@ -63,18 +63,27 @@ def test_ident_map_lines_are_quoted_and_kept_once():
 
 
 @pytest.mark.parametrize("name", ["a,b", "sp ace", 'q"uote', "ha#sh", "back\\slash", "+plus", "/slash", "all",
-                                  "tab\tx", "endsback\\", "ünï", '"', "#"])
+                                  "endsback\\", "ünï", '"', "#"])
 def test_ident_map_line_reads_back_as_the_same_role(name):
     assert identmap.mapped_role(identmap.map_line("postgres", name), "postgres") == name
 
 
-@pytest.mark.parametrize("name", ["x\nplpy_bg /^someone$ admin", "cr\rx", "nul\0x", ""])
+@pytest.mark.parametrize("name", ["x\nplpy_bg /^someone$ admin", "cr\rx", "nul\0x", "", "tab\tx",
+                                  "x\x0bplpy_bg nobody postgres\x0b#", "ff\x0cx", "fs\x1cx", "nel\x85x",
+                                  "ls\u2028x", "ps\u2029x", "del\x7fx", "nbsp\xa0x"])
 def test_ident_map_refuses_names_a_line_cannot_hold(name):
     with pytest.raises(identmap.UnrepresentableName) as e:
         identmap.map_line("postgres", name)
     assert e.value.sqlstate == "42602"
     with pytest.raises(identmap.UnrepresentableName):
         identmap.with_roles("", "postgres", add=["ok", name])
+
+
+def test_ident_file_is_read_as_postgresql_reads_it():
+    """Only LF ends a line: a character Python's splitlines() also splits at stays inside it."""
+    text = 'plpy_bg postgres "a\x0bb"\r\n# comment\x1c still\n'
+    new = identmap.with_roles(text, "postgres", add=["c"])
+    assert new.startswith(text) and new.count("\n") == text.count("\n") + 2
 
 
 def test_cut_utf8():

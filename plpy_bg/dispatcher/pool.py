@@ -28,9 +28,6 @@ from plpy_bg.jobs.limits import ERROR_FIELD_LIMIT
 from plpy_bg.jobs.settings import UNITS_BYTES, literal, parse_setting
 
 DiagField = pq.DiagnosticField
-# rows per result chunk from libpq: libpq holds a whole chunk, whatever its rows' size, so a
-# running job holds at most 8 rows beyond its queue (8 rows give 95% of 256 rows' throughput)
-CHUNK_ROWS = 8
 
 
 
@@ -167,13 +164,14 @@ class Worker:
             pg.consume_input()
 
     def results(self, stream: bool = False, tick=None):
-        """Yield each PGresult of the query in flight; `stream` returns rows in chunks as they come."""
+        """Yield each PGresult of the query in flight; `stream` returns rows one by one as they come.
+
+        One row a result: libpq's chunked mode holds a whole chunk of rows whatever their size (8
+        rows of 100 MB are 800 MB in this shared process), single-row mode one row, as the worker
+        itself does. It halves the rows per second of small rows; the bound comes first."""
         pg = self.pgconn
         if stream:
-            if hasattr(pg, "set_chunked_rows_mode") and pq.version() >= 170000:
-                pg.set_chunked_rows_mode(CHUNK_ROWS)
-            else:
-                pg.set_single_row_mode()
+            pg.set_single_row_mode()
         fd = pg.socket
         while True:
             pg.consume_input()
@@ -181,11 +179,13 @@ class Worker:
                 res = pg.get_result()
                 if res is None:
                     return
+                status = res.status  # the consumer may clear the result to free it at once
                 yield res
-                if res.status in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_BOTH):
+                del res
+                if status in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_BOTH):
                     pg.put_copy_end(b"COPY from the client is not supported in a background job")
                     pg.flush()
-                elif res.status == pq.ExecStatus.COPY_OUT:
+                elif status == pq.ExecStatus.COPY_OUT:
                     while True:
                         n, _ = pg.get_copy_data(0)
                         if n == -1:

@@ -50,7 +50,8 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
-from plpy_bg.jobs.limits import LAST_ERROR_LIMIT, PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES
+from plpy_bg.jobs.limits import (DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
+                                 PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES, stored_sql)
 from plpy_bg.jobs import settings as jsettings
 
 log = logging.getLogger("plpy_bg.dispatcher")
@@ -109,7 +110,8 @@ class Job:
     session_user_id: int | None = None
     row_pending: tuple | None = None
     sent: bool = False  # the launch sent the job's SQL itself
-    run_sql: str | None = None  # the one query wrapped to return record literals (row_text)
+    text: str | None = None  # what the worker runs (all of it), until it is sent
+    row_text: bool = False  # the one query wrapped so the worker writes record literals
 
     def listing(self) -> dict:
         err = self.last_error
@@ -135,6 +137,7 @@ class Session:
     total_ms: float = 0.0
     closed: bool = False
     budget: Budget = field(default_factory=lambda: Budget(SESSION_ROW_BYTES))
+    spooled: Budget = field(default_factory=lambda: Budget(1 << 62))  # bytes in its jobs' spool files
 
 
 def _options(settings: dict[str, str]) -> str:
@@ -154,8 +157,6 @@ PINNED = {"search_path": "pg_catalog, pg_temp", "role": "none", "row_security": 
 PINNED_OPTIONS = _options(PINNED)
 # job-table writers: every final state committed durably (the fast lane turns it off itself)
 WRITER_OPTIONS = _options({**PINNED, "synchronous_commit": "on"})
-# the control session asks small questions; a lock a database owner holds never stalls it long
-CONTROL_OPTIONS = _options({**PINNED, "statement_timeout": "5s", "lock_timeout": "2s"})
 CONTESTED_SQL = """
 SELECT DISTINCT d.datname::pg_catalog.text
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
@@ -183,9 +184,6 @@ class Dispatcher:
         self.jobs: dict[int, Job] = {}
         self.by_worker_pid: dict[int, Job] = {}
         self.stores: dict[str, Store] = {}
-        self.control_conns: dict[str, psycopg.Connection] = {}
-        self.control_locks: dict[str, threading.Lock] = {}  # one per database: no database stalls another
-        self.control_lock = threading.Lock()  # guards the two dicts only
         self.mapped_roles: set[str] = set()
         self.server_cache: dict[str, tuple] = {}
         self.ident_lock = threading.Lock()
@@ -199,7 +197,10 @@ class Dispatcher:
         self.listener: socket.socket | None = None
         self.lockfile = None
         self.db_active: dict[str, float] = {}  # database -> when a job last started or ended there
+        self.max_connections = 100  # the server's, read with its other settings
         self.draining = False  # the server is shutting down: no new jobs
+        self.retiring = False
+        self.socket_inode = 0
 
     # ---- connections back into the server ----
     def _connect(self, db: str, role: str, appname: str, options: str) -> psycopg.Connection:
@@ -207,11 +208,12 @@ class Dispatcher:
                                application_name=appname, connect_timeout=10, client_encoding="UTF8",
                                options=options, autocommit=True)
 
-    def _connect_own(self, db: str, options: str = WRITER_OPTIONS) -> psycopg.Connection:
+    def _connect_own(self, db: str) -> psycopg.Connection:
         """A session of the dispatcher's own role: no superuser, job table writes only."""
         try:
-            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", options)
+            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", WRITER_OPTIONS)
         except psycopg.OperationalError as e:
+            no_slot(e)
             if "Peer authentication failed" in str(e) or f'role "{identmap.DISPATCHER_ROLE}"' in str(e):
                 raise ConnectionFailure(
                     f'the plpy_bg dispatcher cannot log in as "{identmap.DISPATCHER_ROLE}"',
@@ -221,27 +223,10 @@ class Dispatcher:
                          f'"local all all peer map=plpy_bg".') from None
             raise
 
-    def _control_lock(self, db: str) -> threading.Lock:
-        with self.control_lock:
-            return self.control_locks.setdefault(db, threading.Lock())
-
-    def control_exec(self, db: str, sql: str, params=None):
-        """Run one statement on the dispatcher's control session in `db` (reconnecting once)."""
-        with self._control_lock(db):
-            for attempt in (1, 2):
-                c = self.control_conns.get(db)
-                if c is None or c.closed or c.broken:
-                    c = self._connect_own(db, CONTROL_OPTIONS)
-                    with self.control_lock:
-                        self.control_conns[db] = c
-                try:
-                    return c.execute(sql, params).fetchall()
-                except psycopg.OperationalError:
-                    with self.control_lock:
-                        self.control_conns.pop(db, None)
-                    c.close()
-                    if attempt == 2:
-                        raise
+    def control_exec(self, db: str, sql: str, params=None, wait: float = 10.0):
+        """A control question in `db`, on its durable job-table session (its own timeouts and lock:
+        a database whose owner holds a lock delays only itself)."""
+        return self.store(db).durable.query(sql, params, wait)
 
     def store(self, db: str) -> Store:
         with self.lock:
@@ -261,11 +246,7 @@ class Dispatcher:
             except psycopg.OperationalError as e:
                 last = e
                 msg = str(e)
-                if "too many clients" in msg or "remaining connection slots" in msg:
-                    raise TooManyConnections(
-                        "could not start background job: no free connection slot",
-                        detail=msg.strip().splitlines()[-1] if msg.strip() else None,
-                        hint="Raise max_connections or wait for running jobs to end.")
+                no_slot(e)
                 if "Peer authentication failed" in msg and attempt < 39:
                     # the map line may be missing or the postmaster not reloaded yet
                     self.ensure_ident(db, role)
@@ -299,9 +280,14 @@ class Dispatcher:
                 conn.execute("SET SESSION standard_conforming_strings = on")
             w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role,
                        temp_file_limit=temp_file_limit_bytes(temp_limit))
-            if self.sandboxed(db):  # before any job SQL: the job can never run unfiltered
+            sandboxed = self.sandboxed(db)  # the settings' own failure says what it is
+            if sandboxed:  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
+        except psycopg.OperationalError as e:
+            (w or conn).close()
+            no_slot(e)
+            raise ConnectionFailure("could not prepare a job worker", detail=str(e).strip()) from None
         except psycopg.Error as e:
             (w or conn).close()
             raise PgError("could not prepare a job worker (seccomp filter)",
@@ -319,8 +305,11 @@ class Dispatcher:
         now = time.monotonic()
         hit = self.server_cache.get(db)
         if hit is None or now - hit[1] > 5.0:
-            path, sandbox = self.control_exec(db, "SELECT s.ident_file, s.sandbox FROM plpy_bg.dispatcher_settings() s")[0]
+            path, sandbox, maxconn = self.control_exec(
+                db, "SELECT s.ident_file, s.sandbox, pg_catalog.current_setting('max_connections') "
+                    "FROM plpy_bg.dispatcher_settings() s")[0]
             on = (sandbox or "").strip().lower() in ("on", "true", "yes", "1")
+            self.max_connections = int(maxconn)
             hit = self.server_cache[db] = ((path, on), now)
         return hit[0]
 
@@ -350,6 +339,7 @@ class Dispatcher:
         max_workers = int(req.get("max_workers") or 16)
         if self.draining:
             raise PgError("could not start background job: the server is shutting down", sqlstate="57P03")
+        self.make_room(req["db"], int(req["user_id"]))
         self.note_activity(req["db"])
         with self.lock:
             active = len(sess.running)
@@ -370,18 +360,20 @@ class Dispatcher:
             statements = int(req.get("statements") or 1)
             job = Job(
                 cookie=secrets.randbits(63) or 1, pid=worker.pid, db=req["db"], role=req["role"],
-                user_id=int(req["user_id"]), sql=req["sql"], preview=req.get("preview") or "",
+                user_id=int(req["user_id"]), sql=stored_sql(req["sql"]), preview=req.get("preview") or "",
                 queue_size=int(req["queue_size"]), mode=mode, launcher_pid=sess.peer_pid,
                 settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
                 provenance=req.get("provenance_json"), classification=req.get("classification_json"),
-                session_user_id=req.get("session_user_id"), run_sql=req.get("run_sql"))
+                session_user_id=req.get("session_user_id"), text=req.get("run_sql") or req["sql"],
+                row_text=bool(req.get("run_sql")))
             parent = self.by_worker_pid.get(sess.peer_pid)
             if parent is not None:
                 job.parent_cookie = parent.cookie
             job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,
-                               spool_dir=self.postmaster.spool_dir, spool_limit=worker.temp_file_limit)
+                               spool_dir=self.postmaster.spool_dir, spool_limit=worker.temp_file_limit,
+                               spooled=sess.spooled)
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
@@ -402,7 +394,8 @@ class Dispatcher:
         if job.row_pending[0].is_set() and job.settings == worker.applied:
             # the row is committed and the worker is ready: start the job from here, no handoff
             try:
-                worker.send((job.run_sql or job.sql).encode())
+                worker.send(job.text.encode())
+                job.text = None
                 job.sent = True
             except Exception:  # the job thread reports the dead connection
                 job.sent = False
@@ -439,7 +432,8 @@ class Dispatcher:
                 Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
                 if job.row_pending[1].get("abandoned"):  # the launch gave up waiting and said so
                     raise PgError("background job was not started: its launch timed out", sqlstate="57014")
-                w.send((job.run_sql or job.sql).encode())
+                w.send(job.text.encode())
+                job.text = None  # a 200 MB text is not kept while the job runs
             cancelled = lambda: job.cancel_requested
             spool_error = None
 
@@ -460,12 +454,15 @@ class Dispatcher:
                         had_rows = True
                         job.sink.new_set()
                     gv = res.get_value
-                    if job.run_sql is not None:  # the worker wrote each row as a record literal
-                        put([gv(r, 0) for r in range(res.ntuples)])
+                    if job.row_text:  # the worker wrote each row as a record literal
+                        rows = [gv(r, 0) for r in range(res.ntuples)]
                     else:
                         nf = res.nfields
                         lit = P.row_literal
-                        put([lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)])
+                        rows = [lit([gv(r, i) for i in range(nf)]) for r in range(res.ntuples)]
+                    res.clear()  # libpq's copy goes now: a row waiting for the queue is held once
+                    put(rows)
+                    del rows
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
                         job.sink.new_set()
@@ -560,7 +557,7 @@ class Dispatcher:
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
-        job.sql, job.run_sql, job.settings, job.provenance, job.classification = "", None, [], None, None
+        job.sql, job.text, job.settings, job.provenance, job.classification = "", None, [], None, None
         job.worker = job.thread = None
         if job.sink.discarding:
             job.sink = ENDED
@@ -704,10 +701,9 @@ class Dispatcher:
             return any(j.db == db for j in self.by_worker_pid.values())
 
     def held_databases(self) -> set[str]:
+        """Databases where a session of ours is open: job-table writers or workers."""
         with self.lock:
             held = {db for db, st in self.stores.items() if not st.idle()}
-        with self.control_lock:
-            held |= set(self.control_conns)
         return held | self.pool.databases()
 
     def release(self, db: str, why: str) -> bool:
@@ -718,14 +714,45 @@ class Dispatcher:
         with self.lock:
             store = self.stores.get(db)
         flushed = store is None or store.release()
-        with self._control_lock(db):
-            with self.control_lock:
-                c = self.control_conns.pop(db, None)
-            if c is not None:
-                c.close()
-        if n or c is not None:
+        if flushed:
+            with self.lock:  # forgotten: a dropped database leaves nothing of it behind
+                if self.stores.get(db) is store:
+                    self.stores.pop(db, None)
+                self.server_cache.pop(db, None)
+                self.db_active.pop(db, None)
+        if n or store is not None:
             log.info("released database %s (%s): %d idle workers closed", db, why, n)
         return flushed and db not in self.pool.databases()
+
+    def make_room(self, db: str, uid: int) -> None:
+        """Serve `db` only if the sessions of ours in all databases stay a bounded share of the
+        server's slots, and one role's running jobs keep at most half of them busy: a role that
+        keeps many databases busy takes neither everyone's slots nor every database's room."""
+        held = self.held_databases()
+        cap = max(2, min(DISPATCHER_DATABASES, self.max_connections // DATABASES_PER_CONNECTIONS))
+        if db in held:
+            return
+        with self.lock:
+            busy_for_role = {j.db for j in self.by_worker_pid.values() if j.user_id == uid}
+        if len(busy_for_role) >= max(1, cap // 2):
+            raise TooManyConnections(
+                f"could not start background job: this role has running jobs in {len(busy_for_role)} databases",
+                detail=f"One role's running jobs may keep at most {max(1, cap // 2)} of the {cap} databases "
+                       "plpy_bg serves at once busy.",
+                hint="Wait for your jobs in other databases to end, or raise max_connections.")
+        if len(held) < cap:
+            return
+        with self.lock:
+            idle = sorted((d for d in held if not self._running_in(d)), key=lambda d: self.db_active.get(d, 0.0))
+        for d in idle:
+            if self.release(d, "room for another database") and len(self.held_databases()) < cap:
+                return
+        raise TooManyConnections(
+            f"could not start background job: plpy_bg serves {len(held)} databases at once",
+            detail=f"Each database with jobs holds sessions of the dispatcher; at most {cap} databases "
+                   f"are served at once (max_connections / {DATABASES_PER_CONNECTIONS}, at most "
+                   f"{DISPATCHER_DATABASES}).",
+            hint="Wait for jobs in other databases to end, or raise max_connections.")
 
     def release_databases(self, now: float) -> None:
         """Let go of a database that a command needs alone (DROP DATABASE, a template for CREATE
@@ -743,10 +770,10 @@ class Dispatcher:
                     self.db_active.pop(db, None)
 
     def _probe_db(self) -> str | None:
-        """A database where our control session is open: opening one could itself block on the
-        lock of a DROP DATABASE, so cluster-wide questions are asked only on an open one."""
-        with self.control_lock:
-            dbs = sorted(self.control_conns)
+        """A database where a job-table session of ours is open: opening one could itself wait for
+        the lock of a DROP DATABASE, so cluster-wide questions are asked only on an open one."""
+        with self.lock:
+            dbs = sorted(db for db, st in self.stores.items() if st.durable.conn is not None)
         return self.config_db if self.config_db in dbs else next(iter(dbs), None)
 
     def contested(self, held: set[str]) -> set[str]:
@@ -756,7 +783,7 @@ class Dispatcher:
         if probe is None:
             return set()
         try:
-            rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),))
+            rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),), wait=2.0)
         except Exception as e:
             log.warning("could not read database locks: %s", e)
             return set()
@@ -776,17 +803,23 @@ class Dispatcher:
             self.retire()
 
     def retire(self) -> None:
-        """Leave the socket to a dispatcher of the restarted server, then exit."""
+        """Leave the socket to a dispatcher of the restarted server, then exit (once)."""
+        with self.lock:
+            if self.retiring:
+                return
+            self.retiring = True
         log.info("dispatcher of postmaster %s retires", self.postmaster_pid)
         self.stopping.set()
         try:
             if self.listener is not None:
                 self.listener.close()
-            os.unlink(self.socket_path)
-            if self.lockfile is not None:
-                self.lockfile.close()  # releases the flock for the next dispatcher
+            # the path may already be the next dispatcher's socket: unlink only our own
+            if os.stat(self.socket_path).st_ino == self.socket_inode:
+                os.unlink(self.socket_path)
         except OSError:
             pass
+        if self.lockfile is not None:
+            self.lockfile.close()  # releases the flock for the next dispatcher
         threading.Timer(0.2, lambda: os._exit(0)).start()
 
     # ---- one backend session ----
@@ -921,8 +954,7 @@ class Dispatcher:
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
             if req.get("db"):
-                self.store(req["db"])  # its first connection marks jobs of a dead dispatcher lost
-                self.server_settings(req["db"])  # opens the control session: a probe for the watchdog
+                self.store(req["db"])
                 self.config_db = self.config_db or req["db"]
                 self.note_activity(req["db"])
             return {"epoch": self.epoch}
@@ -1069,6 +1101,7 @@ class Dispatcher:
         finally:
             os.umask(old)
         os.chmod(self.socket_path, 0o600)
+        self.socket_inode = os.stat(self.socket_path).st_ino
         srv.listen(256)
         self.listener = srv
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
@@ -1088,6 +1121,16 @@ class Dispatcher:
                 continue
             sess = Session(sock=conn, peer_pid=pid)
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def no_slot(e: Exception) -> None:
+    """Raise 53300 when a login was refused for want of a connection slot (libpq gives the
+    server's FATAL message only, no SQLSTATE)."""
+    msg = str(e).strip()
+    if "too many clients" in msg or "remaining connection slots" in msg or "too many connections" in msg:
+        raise TooManyConnections("could not start background job: no free connection slot",
+                                 detail=msg.splitlines()[-1] if msg else None,
+                                 hint="Raise max_connections or wait for running jobs to end.") from None
 
 
 def pool_setting(name: str, raw: str | None, default, units: dict, base: str, low: int, high: int):

@@ -11,8 +11,9 @@ Memory is bounded twice: by the job's queue and by its session's `Budget`
 (unread rows of all its jobs); a job with nothing in memory may always hold
 one chunk, so some job of the session can always make progress. Spooled rows
 go to unnamed files (O_TMPFILE) in the server's own temporary directory
-(mode 0700, the server's OS user only), and a job whose spool would pass its
-role's temp_file_limit fails with 53400, as the server's own temporary files do.
+(mode 0700, the server's OS user only); a job whose rows would bring its
+session's spooled bytes past its role's temp_file_limit fails with 53400, as
+the server's own temporary files do.
 """
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ UNBOUNDED = Budget(1 << 62)
 
 class RowSink:
     def __init__(self, limit: int, streaming: bool, budget: Budget = UNBOUNDED, spool_dir: str | None = None,
-                 spool_limit: int | None = None):
+                 spool_limit: int | None = None, spooled: Budget | None = None):
         self.limit = limit
         self.budget = budget
+        self.spooled = spooled or Budget(1 << 62)  # bytes in the spool files of this session
         self.spool_dir = spool_dir
         self.spool_limit = spool_limit  # bytes, None = unlimited
         self.streaming = streaming
@@ -96,13 +98,14 @@ class RowSink:
                 return
             self.rows_total += len(rows)
             # backpressure: a streaming job waits until the chunk fits the queue and the session's
-            # budget (a chunk larger than either waits for this queue to be empty)
-            while (self.streaming and not self.spill and not self.discarding and self.mem
-                   and not self._fits(len(blob)) and not cancelled()):
+            # budget; a chunk larger than either waits for the queue to be empty and then goes to
+            # the spool file, so memory never holds more than the queue and the budget allow
+            while (self.streaming and not self.spill and not self.discarding and not self._may_put(len(blob))
+                   and not cancelled()):
                 self.cond.wait(0.5 if self.mem_bytes + len(blob) > self.limit else 0.05)
             if self.discarding:
                 return
-            if self.file is None and (self._fits(len(blob)) or (self.streaming and not self.spill and not self.mem)):
+            if self.file is None and self._fits(len(blob)):
                 self.mem.append(blob)
                 self.mem_bytes += len(blob)
                 self.budget.add(len(blob))
@@ -114,11 +117,17 @@ class RowSink:
     def _fits(self, n: int) -> bool:
         return self.mem_bytes + n <= self.limit and self.budget.fits(n)
 
+    def _may_put(self, n: int) -> bool:
+        """Streaming: into memory when it fits and nothing waits in the file, or alone into the
+        file once the queue is empty (a row larger than the queue or the budget)."""
+        return (self.file is None and self._fits(n)) or (not self.mem and not self.file_unread)
+
     def _to_file(self, row: bytes) -> None:
-        if self.spool_limit is not None and self.file_wpos + _LEN.size + len(row) > self.spool_limit:
+        n = _LEN.size + len(row)
+        if self.spool_limit is not None and self.spooled.used + n > self.spool_limit:
             raise SpoolFull(f"temporary file size exceeds temp_file_limit ({self.spool_limit // 1024}kB)",
-                            detail="The rows of this background job waiting to be read would pass the "
-                                   "temp_file_limit of its role.",
+                            detail="The rows of this session's background jobs waiting to be read would pass "
+                                   "the temp_file_limit of the job's role.",
                             hint="Read the rows while the job runs (pg_background_result_v2), or return fewer.")
         if self.file is None:
             if self.spool_dir is not None:
@@ -128,6 +137,7 @@ class RowSink:
         self.file.write(_LEN.pack(len(row)) + row)
         self.file_wpos = self.file.tell()
         self.file_unread += 1
+        self.spooled.add(n)
 
     def finish(self, final: dict) -> None:
         with self.cond:
@@ -158,10 +168,15 @@ class RowSink:
         self.mem.clear()
         self.budget.give(self.mem_bytes)
         self.mem_bytes = 0
+        self._close_file()
+        self.file_unread = 0
+
+    def _close_file(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
-        self.file_unread = self.file_rpos = self.file_wpos = 0
+        self.spooled.give(self.file_wpos)
+        self.file_rpos = self.file_wpos = 0
 
     # ---- reader side (the launcher's fetch requests) ----
     def take(self, max_bytes: int, timeout: float) -> tuple[list[bytes], dict | None]:
@@ -192,9 +207,7 @@ class RowSink:
                 out.append(r)
                 size += len(r)
             if self.file is not None and not self.file_unread:
-                self.file.close()
-                self.file = None
-                self.file_rpos = self.file_wpos = 0
+                self._close_file()
             self.cond.notify_all()
             done = self.finished and not self.mem and not self.file_unread
             return out, (self.final if done else None)

@@ -132,6 +132,13 @@ class Store:
 
 
 LATEST = object()  # marks a queued write whose statement is looked up when applied
+IDLE_EXIT = 5.0  # a released lane's thread ends after this long without a write
+BATCH_BYTES = 8 << 20  # one transaction's worth of parameters: one big job text cannot wedge a batch
+
+
+def _size(item: tuple) -> int:
+    params = item[1] if isinstance(item[1], dict) else {}
+    return sum(len(v) for v in params.values() if isinstance(v, str))
 
 # SQLSTATE classes of refusals that pass: insufficient resources, read-only, serialization,
 # operator intervention, system error, object in use (a lock timeout)
@@ -149,20 +156,28 @@ class Lane:
         self.durable = durable
         self.q: queue.Queue = queue.Queue()
         self.conn: psycopg.Connection | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"store-{dbname}-{'durable' if durable else 'fast'}")
+        self.thread: threading.Thread | None = None  # runs while writes come; see _put and _run
+        self.life = threading.Lock()  # orders a thread's end against the next write's start
         self.last_purge = 0.0 if not durable else float("inf")
         self.ready = threading.Event()
         self.failing: str | None = None  # the last refusal while writes wait to be retried
         self.busy = threading.Lock()  # held while writes are applied, by the thread or a caller
         self.latest: dict = {}  # key -> (sql, params) of a coalesced write waiting in the queue
         self.latest_lock = threading.Lock()
-        self.thread.start()
+
+    def _put(self, item: tuple) -> None:
+        """Queue an item; start the lane's thread if it ended (a released lane's thread ends)."""
+        with self.life:
+            self.q.put(item)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name=f"store-{self.dbname}-{'durable' if self.durable else 'fast'}")
+                self.thread.start()
 
     # ---- API used by the dispatcher ----
     def write(self, sql: str, params: dict) -> None:
         """Queue a write nobody waits for."""
-        self.q.put((sql, params, None, {}))
+        self._put((sql, params, None, {}))
 
     def write_latest(self, key, sql: str, params: dict) -> None:
         """Queue a write nobody waits for, superseding a queued one of the same key."""
@@ -170,7 +185,7 @@ class Lane:
             queued = key in self.latest
             self.latest[key] = (sql, params)
         if not queued:
-            self.q.put((LATEST, key, None, {}))
+            self._put((LATEST, key, None, {}))
 
     def release(self) -> bool:
         """Drop the connection when nothing is queued or being written; True when it is closed."""
@@ -187,7 +202,7 @@ class Lane:
     def submit(self, sql: str, params: dict) -> tuple:
         """Queue a write whose commit someone will wait for with `wait`."""
         pending = (threading.Event(), {})
-        self.q.put((sql, params, *pending))
+        self._put((sql, params, *pending))
         return pending
 
     @staticmethod
@@ -234,14 +249,44 @@ class Lane:
             raise
         return conn
 
+    def query(self, sql: str, params=None, wait: float = 10.0) -> list:
+        """A control question on this lane's session, in the caller's thread under the lane's lock,
+        with statement and lock timeouts local to it: a lock held in this database delays only it."""
+        if not self.busy.acquire(timeout=wait):
+            raise TimeoutError(f"the job-table session of database {self.dbname} is busy")
+        try:
+            if not self._usable():
+                self._drop()
+                self.conn = self._open()
+            try:
+                with self.conn.transaction():
+                    self.conn.execute("SET LOCAL statement_timeout = '5s'")
+                    self.conn.execute("SET LOCAL lock_timeout = '2s'")
+                    return self.conn.execute(sql, params).fetchall()
+            except psycopg.OperationalError:
+                self._drop()
+                raise
+        finally:
+            self.busy.release()
+
     def _run(self) -> None:
         while True:
-            batch = [self.q.get()]
-            while len(batch) < 500:
+            try:
+                first = self.q.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with self.life:  # released and idle: the thread ends; the next write starts one
+                    if self.q.empty() and self.conn is None:
+                        self.thread = None
+                        return
+                continue
+            batch, size = [first], _size(first)
+            while len(batch) < 500 and size < BATCH_BYTES:
                 try:
-                    batch.append(self.q.get_nowait())
+                    item = self.q.get_nowait()
                 except queue.Empty:
                     break
+                batch.append(item)
+                size += _size(item)
             batch = [item for item in map(self._resolve, batch) if not item[3].get("abandoned")]
             if not batch:
                 continue

@@ -15,3 +15,15 @@ LAST_ERROR_LIMIT = 512  # bytes of last_error in listings and the job table, as 
 ERROR_FIELD_LIMIT = 8192  # bytes kept of each field of a job's error (message, detail, hint, context)
 SESSION_MAX_JOBS = 1024  # jobs a session tracks at once: running, or holding unread results
 SESSION_ROW_BYTES = 64 << 20  # unread rows of one session held in the dispatcher's memory
+DISPATCHER_DATABASES = 64  # databases served at once (two job-table sessions each) ...
+DATABASES_PER_CONNECTIONS = 8  # ... and at most max_connections / 8 of them: a quarter of the slots
+JOB_SQL_STORED = 1 << 20  # bytes of a job's text kept in the job table (the worker runs all of it)
+
+
+def stored_sql(sql: str) -> str:
+    """The job text as the job table keeps it: whole up to 1 MB, else its head and a note."""
+    b = sql.encode()
+    if len(b) <= JOB_SQL_STORED:
+        return sql
+    head = b[:JOB_SQL_STORED].decode("utf-8", "ignore")
+    return f"{head}\n-- plpy_bg: the job table keeps the first {JOB_SQL_STORED} of {len(b)} bytes of this text"

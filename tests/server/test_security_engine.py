@@ -20,7 +20,8 @@ from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait, w
 pytestmark = pytest.mark.server
 
 # the test's own sessions never touch the attacker's names or settings
-SAFE = "-c search_path=pg_catalog,public -c statement_timeout=0 -c default_transaction_read_only=off"
+SAFE = ("-c search_path=pg_catalog,public -c statement_timeout=0 -c default_transaction_read_only=off "
+        "-c role=none -c row_security=on")
 
 
 def sql(server, query, params=None, user="postgres", dbname="postgres"):
@@ -191,7 +192,7 @@ def test_database_owner_with_hostile_search_path_runs_nothing_as_anyone_else(own
                       "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.datname = 'owned' "
                       "AND a.application_name = 'plpy_bg dispatcher'")
     assert who == [("plpy_bg_dispatcher", False)]
-    assert sql(own_pg, "SELECT count(*) FROM plpy_bg.jobs", dbname="owned")[0][0] == 8
+    assert sql(own_pg, "SELECT count(*) FROM plpy_bg.jobs", dbname="owned")[0][0] == 9
     assert invariants(own_pg) == []
 
 
@@ -209,7 +210,7 @@ def test_database_owner_cannot_stall_the_dispatcher_for_other_databases(own_pg):
     os.kill(pid, 15)  # the owner's database becomes the first the new dispatcher serves
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
     with own_pg.connect("staller", "stalled") as c:
-        c.execute("SELECT * FROM pg_background_stats_v2()")
+        assert result(c, launch(c, "SELECT 1")) == [("1",)]
     holder = own_pg.connect("staller", "stalled", autocommit=False)
     holder.execute("SELECT 1 FROM pg_catalog.pg_attribute LIMIT 1")
     queued = threading.Thread(target=lambda: sql(own_pg, "VACUUM FULL pg_catalog.pg_attribute",
@@ -507,6 +508,65 @@ def test_spool_obeys_the_roles_temp_file_limit(own_pg):
     assert invariants(own_pg) == []
 
 
+def test_spool_limit_counts_all_of_a_sessions_unread_rows(own_pg):
+    make_role(own_pg, "spooler")
+    sql(own_pg, "SELECT grant_pg_background_privileges('spooler'); ALTER ROLE spooler SET temp_file_limit = '1MB'")
+    half = "SELECT 1; SELECT repeat('h', 1000) FROM generate_series(1, 700)"  # 0.7 MB spooled, unread
+    with own_pg.connect("spooler") as c:
+        h1 = launch(c, half)
+        c.execute("SELECT pg_background_wait_v2(%s, %s)", h1)
+        h2 = launch(c, half)
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            result(c, h2, "r text")
+        assert len(result(c, h1, "r text")) == 700  # the first job's rows were kept
+
+
+def test_huge_rows_hold_one_row_per_job(own_pg):
+    """Rows larger than the queue and the session budget wait one at a time, not by libpq chunks."""
+    pid = dispatcher_pid(own_pg)
+    before = rss_kb(pid)
+    peak = before
+    with own_pg.connect("alice") as c:
+        hs = [launch(c, "SELECT repeat('x', 50000000) FROM generate_series(1, 6)", 4096) for _ in range(3)]
+        for _ in range(20):  # 900 MB of rows would be produced if nothing held them back
+            time.sleep(0.25)
+            peak = max(peak, rss_kb(pid))
+        for h in hs:
+            c.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
+    grown = (peak - before) / 1024
+    assert grown < 450, f"dispatcher grew {grown:.0f} MB for three jobs of 50 MB rows"
+    assert invariants(own_pg) == []
+
+
+def test_huge_statements_do_not_wedge_other_roles_launches(own_pg):
+    import threading
+    text = "SELECT 1 /*" + "s" * 100_000_000 + "*/"
+    done = []
+
+    def submit():
+        with own_pg.connect("alice") as c:
+            done.append(c.execute("SELECT * FROM pg_background_submit_v2(%s)", (text,)).fetchone())
+
+    ts = [threading.Thread(target=submit) for _ in range(2)]
+    for t in ts:
+        t.start()
+    slowest = 0.0
+    with own_pg.connect("bob") as b:
+        while any(t.is_alive() for t in ts):
+            start = time.monotonic()
+            assert result(b, launch(b, "SELECT 'bob'")) == [("bob",)]
+            slowest = max(slowest, time.monotonic() - start)
+            time.sleep(0.2)
+    for t in ts:
+        t.join()
+    assert len(done) == 2 and slowest < 5, f"a launch of bob's took {slowest:.1f} s"
+    for h in done:
+        wait_for(lambda: job_row(own_pg, h[1])["state"] == "completed", timeout=60)
+        stored = job_row(own_pg, h[1])["sql"]
+        assert len(stored.encode()) < (1 << 20) + 200 and stored.endswith("bytes of this text")
+    assert invariants(own_pg) == []
+
+
 def test_session_memory_is_bounded(own_pg):
     """Rows nobody reads wait in the dispatcher up to the session's budget, not each job's queue."""
     pid = dispatcher_pid(own_pg)
@@ -538,6 +598,60 @@ def test_ten_thousand_large_progress_messages(own_pg):
     assert grown < 30, f"dispatcher grew {grown:.0f} MB"
     wait_for(lambda: len(job_row(own_pg, h2[1])["progress_msg"] or "") == 31)
     assert len(job_row(own_pg, h[1])["progress_msg"].encode()) <= 63
+
+
+def test_databases_made_and_dropped_leave_nothing_behind(own_pg):
+    """A CREATEDB role churns databases with a job in each: the dispatcher keeps no thread,
+    connection or table entry for a database it no longer serves."""
+    make_role(own_pg, "churner", "CREATEDB")
+    pid = dispatcher_pid(own_pg)
+    threads = lambda: len(os.listdir(f"/proc/{pid}/task"))
+    before = threads()
+    for i in range(8):
+        db = f"churn_{i}"
+        sql(own_pg, f"CREATE DATABASE {db} OWNER churner")
+        sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
+        sql(own_pg, "SELECT grant_pg_background_privileges('churner')", dbname=db)
+        with own_pg.connect("churner", db) as c:
+            assert result(c, launch(c, "SELECT 1")) == [("1",)]
+        sql(own_pg, f"DROP DATABASE {db}")  # no FORCE: the dispatcher lets go of it at once
+    wait_for(lambda: threads() <= before + 2, timeout=20)
+    assert not sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'churn_%'")
+
+
+def test_many_busy_databases_do_not_take_everyones_connection_slots(own_pg):
+    """Each database with jobs holds sessions of the dispatcher, charged to no role: a CREATEDB
+    role keeping many databases busy gets launches refused before the server's slots run out."""
+    make_role(own_pg, "spreader", "CREATEDB")
+    pid = dispatcher_pid(own_pg)
+    os.kill(pid, 15)  # a fresh dispatcher: no idle workers of earlier tests in the slots' count
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    dbs = [f"spread_{i}" for i in range(9)]
+    for db in dbs:
+        sql(own_pg, f"CREATE DATABASE {db} OWNER spreader")
+        sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
+        sql(own_pg, "SELECT grant_pg_background_privileges('spreader')", dbname=db)
+    conns = [own_pg.connect("spreader", db) for db in dbs]
+    try:
+        refused = 0
+        for c in conns:  # a running job in each: none of these databases can be let go
+            try:
+                launch(c, "SELECT pg_sleep(5)", fn="pg_background_submit_v2")
+            except psycopg.errors.TooManyConnections as e:
+                assert "running jobs in" in str(e)
+                refused += 1
+        assert refused > 0
+        ours = sql(own_pg, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'plpy_bg_dispatcher'")[0][0]
+        max_conn = int(sql(own_pg, "SHOW max_connections")[0][0])
+        assert ours <= 2 * max(2, max_conn // 8)
+        with own_pg.connect("bob") as b:  # everyone else still logs in and gets jobs
+            assert result(b, launch(b, "SELECT 'room'")) == [("room",)]
+    finally:
+        for c in conns:
+            c.close()
+    time.sleep(5.5)
+    for db in dbs:
+        sql(own_pg, f"DROP DATABASE {db}")
 
 
 def test_drop_database_right_after_a_job(own_pg):

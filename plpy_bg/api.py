@@ -149,7 +149,8 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path, job_oid=uid)
     cl = dclient.get(plpy, GD)
     req = {
-        "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "role": r["cu"], "user_id": uid,
+        "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "db_oid": GD[dclient.CTX_KEY]["db_oid"],
+        "role": r["cu"], "user_id": uid,
         "session_user_id": suid, "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),

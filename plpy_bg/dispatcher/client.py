@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -37,11 +38,55 @@ class Identity:
 
 
 class Client:
-    def __init__(self, path: str):
+    """One backend's connection to the dispatcher.
+
+    Waiting for a reply is interruptible: every quarter second the backend is
+    given the chance to act on a cancel or a termination (`interrupts`), so a
+    slow dispatcher never keeps a backend from pg_terminate_backend or from
+    DROP DATABASE ... WITH (FORCE). A reply left unread by an interrupted call,
+    even half a frame, is read and dropped before the next request.
+    """
+
+    WAIT_SLICE = 0.25
+
+    def __init__(self, path: str, interrupts=lambda: None):
         self.path = path
+        self.interrupts = interrupts
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
         self.broken = False
+        self.pending = False  # a request whose reply is not read to its end
+        self.rbuf = bytearray()
+
+    def _fill(self, n: int) -> None:
+        while len(self.rbuf) < n:
+            # select, not a socket timeout: that takes ioctl(FIONBIO), which a job worker's filter denies
+            if not select.select([self.sock], [], [], self.WAIT_SLICE)[0]:
+                self.interrupts()  # may raise: what was received stays in rbuf
+                continue
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("the dispatcher closed the connection")
+            self.rbuf += chunk
+
+    def _frame(self) -> tuple[bytes, bytes]:
+        self._fill(P.HEADER.size)
+        ln, kind = P.HEADER.unpack_from(self.rbuf)
+        if ln > P.MAX_FRAME:
+            raise P.ProtocolError(f"frame of {ln} bytes exceeds the limit")
+        self._fill(P.HEADER.size + ln)
+        payload = bytes(self.rbuf[P.HEADER.size:P.HEADER.size + ln])
+        del self.rbuf[:P.HEADER.size + ln]
+        return bytes([kind]), payload
+
+    def _reply(self) -> list[tuple[bytes, bytes]]:
+        frames = []
+        while True:
+            kind, payload = self._frame()
+            frames.append((kind, payload))
+            if kind in (b"A", b"E", b"Z"):
+                self.pending = False
+                return frames
 
     def call(self, op: str, **kw) -> list[tuple[bytes, bytes]]:
         """Send one request; return its reply frames, the last being A, E or Z."""
@@ -49,13 +94,11 @@ class Client:
             raise ConnectionFailure("connection to the plpy_bg dispatcher was lost")
         kw["op"] = op
         try:
+            if self.pending:
+                self._reply()  # of a call that was interrupted: nobody reads it now
             self.sock.sendall(P.pack_json(b"Q", kw))
-            frames = []
-            while True:
-                kind, payload = P.recv_frame(self.sock)
-                frames.append((kind, payload))
-                if kind in (b"A", b"E", b"Z"):
-                    return frames
+            self.pending = True
+            return self._reply()
         except (OSError, EOFError, P.ProtocolError) as e:
             self.broken = True
             raise ConnectionFailure("connection to the plpy_bg dispatcher was lost",
@@ -99,14 +142,18 @@ def cluster_context(plpy, GD) -> dict:
     """Where the dispatcher listens; read once per session."""
     ctx = GD.get(CTX_KEY)
     if ctx is None:
-        r = plpy.execute("SELECT c.dirs, c.port, pg_catalog.current_database()::pg_catalog.text AS db "
+        # the oid too: the dispatcher reaches a database by name, and a name converted to UTF-8
+        # on its way out can be another database's; every session it opens is checked against it
+        r = plpy.execute("SELECT c.dirs, c.port, pg_catalog.current_database()::pg_catalog.text AS db, "
+                         "(SELECT d.oid::pg_catalog.int8 FROM pg_catalog.pg_database d "
+                         " WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS db_oid "
                          "FROM plpy_bg.cluster_context() c")[0]
         dirs = [d.strip() for d in r["dirs"].split(",") if d.strip().startswith("/")]
         if not dirs:
             raise PgError("plpy_bg needs a Unix socket directory",
                           detail="Job workers log in over the server's Unix socket with peer authentication.",
                           hint="Set unix_socket_directories to an absolute path.", sqlstate="55000")
-        ctx = {"sockdir": dirs[0], "port": int(r["port"]), "db": r["db"],
+        ctx = {"sockdir": dirs[0], "port": int(r["port"]), "db": r["db"], "db_oid": int(r["db_oid"]),
                "path": P.socket_path_for(dirs[0], int(r["port"]))}
         GD[CTX_KEY] = ctx
     return ctx
@@ -187,8 +234,8 @@ def get(plpy, GD) -> Client:
     pm = _postmaster_pid()
     while True:
         try:
-            c = Client(ctx["path"])
-            c.request("hello", postmaster_pid=pm, db=ctx["db"])
+            c = Client(ctx["path"], interrupts=lambda: plpy.execute("SELECT 1"))
+            c.request("hello", postmaster_pid=pm, db=ctx["db"], db_oid=ctx["db_oid"])
             break
         except PgError as e:
             c.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import fcntl
 import json
 import logging
@@ -50,7 +51,7 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
-from plpy_bg.jobs.limits import (DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
+from plpy_bg.jobs.limits import (ALL_ROW_BYTES, DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
                                  PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES, stored_sql)
 from plpy_bg.jobs import settings as jsettings
 
@@ -136,7 +137,7 @@ class Session:
     canceled: int = 0
     total_ms: float = 0.0
     closed: bool = False
-    budget: Budget = field(default_factory=lambda: Budget(SESSION_ROW_BYTES))
+    budget: Budget = field(default_factory=lambda: Budget(SESSION_ROW_BYTES))  # of all_rows, once served
     spooled: Budget = field(default_factory=lambda: Budget(1 << 62))  # bytes in its jobs' spool files
 
 
@@ -155,8 +156,10 @@ PINNED = {"search_path": "pg_catalog, pg_temp", "role": "none", "row_security": 
           "statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0",
           "idle_session_timeout": "0"}
 PINNED_OPTIONS = _options(PINNED)
-# job-table writers: every final state committed durably (the fast lane turns it off itself)
-WRITER_OPTIONS = _options({**PINNED, "synchronous_commit": "on"})
+# job-table writers: every final state committed durably (the fast lane turns it off itself); a
+# lock held on the job table (a database owner's VACUUM FULL) makes a write fail and be retried
+# instead of holding the writer's session
+WRITER_OPTIONS = _options({**PINNED, "synchronous_commit": "on", "lock_timeout": "5s"})
 CONTESTED_SQL = """
 SELECT DISTINCT d.datname::pg_catalog.text
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
@@ -165,10 +168,21 @@ WHERE l.locktype OPERATOR(pg_catalog.=) 'object'
   AND l.mode OPERATOR(pg_catalog.=) ANY ('{ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock}')
   AND d.datname OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.text[])
 """
-WORKER_HELLO = """
-SELECT s.usesysid::pg_catalog.int8, pg_catalog.current_setting('temp_file_limit')
+DATABASE_OID = """
+SELECT d.oid::pg_catalog.int8 FROM pg_catalog.pg_database d
+WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+"""
+WORKER_HELLO = f"""
+SELECT s.usesysid::pg_catalog.int8, pg_catalog.current_setting('temp_file_limit'), ({DATABASE_OID})
 FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s
 """
+
+
+def other_database(db: str, want: int, got: int) -> PgError:
+    return PgError(f'database "{db}" cannot be served by plpy_bg: its name leads to another database',
+                   detail=f"The launch came from the database of oid {want}; a session opened with this "
+                          f"name reached oid {got} (the name is converted to UTF-8 on its way).",
+                   hint="Rename the database to an ASCII name.", sqlstate="3D000")
 
 
 class Dispatcher:
@@ -201,6 +215,8 @@ class Dispatcher:
         self.draining = False  # the server is shutting down: no new jobs
         self.retiring = False
         self.socket_inode = 0
+        self.probe_failed: dict[str, float] = {}  # database -> when it last failed to answer a probe
+        self.all_rows = Budget(ALL_ROW_BYTES)  # unread rows of every session, in memory
 
     # ---- connections back into the server ----
     def _connect(self, db: str, role: str, appname: str, options: str) -> psycopg.Connection:
@@ -208,10 +224,16 @@ class Dispatcher:
                                application_name=appname, connect_timeout=10, client_encoding="UTF8",
                                options=options, autocommit=True)
 
-    def _connect_own(self, db: str) -> psycopg.Connection:
-        """A session of the dispatcher's own role: no superuser, job table writes only."""
+    def _connect_own(self, db: str, db_oid: int) -> psycopg.Connection:
+        """A session of the dispatcher's own role (no superuser, job table writes only) in the
+        database of oid `db_oid`, reached by name and checked."""
         try:
-            return self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", WRITER_OPTIONS)
+            conn = self._connect(db, identmap.DISPATCHER_ROLE, "plpy_bg dispatcher", WRITER_OPTIONS)
+            got = conn.execute(DATABASE_OID).fetchone()[0]
+            if got != db_oid:
+                conn.close()
+                raise other_database(db, db_oid, got)
+            return conn
         except psycopg.OperationalError as e:
             no_slot(e)
             if "Peer authentication failed" in str(e) or f'role "{identmap.DISPATCHER_ROLE}"' in str(e):
@@ -223,21 +245,30 @@ class Dispatcher:
                          f'"local all all peer map=plpy_bg".') from None
             raise
 
-    def control_exec(self, db: str, sql: str, params=None, wait: float = 10.0):
+    def control_exec(self, db: str, sql: str, params=None, wait: float = 10.0, db_oid: int | None = None,
+                     limit_ms: int = 5000):
         """A control question in `db`, on its durable job-table session (its own timeouts and lock:
         a database whose owner holds a lock delays only itself)."""
-        return self.store(db).durable.query(sql, params, wait)
+        return self.store(db, db_oid).durable.query(sql, params, wait, limit_ms)
 
-    def store(self, db: str) -> Store:
+    def store(self, db: str, db_oid: int | None = None) -> Store:
+        """The job-table writers of database `db`, which must be the database of oid `db_oid` when
+        given (a launch or hello names both; later calls find the store by name)."""
         with self.lock:
             s = self.stores.get(db)
+            if s is not None and db_oid is not None and s.db_oid != db_oid:
+                raise other_database(db, db_oid, s.db_oid)
             if s is None:
-                s = self.stores[db] = Store(self._connect_own, db, self.epoch)
+                if db_oid is None:
+                    raise PgError(f'plpy_bg holds no session in database "{db}"', sqlstate="55000")
+                s = self.stores[db] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch)
+                s.db_oid = db_oid
             return s
 
     def _open_worker(self, key: tuple, role: str) -> Worker:
-        """A worker connection logged in as `role`, which must still be the role of oid key[1]."""
-        db, role_oid, _ = key
+        """A worker connection logged in as `role`, which must still be the role of oid key[1], in
+        the database of oid key[3]."""
+        db, role_oid, _, db_oid = key
         last = None
         for attempt in range(40):
             try:
@@ -249,7 +280,7 @@ class Dispatcher:
                 no_slot(e)
                 if "Peer authentication failed" in msg and attempt < 39:
                     # the map line may be missing or the postmaster not reloaded yet
-                    self.ensure_ident(db, role)
+                    self.ensure_ident(db, role, db_oid)
                     time.sleep(0.05)
                     continue
                 if "not permitted to log in" in msg:
@@ -270,7 +301,9 @@ class Dispatcher:
         conn.prepare_threshold = None  # DISCARD ALL between jobs drops prepared statements
         w = None
         try:
-            login_oid, temp_limit = conn.execute(WORKER_HELLO).fetchone()
+            login_oid, temp_limit, got_db = conn.execute(WORKER_HELLO).fetchone()
+            if got_db != db_oid:
+                raise other_database(db, db_oid, got_db)
             if int(login_oid) != role_oid:  # renamed between the launch and the login
                 raise InsufficientPrivilege(
                     f'role "{role}" is no longer the role that launched the job',
@@ -280,7 +313,7 @@ class Dispatcher:
                 conn.execute("SET SESSION standard_conforming_strings = on")
             w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role,
                        temp_file_limit=temp_file_limit_bytes(temp_limit))
-            sandboxed = self.sandboxed(db)  # the settings' own failure says what it is
+            sandboxed = self.sandboxed(db, db_oid)  # the settings' own failure says what it is
             if sandboxed:  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
@@ -298,7 +331,7 @@ class Dispatcher:
             raise
         return w
 
-    def server_settings(self, db: str) -> tuple[str, bool]:
+    def server_settings(self, db: str, db_oid: int | None = None) -> tuple[str, bool]:
         """(the ident file's path, pgseccomp.enabled as the configuration files say), cached 5 s.
 
         A superuser's facts, read through one narrow function granted to the dispatcher's role."""
@@ -307,22 +340,22 @@ class Dispatcher:
         if hit is None or now - hit[1] > 5.0:
             path, sandbox, maxconn = self.control_exec(
                 db, "SELECT s.ident_file, s.sandbox, pg_catalog.current_setting('max_connections') "
-                    "FROM plpy_bg.dispatcher_settings() s")[0]
+                    "FROM plpy_bg.dispatcher_settings() s", db_oid=db_oid)[0]
             on = (sandbox or "").strip().lower() in ("on", "true", "yes", "1")
             self.max_connections = int(maxconn)
             hit = self.server_cache[db] = ((path, on), now)
         return hit[0]
 
-    def sandboxed(self, db: str) -> bool:
+    def sandboxed(self, db: str, db_oid: int | None = None) -> bool:
         """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
-        return self.server_settings(db)[1]
+        return self.server_settings(db, db_oid)[1]
 
-    def ensure_ident(self, db: str, role: str) -> bool:
+    def ensure_ident(self, db: str, role: str, db_oid: int | None = None) -> bool:
         """Add the peer-map line for `role` and make the postmaster reload; True when the file changed."""
         identmap.check_role_name(role)
         if role in self.mapped_roles:
             return False
-        path = self.server_settings(db)[0]  # outside the lock: a slow database stalls only its own launch
+        path = self.server_settings(db, db_oid)[0]  # outside the lock: a slow database stalls only its own launch
         with self.ident_lock:
             if role in self.mapped_roles:
                 return False
@@ -339,7 +372,9 @@ class Dispatcher:
         max_workers = int(req.get("max_workers") or 16)
         if self.draining:
             raise PgError("could not start background job: the server is shutting down", sqlstate="57P03")
+        db_oid = int(req["db_oid"])
         self.make_room(req["db"], int(req["user_id"]))
+        self.store(req["db"], db_oid)  # the name must still lead to the launching database
         self.note_activity(req["db"])
         with self.lock:
             active = len(sess.running)
@@ -354,7 +389,7 @@ class Dispatcher:
                     detail=f"{active} jobs of this session are running; pg_background.max_workers is {max_workers}.",
                     hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
         # by oid: a role renamed or dropped never reaches a worker logged in as another role
-        key = (req["db"], int(req["user_id"]), "worker")
+        key = (req["db"], int(req["user_id"]), "worker", db_oid)
         worker, _ = self.pool.acquire(key, req["role"])
         try:
             statements = int(req.get("statements") or 1)
@@ -679,8 +714,10 @@ class Dispatcher:
         """Once a second, the work that talks to databases (and may wait on one): pool settings and
         reaping, letting go of databases, draining at shutdown. Kept apart from the watchdog, so
         grace terminations, worker_timeout and the postmaster check never wait behind a database."""
+        ticks = 0
         while not self.stopping.is_set():
             time.sleep(1.0)
+            ticks += 1
             try:
                 if self.postmaster.stopping():
                     self.drain()
@@ -688,6 +725,8 @@ class Dispatcher:
                 self.refresh_config()
                 self.pool.reap()
                 self.release_databases(time.monotonic())
+                if ticks % 10 == 0:
+                    trim_memory()
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -701,9 +740,9 @@ class Dispatcher:
             return any(j.db == db for j in self.by_worker_pid.values())
 
     def held_databases(self) -> set[str]:
-        """Databases where a session of ours is open: job-table writers or workers."""
+        """Databases where a session of ours is open (a connection slot): job-table writers or workers."""
         with self.lock:
-            held = {db for db, st in self.stores.items() if not st.idle()}
+            held = {db for db, st in self.stores.items() if st.connected()}
         return held | self.pool.databases()
 
     def release(self, db: str, why: str) -> bool:
@@ -720,6 +759,7 @@ class Dispatcher:
                     self.stores.pop(db, None)
                 self.server_cache.pop(db, None)
                 self.db_active.pop(db, None)
+                self.probe_failed.pop(db, None)
         if n or store is not None:
             log.info("released database %s (%s): %d idle workers closed", db, why, n)
         return flushed and db not in self.pool.databases()
@@ -730,17 +770,15 @@ class Dispatcher:
         keeps many databases busy takes neither everyone's slots nor every database's room."""
         held = self.held_databases()
         cap = max(2, min(DISPATCHER_DATABASES, self.max_connections // DATABASES_PER_CONNECTIONS))
-        if db in held:
-            return
         with self.lock:
             busy_for_role = {j.db for j in self.by_worker_pid.values() if j.user_id == uid}
-        if len(busy_for_role) >= max(1, cap // 2):
+        if db not in busy_for_role and len(busy_for_role) >= max(1, cap // 2):
             raise TooManyConnections(
                 f"could not start background job: this role has running jobs in {len(busy_for_role)} databases",
                 detail=f"One role's running jobs may keep at most {max(1, cap // 2)} of the {cap} databases "
                        "plpy_bg serves at once busy.",
                 hint="Wait for your jobs in other databases to end, or raise max_connections.")
-        if len(held) < cap:
+        if db in held or len(held) < cap:
             return
         with self.lock:
             idle = sorted((d for d in held if not self._running_in(d)), key=lambda d: self.db_active.get(d, 0.0))
@@ -769,25 +807,35 @@ class Dispatcher:
                 with self.lock:
                     self.db_active.pop(db, None)
 
-    def _probe_db(self) -> str | None:
-        """A database where a job-table session of ours is open: opening one could itself wait for
-        the lock of a DROP DATABASE, so cluster-wide questions are asked only on an open one."""
+    def _probe_dbs(self) -> list[str]:
+        """Databases where a job-table session of ours is open, the first database served first:
+        opening one could itself wait for the lock of a DROP DATABASE, so cluster-wide questions
+        are asked only on an open one, and on the next when one is busy."""
         with self.lock:
             dbs = sorted(db for db, st in self.stores.items() if st.durable.conn is not None)
-        return self.config_db if self.config_db in dbs else next(iter(dbs), None)
+        return sorted(dbs, key=lambda d: d != self.config_db)
+
+    def _probe_db(self) -> str | None:
+        dbs = self._probe_dbs()
+        return dbs[0] if dbs else None
 
     def contested(self, held: set[str]) -> set[str]:
         """Databases of ours that another session locks to be alone in them (those commands wait
-        up to 5 s for other sessions to leave: we leave within one watchdog tick)."""
-        probe = self._probe_db()
-        if probe is None:
-            return set()
-        try:
-            rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),), wait=2.0)
-        except Exception as e:
-            log.warning("could not read database locks: %s", e)
-            return set()
-        return {r[0] for r in rows}
+        up to 5 s for other sessions to leave: we leave within one housekeeping tick). A database
+        whose session is busy (its owner may hold it on purpose) is passed over for the next."""
+        now = time.monotonic()
+        probes = self._probe_dbs()
+        # a database that did not answer lately is asked last: its owner may keep it busy
+        probes.sort(key=lambda d: now - self.probe_failed.get(d, -1e9) < 30.0)
+        for probe in probes[:3]:
+            try:
+                rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),), wait=0.2, limit_ms=500)
+                self.probe_failed.pop(probe, None)
+                return {r[0] for r in rows}
+            except Exception as e:
+                self.probe_failed[probe] = now
+                log.debug("database locks not read in %s: %s", probe, e)
+        return set()
 
     def drain(self) -> None:
         """The server is shutting down: take no more jobs, close what no running job needs, and
@@ -954,7 +1002,7 @@ class Dispatcher:
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
             if req.get("db"):
-                self.store(req["db"])
+                self.store(req["db"], int(req["db_oid"]))
                 self.config_db = self.config_db or req["db"]
                 self.note_activity(req["db"])
             return {"epoch": self.epoch}
@@ -1119,8 +1167,16 @@ class Dispatcher:
             if uid not in (os.geteuid(), 0):
                 conn.close()
                 continue
-            sess = Session(sock=conn, peer_pid=pid)
+            sess = Session(sock=conn, peer_pid=pid, budget=Budget(SESSION_ROW_BYTES, self.all_rows))
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the system: rows read or dropped leave large holes that glibc keeps."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def no_slot(e: Exception) -> None:

@@ -33,26 +33,48 @@ class SpoolFull(PgError):
 
 
 class Budget:
-    """Bytes of unread rows a session holds in the dispatcher's memory, across its jobs."""
+    """Bytes held for a session (or, as a session budget's parent, for all of them)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, parent: "Budget | None" = None):
         self.limit = limit
+        self.parent = parent
         self.used = 0
         self.lock = threading.Lock()
 
     def fits(self, n: int) -> bool:
-        return self.used + n <= self.limit
+        return self.used + n <= self.limit and (self.parent is None or self.parent.fits(n))
+
+    def cap(self) -> int:
+        """The most this budget could ever hold."""
+        return min(self.limit, self.parent.cap()) if self.parent is not None else self.limit
 
     def add(self, n: int) -> None:
         with self.lock:
             self.used += n
+        if self.parent is not None:
+            self.parent.add(n)
 
     def give(self, n: int) -> None:
         with self.lock:
             self.used -= n
+        if self.parent is not None:
+            self.parent.give(n)
 
 
 UNBOUNDED = Budget(1 << 62)
+SPOOL_DEFAULT_LIMIT = 4 << 30  # a session's spool when its job's role has no temp_file_limit
+DISK_CHECK_EVERY = 16 << 20  # the free space of the spool's disk is checked as files grow by this
+DISK_FREE_MIN = 0.10  # spooling stops before the disk holding the data directory is 90% full
+
+
+def disk_room(path: str, n: int) -> None:
+    """Refuse to spool `n` more bytes when the disk (the server's own, in its data directory)
+    would keep less than 10% free: rows waiting to be read must not fill the database's disk."""
+    st = os.statvfs(path)
+    if (st.f_bavail * st.f_frsize - n) < DISK_FREE_MIN * st.f_blocks * st.f_frsize:
+        raise SpoolFull("could not spool the rows of a background job: the disk is nearly full",
+                        detail=f"Less than {DISK_FREE_MIN:.0%} of the disk holding {path} would stay free.",
+                        hint="Read the rows while the job runs, or free disk space.", sqlstate="53100")
 
 
 class RowSink:
@@ -93,13 +115,24 @@ class RowSink:
         if not rows:
             return
         blob = rows[0] if len(rows) == 1 else b"\0".join(rows)
+        count = len(rows)
+        rows.clear()  # the caller's list lets go: a row waiting here is held once
         with self.cond:
             if self.discarding or self.dropping:
                 return
-            self.rows_total += len(rows)
-            # backpressure: a streaming job waits until the chunk fits the queue and the session's
-            # budget; a chunk larger than either waits for the queue to be empty and then goes to
-            # the spool file, so memory never holds more than the queue and the budget allow
+            self.rows_total += count
+            if self.streaming and not self.spill and len(blob) > min(self.limit, self.budget.cap()):
+                # larger than memory may ever hold for this job: to disk at once, then wait there
+                # until it is read (one such row at a time), so memory never holds it while waiting
+                self._to_file(blob)
+                del blob
+                self.cond.notify_all()
+                while self.file_unread and not self.discarding and not self.spill and not cancelled():
+                    self.cond.wait(0.5)
+                return
+            # backpressure: a streaming job waits until the chunk fits the queue and the budgets,
+            # or until the queue is empty (then a chunk that does not fit now goes to the file)
+            # (wait_v2 turns spilling on meanwhile: then nothing waits)
             while (self.streaming and not self.spill and not self.discarding and not self._may_put(len(blob))
                    and not cancelled()):
                 self.cond.wait(0.5 if self.mem_bytes + len(blob) > self.limit else 0.05)
@@ -124,17 +157,23 @@ class RowSink:
 
     def _to_file(self, row: bytes) -> None:
         n = _LEN.size + len(row)
-        if self.spool_limit is not None and self.spooled.used + n > self.spool_limit:
-            raise SpoolFull(f"temporary file size exceeds temp_file_limit ({self.spool_limit // 1024}kB)",
-                            detail="The rows of this session's background jobs waiting to be read would pass "
-                                   "the temp_file_limit of the job's role.",
-                            hint="Read the rows while the job runs (pg_background_result_v2), or return fewer.")
+        limit = self.spool_limit if self.spool_limit is not None else SPOOL_DEFAULT_LIMIT
+        if self.spooled.used + n > limit:
+            what = (f"temp_file_limit ({limit // 1024}kB)" if self.spool_limit is not None
+                    else f"plpy_bg's spool bound ({limit // 1024}kB) for roles without a temp_file_limit")
+            raise SpoolFull(f"temporary file size exceeds {what}",
+                            detail="The rows of this session's background jobs waiting to be read would pass it.",
+                            hint="Read the rows while the job runs (pg_background_result_v2), return fewer, "
+                                 "or give the role a temp_file_limit.")
+        if self.file is None and self.spool_dir is not None:
+            os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+        if self.file_wpos // DISK_CHECK_EVERY != (self.file_wpos + n) // DISK_CHECK_EVERY or self.file is None:
+            disk_room(self.spool_dir or tempfile.gettempdir(), n)
         if self.file is None:
-            if self.spool_dir is not None:
-                os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
             self.file = tempfile.TemporaryFile(prefix="plpy_bg_rows_", dir=self.spool_dir)
         self.file.seek(self.file_wpos)
-        self.file.write(_LEN.pack(len(row)) + row)
+        self.file.write(_LEN.pack(len(row)))  # apart: a copy of a 200 MB row to prepend 4 bytes is too much
+        self.file.write(row)
         self.file_wpos = self.file.tell()
         self.file_unread += 1
         self.spooled.add(n)

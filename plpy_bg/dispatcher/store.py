@@ -81,6 +81,7 @@ class Store:
     """Two lanes per database: launches never queue behind the flush of a final state."""
 
     def __init__(self, connect, dbname: str, epoch: str, retention: str = "7 days"):
+        self.db_oid: int | None = None  # the database the name must lead to (the dispatcher checks)
         self.fast = Lane(connect, dbname, epoch, retention, durable=False)
         self.durable = Lane(connect, dbname, epoch, retention, durable=True)
 
@@ -101,6 +102,10 @@ class Store:
     def idle(self) -> bool:
         """No connection open and nothing queued: released, or never used."""
         return all(lane.conn is None and lane.q.empty() for lane in (self.fast, self.durable))
+
+    def connected(self) -> bool:
+        """A session of ours is open in this database (it holds a connection slot)."""
+        return any(lane.conn is not None for lane in (self.fast, self.durable))
 
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
@@ -133,6 +138,7 @@ class Store:
 
 LATEST = object()  # marks a queued write whose statement is looked up when applied
 IDLE_EXIT = 5.0  # a released lane's thread ends after this long without a write
+RETRY_MAX = 5.0  # seconds between tries of a write the server refuses for a while
 BATCH_BYTES = 8 << 20  # one transaction's worth of parameters: one big job text cannot wedge a batch
 
 
@@ -164,6 +170,7 @@ class Lane:
         self.busy = threading.Lock()  # held while writes are applied, by the thread or a caller
         self.latest: dict = {}  # key -> (sql, params) of a coalesced write waiting in the queue
         self.latest_lock = threading.Lock()
+        self.noted_at = -60.0
 
     def _put(self, item: tuple) -> None:
         """Queue an item; start the lane's thread if it ended (a released lane's thread ends)."""
@@ -249,7 +256,7 @@ class Lane:
             raise
         return conn
 
-    def query(self, sql: str, params=None, wait: float = 10.0) -> list:
+    def query(self, sql: str, params=None, wait: float = 10.0, limit_ms: int = 5000) -> list:
         """A control question on this lane's session, in the caller's thread under the lane's lock,
         with statement and lock timeouts local to it: a lock held in this database delays only it."""
         if not self.busy.acquire(timeout=wait):
@@ -260,8 +267,8 @@ class Lane:
                 self.conn = self._open()
             try:
                 with self.conn.transaction():
-                    self.conn.execute("SET LOCAL statement_timeout = '5s'")
-                    self.conn.execute("SET LOCAL lock_timeout = '2s'")
+                    self.conn.execute(f"SET LOCAL statement_timeout = {int(limit_ms)}")
+                    self.conn.execute(f"SET LOCAL lock_timeout = {int(limit_ms) // 2}")
                     return self.conn.execute(sql, params).fetchall()
             except psycopg.OperationalError:
                 self._drop()
@@ -291,10 +298,9 @@ class Lane:
             if not batch:
                 continue
             waited = any(item[2] is not None for item in batch)
-            with self.busy:
-                if not self._with_retry(lambda: self._apply(batch), keep=not waited):
-                    for item in batch:  # one row failed: apply one by one, report each failure
-                        self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
+            if not self._with_retry(lambda: self._apply(batch), keep=not waited):
+                for item in batch:  # one row failed: apply one by one, report each failure
+                    self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
             if time.monotonic() - self.last_purge > 600:
                 self.last_purge = time.monotonic()
                 self.write(PURGE, {"keep": self.retention})
@@ -310,11 +316,9 @@ class Lane:
     def _usable(self) -> bool:
         return self.conn is not None and not self.conn.closed and not self.conn.broken
 
-    def _with_retry(self, fn, item=None, keep: bool = True) -> bool:
-        """Run fn until the server takes it. A refusal that passes is retried on the durable lane
-        when nobody waits (`keep`); otherwise False, the error in item."""
-        backoff = 0.1
-        while True:
+    def _attempt(self, fn) -> Exception | None:
+        """One try under the lane's lock: None when the server took it, else the error."""
+        with self.busy:
             try:
                 if not self._usable():
                     self._drop()
@@ -322,36 +326,51 @@ class Lane:
                     self.ready.set()
                 fn()
                 self.failing = None
-                return True
+                return None
             except Exception as e:
-                state = getattr(e, "sqlstate", None) or ""
-                if self.conn is None and f'database "{self.dbname}" does not exist' in str(e):
-                    log.error("database %s was dropped: a job-table write for it is discarded", self.dbname)
-                    if item is not None:
-                        item[3]["error"] = e
-                        if item[2]:
-                            item[2].set()
-                    return False
-                broken = self.conn is not None and not self._usable()
-                if broken or not state or state[:2] == "08":
-                    # no answer from the server (it restarts, our session was killed): retry
-                    log.warning("job table connection for %s lost (%s); retrying", self.dbname, e)
+                if self.conn is not None and not self._usable():
                     self._drop()
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                if keep and self.durable and state[:2] in TRANSIENT_CLASSES:
-                    self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
-                    log.warning("job table write refused (%s); retrying in %.1f s", self.failing, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
+                return e
+
+    def _with_retry(self, fn, item=None, keep: bool = True) -> bool:
+        """Run fn until the server takes it. A refusal that passes is retried on the durable lane
+        when nobody waits (`keep`); otherwise False, the error in item. The lane's lock is free
+        while it waits between tries, so control questions on its session go on."""
+        backoff = 0.1
+        while True:
+            e = self._attempt(fn)
+            if e is None:
+                return True
+            state = getattr(e, "sqlstate", None) or ""
+            if self.conn is None and f'database "{self.dbname}" does not exist' in str(e):
+                log.error("database %s was dropped: a job-table write for it is discarded", self.dbname)
+                return self._fail(item, e)
+            if not state or state[:2] == "08":
+                # no answer from the server (it restarts, our session was killed): retry
+                self._note(f"job table connection for {self.dbname} lost ({str(e).strip()}); retrying")
+            elif keep and self.durable and state[:2] in TRANSIENT_CLASSES:
+                self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
+                self._note(f"job table write refused in {self.dbname} ({self.failing}); retrying")
+            else:
                 log.warning("job table write failed: %s", e)
-                if item is not None:
-                    item[3]["error"] = e
-                    if item[2]:
-                        item[2].set()
-                return False
+                return self._fail(item, e)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX)
+
+    def _note(self, msg: str) -> None:
+        """A retry worth a log line: the first, then one a minute (a refusal can last for days)."""
+        now = time.monotonic()
+        if now - self.noted_at >= 60.0:
+            self.noted_at = now
+            log.warning(msg)
+
+    @staticmethod
+    def _fail(item, e: Exception) -> bool:
+        if item is not None:
+            item[3]["error"] = e
+            if item[2]:
+                item[2].set()
+        return False
 
     def _apply(self, batch) -> None:
         if len(batch) == 1:  # autocommit: one round trip

@@ -15,6 +15,7 @@ LAST_ERROR_LIMIT = 512  # bytes of last_error in listings and the job table, as 
 ERROR_FIELD_LIMIT = 8192  # bytes kept of each field of a job's error (message, detail, hint, context)
 SESSION_MAX_JOBS = 1024  # jobs a session tracks at once: running, or holding unread results
 SESSION_ROW_BYTES = 64 << 20  # unread rows of one session held in the dispatcher's memory
+ALL_ROW_BYTES = 512 << 20  # ... and of all sessions: beyond it, rows wait in the spool files
 DISPATCHER_DATABASES = 64  # databases served at once (two job-table sessions each) ...
 DATABASES_PER_CONNECTIONS = 8  # ... and at most max_connections / 8 of them: a quarter of the slots
 JOB_SQL_STORED = 1 << 20  # bytes of a job's text kept in the job table (the worker runs all of it)

@@ -92,7 +92,8 @@ def baseline(plpy, GD) -> Baseline:
 
 def placeholders(plpy, GD, names_csv: str | None) -> list[list[str]]:
     """[name, value] of the custom settings named in plpy_bg.inherit_settings that are set."""
-    names = [n.strip() for n in (names_csv or "").split(",") if n.strip() and n.strip() not in NEVER]
+    never = {n.lower() for n in NEVER}  # setting names are case-insensitive
+    names = [n.strip() for n in (names_csv or "").split(",") if n.strip() and n.strip().lower() not in never]
     if not names:
         return []
     plan = GD.get(GD_PLAN)

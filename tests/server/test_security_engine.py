@@ -247,6 +247,51 @@ def test_createdb_role_with_plpy_bg_in_template1(own_pg):
         sql(own_pg, "DROP EXTENSION plpy_bg", dbname="template1")
 
 
+def psql_bytes(server, dbname: bytes, query: str) -> subprocess.CompletedProcess:
+    """psql into a database named by raw bytes (psycopg sends names as UTF-8)."""
+    return subprocess.run([b"/usr/lib/postgresql/15/bin/psql", b"-X", b"-At", b"-v", b"ON_ERROR_STOP=1",
+                           b"-h", b"127.0.0.1", b"-p", str(server.cluster.port).encode(), b"-U", b"postgres",
+                           b"-d", dbname, b"-c", query.encode()],
+                          capture_output=True, env={**os.environ, "PGCLIENTENCODING": "UTF8"})
+
+
+DECOY = """
+CREATE SCHEMA plpy_bg;
+CREATE TABLE public.calls (who text, what text);
+GRANT INSERT ON public.calls TO PUBLIC;
+GRANT USAGE ON SCHEMA plpy_bg TO PUBLIC;
+CREATE TABLE plpy_bg.jobs (LIKE pg_catalog.pg_class);
+CREATE FUNCTION plpy_bg.dispatcher_settings(OUT ident_file text, OUT sandbox text) LANGUAGE sql
+AS $$ INSERT INTO public.calls VALUES (current_user, 'settings') RETURNING '/tmp/decoy_ident', 'off' $$;
+CREATE FUNCTION plpy_bg.install_worker_filter() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.calls VALUES (current_user, 'filter');
+    BEGIN EXECUTE 'ALTER ROLE encoder SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+END $$;
+GRANT ALL ON ALL TABLES IN SCHEMA plpy_bg TO PUBLIC;
+"""
+
+
+def test_a_database_name_converted_to_utf8_never_reaches_another_database(own_pg):
+    """A LATIN1 database's name reaches the dispatcher converted to UTF-8; a CREATEDB role makes a
+    database with that UTF-8 name and waits there for the jobs of the first."""
+    make_role(own_pg, "encoder", "CREATEDB")
+    sql(own_pg, "CREATE DATABASE lat ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        user="encoder")
+    sql(own_pg, "CREATE DATABASE \"xé\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        user="encoder", dbname="lat")  # name bytes 78 e9
+    sql(own_pg, "CREATE DATABASE \"xé\"", user="encoder")  # name bytes 78 c3 a9: the decoy
+    sql(own_pg, DECOY, user="encoder", dbname="xé")
+    r = psql_bytes(own_pg, b"x\xe9", "CREATE EXTENSION plpy_bg SCHEMA public CASCADE")
+    assert r.returncode == 0, r.stderr
+    r = psql_bytes(own_pg, b"x\xe9", "SELECT * FROM pg_background_launch_v2('SELECT current_database()')")
+    assert r.returncode != 0 and b"cannot be served by plpy_bg" in r.stderr, r.stdout + r.stderr
+    time.sleep(0.5)
+    assert not is_superuser(own_pg, "encoder")
+    assert sql(own_pg, "SELECT * FROM public.calls", dbname="xé") == []
+    assert not os.path.exists("/tmp/decoy_ident")
+
+
 FORGE_TROJAN = """
 CREATE FUNCTION public.mallory_report() RETURNS pg_background_handle LANGUAGE sql
 SET search_path = forge, pg_catalog, public
@@ -633,6 +678,11 @@ def test_many_busy_databases_do_not_take_everyones_connection_slots(own_pg):
         sql(own_pg, "SELECT grant_pg_background_privileges('spreader')", dbname=db)
     conns = [own_pg.connect("spreader", db) for db in dbs]
     try:
+        for c in conns:  # first a quick job in each: the databases are held, none is busy
+            try:
+                result(c, launch(c, "SELECT 1"))
+            except psycopg.errors.TooManyConnections:
+                pass
         refused = 0
         for c in conns:  # a running job in each: none of these databases can be let go
             try:
@@ -652,6 +702,119 @@ def test_many_busy_databases_do_not_take_everyones_connection_slots(own_pg):
     time.sleep(5.5)
     for db in dbs:
         sql(own_pg, f"DROP DATABASE {db}")
+
+
+def test_a_database_that_refuses_the_dispatcher_takes_no_room(own_pg):
+    """The owner lets the dispatcher in, then sets CONNECTION LIMIT 0 with a write of ours
+    pending: the write waits, but the database holds no session of ours, so it takes no place
+    among the databases served, and other roles' launches go on."""
+    make_role(own_pg, "limiter", "CREATEDB")
+    dbs = [f"limit_{i}" for i in range(8)]  # more than the fixture's max_connections / 8
+    pending = []
+    for db in dbs:
+        sql(own_pg, f"CREATE DATABASE {db} OWNER limiter")
+        sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
+        sql(own_pg, "SELECT grant_pg_background_privileges('limiter')", dbname=db)
+        c = own_pg.connect("limiter", db)
+        h = launch(c, "SELECT 1")
+        wait(c, h)
+        sql(own_pg, f"ALTER DATABASE {db} CONNECTION LIMIT 0", user="limiter")
+        sql(own_pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name IN ('plpy_bg dispatcher', 'plpy_bg worker')", (db,))
+        wait_for(lambda: not sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+                                         "AND application_name LIKE 'plpy_bg %%'", (db,)))
+        c.execute("SELECT pg_background_detach_v2(%s, %s)", h)  # a job-table write that cannot be made
+        pending.append(c)
+    try:
+        for user, db in (("bob", "postgres"), ("alice", "postgres")):
+            with own_pg.connect(user, db) as b:
+                start = time.monotonic()
+                assert result(b, launch(b, "SELECT 'still room'")) == [("still room",)]
+                assert time.monotonic() - start < 3
+    finally:
+        for c in pending:
+            c.close()
+        for db in dbs:
+            sql(own_pg, f"ALTER DATABASE {db} CONNECTION LIMIT -1")
+            sql(own_pg, f"DROP DATABASE {db}")
+
+
+def test_an_owner_keeping_its_database_busy_cannot_hide_drop_database_elsewhere(own_pg):
+    """The dispatcher asks one of its open sessions whether a DROP DATABASE waits; the owner of the
+    first database it would ask keeps that session busy behind a lock of its own."""
+    import threading
+    make_role(own_pg, "hider", "CREATEDB")
+    for db in ("aaa_hide", "elsewhere"):
+        sql(own_pg, f"CREATE DATABASE {db} OWNER hider")
+        sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
+        sql(own_pg, "SELECT grant_pg_background_privileges('hider')", dbname=db)
+    pid = dispatcher_pid(own_pg)
+    os.kill(pid, 15)  # the owner's database becomes the one the new dispatcher asks first
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    a = own_pg.connect("hider", "aaa_hide")
+    h = a.execute("SELECT * FROM pg_background_submit_v2('SELECT pg_sleep(2); "
+                  "SELECT pg_background_progress(1, ''x''); SELECT pg_sleep(60)')").fetchone()
+    reader = own_pg.connect("hider", "aaa_hide", autocommit=False)
+    reader.execute("SELECT 1 FROM plpy_bg.jobs LIMIT 1")
+    vac = threading.Thread(target=lambda: sql(own_pg, "VACUUM FULL plpy_bg.jobs", user="hider", dbname="aaa_hide"))
+    vac.start()
+    try:
+        time.sleep(3)  # the progress write now waits behind the queued VACUUM FULL
+        with own_pg.connect("alice", "elsewhere") as c:
+            assert result(c, launch(c, "SELECT 1")) == [("1",)]
+        start = time.monotonic()
+        sql(own_pg, "DROP DATABASE elsewhere")
+        assert time.monotonic() - start < 5
+    finally:
+        reader.rollback()
+        reader.close()
+        vac.join(30)
+        a.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
+        a.close()
+
+
+def test_drop_database_with_force_while_jobs_are_launched_there(own_pg):
+    """Launchers waiting on the dispatcher still act on the termination FORCE sends them."""
+    import threading
+    sql(own_pg, "CREATE DATABASE racedb")
+    sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname="racedb")
+    sql(own_pg, "SELECT grant_pg_background_privileges('alice')", dbname="racedb")
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                with own_pg.connect("alice", "racedb") as c:
+                    while not stop.is_set():
+                        c.execute("SELECT * FROM pg_background_submit_v2('SELECT 1')")
+            except psycopg.Error:
+                time.sleep(0.05)
+
+    ts = [threading.Thread(target=loop) for _ in range(3)]
+    for t in ts:
+        t.start()
+    try:
+        time.sleep(1)
+        start = time.monotonic()
+        sql(own_pg, "DROP DATABASE racedb WITH (FORCE)")
+        assert time.monotonic() - start < 5
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(10)
+
+
+def test_one_huge_row_is_held_about_once(own_pg):
+    pid = dispatcher_pid(own_pg)
+    before = peak = rss_kb(pid)
+    with own_pg.connect("alice") as c:
+        h = launch(c, "SELECT repeat('\"', 100000000)")  # a 200 MB record literal: quotes double
+        for _ in range(40):
+            time.sleep(0.1)
+            peak = max(peak, rss_kb(pid))
+        c.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
+    grown = (peak - before) / 1024
+    assert grown < 650, f"dispatcher grew {grown:.0f} MB for one row of 200 MB"
 
 
 def test_drop_database_right_after_a_job(own_pg):

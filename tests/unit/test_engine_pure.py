@@ -196,7 +196,7 @@ def test_discard_unblocks_the_writer():
     assert not t.is_alive()
 
 
-def test_a_chunk_is_one_entry_and_a_chunk_larger_than_the_queue_still_passes():
+def test_a_chunk_is_one_entry_and_a_chunk_larger_than_the_queue_waits_on_disk():
     sink = RowSink(limit=100, streaming=True)
     sink.put_many([b"(1)", b"(2)", b"(3)"])
     big = [b"z" * 60, b"z" * 60]  # 121 bytes joined: more than the queue holds
@@ -208,12 +208,55 @@ def test_a_chunk_is_one_entry_and_a_chunk_larger_than_the_queue_still_passes():
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     time.sleep(0.1)
-    assert sink.mem_bytes == 11 and t.is_alive()  # waits for the queue to be empty
+    # in the file at once, not in memory, and the writer waits until it is read
+    assert sink.mem_bytes == 11 and sink.file_unread == 1 and not big and t.is_alive()
     chunks, final = sink.take(1000, 1.0)
-    assert chunks == [b"(1)\0(2)\0(3)"]
-    got, final = [], None
+    assert chunks[0] == b"(1)\0(2)\0(3)"
+    got = chunks[1:]
     while final is None:
         c, final = sink.take(1000, 1.0)
         got += c
-    assert got == [b"\0".join(big)] and sink.rows_total == 5
+    assert got == [b"z" * 60 + b"\0" + b"z" * 60] and sink.rows_total == 5
+    chunks = chunks[:1]
     assert P.unpack_rows(P.pack_rows(chunks + got)[5:]) == ["(1)", "(2)", "(3)", "z" * 60, "z" * 60]
+
+
+def test_a_session_budget_answers_to_the_budget_of_all_sessions():
+    from plpy_bg.dispatcher.sink import Budget
+    everyone = Budget(100)
+    a, b = Budget(80, everyone), Budget(80, everyone)
+    a.add(70)
+    assert everyone.used == 70 and not b.fits(40) and b.fits(30) and a.cap() == 80
+    a.give(70)
+    assert everyone.used == 0 and b.fits(80)
+
+
+def test_spool_without_a_role_limit_has_a_bound_and_keeps_the_disk_from_filling(monkeypatch, tmp_path):
+    from plpy_bg.dispatcher import sink as S
+    monkeypatch.setattr(S, "SPOOL_DEFAULT_LIMIT", 1000)
+    rs = S.RowSink(limit=10, streaming=False, spool_dir=str(tmp_path))
+    rs.put_many([b"x" * 400])
+    with pytest.raises(S.SpoolFull, match="plpy_bg's spool bound"):
+        rs.put_many([b"y" * 700])
+    rs.discard()
+
+    class Full:
+        f_bavail, f_frsize, f_blocks = 5, 4096, 100  # 5% free
+    monkeypatch.setattr(S.os, "statvfs", lambda path: Full)
+    rs2 = S.RowSink(limit=10, streaming=False, spool_dir=str(tmp_path))
+    with pytest.raises(S.SpoolFull, match="the disk is nearly full") as e:
+        rs2.put_many([b"z" * 100])
+    assert e.value.sqlstate == "53100"
+
+
+def test_a_writer_waiting_for_room_goes_on_when_wait_turns_spilling_on():
+    sink = RowSink(limit=10, streaming=True)
+    sink.put_many([b"12345678"])
+    t = threading.Thread(target=lambda: sink.put_many([b"abcdefgh"]), daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()  # the queue is full
+    sink.allow_spill()
+    t.join(2)
+    assert not t.is_alive() and sink.file_unread == 1
+    sink.discard()

@@ -71,6 +71,27 @@ def invariants(server: Server) -> list[str]:
     return [r[0] for r in server.sql("SELECT * FROM plpy_bg.check_invariants()")]
 
 
+def pool_settings(server: Server, **settings) -> None:
+    """plpy_bg.* settings through an included configuration file (ALTER SYSTEM refuses
+    placeholders), read by the dispatcher at once; None removes one."""
+    data = server.cluster.datadir
+    conf = data / "postgresql.conf"
+    if "plpy_bg_test.conf" not in conf.read_text():
+        with open(conf, "a") as f:
+            f.write("include_if_exists 'plpy_bg_test.conf'\n")
+    inc = data / "plpy_bg_test.conf"
+    current = dict(line.split(" = ", 1) for line in inc.read_text().splitlines()) if inc.exists() else {}
+    for k, v in settings.items():
+        if v is None:
+            current.pop(f"plpy_bg.{k}", None)
+        else:
+            current[f"plpy_bg.{k}"] = f"'{v}'"
+    inc.write_text("".join(f"{k} = {v}\n" for k, v in current.items()))
+    server.sql("SELECT pg_reload_conf()")
+    time.sleep(0.3)  # the reload reaches every backend
+    server.sql("SELECT count(*) FROM plpy_bg.pool_workers()")  # makes the dispatcher read the settings now
+
+
 ROLES_SQL = """
 CREATE ROLE alice LOGIN;
 CREATE ROLE bob LOGIN;

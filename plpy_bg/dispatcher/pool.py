@@ -96,7 +96,7 @@ def quote(text: str) -> str:
 
 @dataclass(eq=False)
 class Worker:
-    key: tuple  # (database, role oid, profile)
+    key: tuple  # (database name, role oid, profile, database oid)
     conn: psycopg.Connection
     pid: int
     login: str = ""  # the role name it logged in with
@@ -372,17 +372,17 @@ class Pool:
             self.close(w)
         return len(closed)
 
-    def drop_database(self, db: str | None = None) -> int:
-        """Close every idle worker of database `db` (of all databases when None)."""
+    def drop_database(self, dbk: tuple[str, int] | None = None) -> int:
+        """Close every idle worker of database `dbk` = (name, oid) (of all databases when None)."""
         with self.lock:
-            keys = [k for k in self.idle if db is None or k[0] == db]
+            keys = [k for k in self.idle if dbk is None or (k[0], k[3]) == dbk]
             stacks = [self.idle.pop(k) for k in keys]
         for stack in stacks:
             for w in stack:
                 self.close(w)
         return sum(len(s) for s in stacks)
 
-    def databases(self) -> set[str]:
-        """Databases where a worker connection is open (idle or running)."""
+    def databases(self) -> set[tuple[str, int]]:
+        """Databases (name, oid) where a worker connection is open (idle or running)."""
         with self.lock:
-            return {w.key[0] for w in self.live.values()}
+            return {(w.key[0], w.key[3]) for w in self.live.values()}

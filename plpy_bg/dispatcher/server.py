@@ -77,6 +77,7 @@ class Job:
     cookie: int
     pid: int
     db: str
+    db_oid: int
     role: str
     user_id: int
     sql: str
@@ -113,6 +114,10 @@ class Job:
     sent: bool = False  # the launch sent the job's SQL itself
     text: str | None = None  # what the worker runs (all of it), until it is sent
     row_text: bool = False  # the one query wrapped so the worker writes record literals
+
+    @property
+    def dbk(self) -> tuple[str, int]:
+        return self.db, self.db_oid
 
     def listing(self) -> dict:
         err = self.last_error
@@ -161,12 +166,12 @@ PINNED_OPTIONS = _options(PINNED)
 # instead of holding the writer's session
 WRITER_OPTIONS = _options({**PINNED, "synchronous_commit": "on", "lock_timeout": "5s"})
 CONTESTED_SQL = """
-SELECT DISTINCT d.datname::pg_catalog.text
-FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) l.objid
+SELECT DISTINCT l.objid::pg_catalog.int8
+FROM pg_catalog.pg_locks l
 WHERE l.locktype OPERATOR(pg_catalog.=) 'object'
   AND l.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_database'::pg_catalog.regclass
   AND l.mode OPERATOR(pg_catalog.=) ANY ('{ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock}')
-  AND d.datname OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.text[])
+  AND l.objid OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.oid[])
 """
 DATABASE_OID = """
 SELECT d.oid::pg_catalog.int8 FROM pg_catalog.pg_database d
@@ -197,12 +202,13 @@ class Dispatcher:
         self.lock = threading.RLock()
         self.jobs: dict[int, Job] = {}
         self.by_worker_pid: dict[int, Job] = {}
-        self.stores: dict[str, Store] = {}
+        # every database is named by (name, oid): a name reaches a database, the oid says which
+        self.stores: dict[tuple[str, int], Store] = {}
         self.mapped_roles: set[str] = set()
-        self.server_cache: dict[str, tuple] = {}
+        self.server_cache: dict[tuple[str, int], tuple] = {}
         self.ident_lock = threading.Lock()
         self.pool = Pool(self._open_worker)
-        self.config_db: str | None = None  # a database to read cluster-wide settings in
+        self.config_db: tuple[str, int] | None = None  # the first database served: asked first
         self.config_at = 0.0
         # job threads are reused: starting a thread per job costs more than the rest of a launch
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="job")
@@ -210,12 +216,12 @@ class Dispatcher:
         self.started_at = time.time()
         self.listener: socket.socket | None = None
         self.lockfile = None
-        self.db_active: dict[str, float] = {}  # database -> when a job last started or ended there
+        self.db_active: dict[tuple[str, int], float] = {}  # database -> when a job last started or ended there
         self.max_connections = 100  # the server's, read with its other settings
         self.draining = False  # the server is shutting down: no new jobs
         self.retiring = False
         self.socket_inode = 0
-        self.probe_failed: dict[str, float] = {}  # database -> when it last failed to answer a probe
+        self.probe_failed: dict[tuple[str, int], float] = {}  # database -> when it last failed a probe
         self.all_rows = Budget(ALL_ROW_BYTES)  # unread rows of every session, in memory
 
     # ---- connections back into the server ----
@@ -245,23 +251,20 @@ class Dispatcher:
                          f'"local all all peer map=plpy_bg".') from None
             raise
 
-    def control_exec(self, db: str, sql: str, params=None, wait: float = 10.0, db_oid: int | None = None,
+    def control_exec(self, dbk: tuple[str, int], sql: str, params=None, wait: float = 10.0,
                      limit_ms: int = 5000):
-        """A control question in `db`, on its durable job-table session (its own timeouts and lock:
-        a database whose owner holds a lock delays only itself)."""
-        return self.store(db, db_oid).durable.query(sql, params, wait, limit_ms)
+        """A control question in database `dbk`, on its durable job-table session (its own
+        timeouts and lock: a database whose owner holds a lock delays only itself)."""
+        return self.store(dbk).durable.query(sql, params, wait, limit_ms)
 
-    def store(self, db: str, db_oid: int | None = None) -> Store:
-        """The job-table writers of database `db`, which must be the database of oid `db_oid` when
-        given (a launch or hello names both; later calls find the store by name)."""
+    def store(self, dbk: tuple[str, int]) -> Store:
+        """The job-table writers of database `dbk` = (name, oid), made on demand; each session they
+        open is checked to reach that oid."""
         with self.lock:
-            s = self.stores.get(db)
-            if s is not None and db_oid is not None and s.db_oid != db_oid:
-                raise other_database(db, db_oid, s.db_oid)
+            s = self.stores.get(dbk)
             if s is None:
-                if db_oid is None:
-                    raise PgError(f'plpy_bg holds no session in database "{db}"', sqlstate="55000")
-                s = self.stores[db] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch)
+                db, db_oid = dbk
+                s = self.stores[dbk] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch)
                 s.db_oid = db_oid
             return s
 
@@ -280,7 +283,7 @@ class Dispatcher:
                 no_slot(e)
                 if "Peer authentication failed" in msg and attempt < 39:
                     # the map line may be missing or the postmaster not reloaded yet
-                    self.ensure_ident(db, role, db_oid)
+                    self.ensure_ident((db, db_oid), role)
                     time.sleep(0.05)
                     continue
                 if "not permitted to log in" in msg:
@@ -313,7 +316,7 @@ class Dispatcher:
                 conn.execute("SET SESSION standard_conforming_strings = on")
             w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role,
                        temp_file_limit=temp_file_limit_bytes(temp_limit))
-            sandboxed = self.sandboxed(db, db_oid)  # the settings' own failure says what it is
+            sandboxed = self.sandboxed((db, db_oid))  # the settings' own failure says what it is
             if sandboxed:  # before any job SQL: the job can never run unfiltered
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
@@ -331,31 +334,31 @@ class Dispatcher:
             raise
         return w
 
-    def server_settings(self, db: str, db_oid: int | None = None) -> tuple[str, bool]:
+    def server_settings(self, dbk: tuple[str, int]) -> tuple[str, bool]:
         """(the ident file's path, pgseccomp.enabled as the configuration files say), cached 5 s.
 
         A superuser's facts, read through one narrow function granted to the dispatcher's role."""
         now = time.monotonic()
-        hit = self.server_cache.get(db)
+        hit = self.server_cache.get(dbk)
         if hit is None or now - hit[1] > 5.0:
             path, sandbox, maxconn = self.control_exec(
-                db, "SELECT s.ident_file, s.sandbox, pg_catalog.current_setting('max_connections') "
-                    "FROM plpy_bg.dispatcher_settings() s", db_oid=db_oid)[0]
+                dbk, "SELECT s.ident_file, s.sandbox, pg_catalog.current_setting('max_connections') "
+                     "FROM plpy_bg.dispatcher_settings() s")[0]
             on = (sandbox or "").strip().lower() in ("on", "true", "yes", "1")
             self.max_connections = int(maxconn)
-            hit = self.server_cache[db] = ((path, on), now)
+            hit = self.server_cache[dbk] = ((path, on), now)
         return hit[0]
 
-    def sandboxed(self, db: str, db_oid: int | None = None) -> bool:
+    def sandboxed(self, dbk: tuple[str, int]) -> bool:
         """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
-        return self.server_settings(db, db_oid)[1]
+        return self.server_settings(dbk)[1]
 
-    def ensure_ident(self, db: str, role: str, db_oid: int | None = None) -> bool:
+    def ensure_ident(self, dbk: tuple[str, int], role: str) -> bool:
         """Add the peer-map line for `role` and make the postmaster reload; True when the file changed."""
         identmap.check_role_name(role)
         if role in self.mapped_roles:
             return False
-        path = self.server_settings(db, db_oid)[0]  # outside the lock: a slow database stalls only its own launch
+        path = self.server_settings(dbk)[0]  # outside the lock: a slow database stalls only its own launch
         with self.ident_lock:
             if role in self.mapped_roles:
                 return False
@@ -373,9 +376,9 @@ class Dispatcher:
         if self.draining:
             raise PgError("could not start background job: the server is shutting down", sqlstate="57P03")
         db_oid = int(req["db_oid"])
-        self.make_room(req["db"], int(req["user_id"]))
-        self.store(req["db"], db_oid)  # the name must still lead to the launching database
-        self.note_activity(req["db"])
+        dbk = (req["db"], db_oid)
+        self.make_room(dbk, int(req["user_id"]))
+        self.note_activity(dbk)
         with self.lock:
             active = len(sess.running)
             if len(sess.jobs) >= SESSION_MAX_JOBS:
@@ -394,7 +397,7 @@ class Dispatcher:
         try:
             statements = int(req.get("statements") or 1)
             job = Job(
-                cookie=secrets.randbits(63) or 1, pid=worker.pid, db=req["db"], role=req["role"],
+                cookie=secrets.randbits(63) or 1, pid=worker.pid, db=req["db"], db_oid=db_oid, role=req["role"],
                 user_id=int(req["user_id"]), sql=stored_sql(req["sql"]), preview=req.get("preview") or "",
                 queue_size=int(req["queue_size"]), mode=mode, launcher_pid=sess.peer_pid,
                 settings=req.get("settings") or [], launched_at=datetime.now(timezone.utc),
@@ -412,7 +415,7 @@ class Dispatcher:
             if mode == "submit":
                 job.sink.discard()
             job.worker = worker
-            job.row_pending = self.store(job.db).insert(INSERT, self._row(job, sess))
+            job.row_pending = self.store(job.dbk).insert(INSERT, self._row(job, sess))
         except psycopg.Error as e:
             self.pool.release(worker)
             raise self._unrecorded(e) from None
@@ -585,8 +588,8 @@ class Dispatcher:
             self._forget_if_done(job)
         job.sink.finish({"tag": tag, "error": error, "state": state})
         job.done.set()
-        self.note_activity(job.db)
-        self.store(job.db).write(FINISH, {
+        self.note_activity(job.dbk)
+        self.store(job.dbk).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
             "tag": tag, "last_error": cut_utf8(error["message"], LAST_ERROR_LIMIT) if error else None,
             "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
@@ -665,8 +668,8 @@ class Dispatcher:
             sess.jobs.pop(job.cookie, None)
             sess.running.discard(job.cookie)
             self._forget_if_done(job)
-        job.sink.discard()
-        self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
+        job.sink.discard()  # first: its memory and spool go whatever happens to the write
+        self.store(job.dbk).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
 
     def cancel(self, job: Job, grace_ms: int, reason: str = "canceling statement due to user request") -> None:
         if job.done.is_set():
@@ -731,54 +734,59 @@ class Dispatcher:
                 log.exception("housekeeping failed")
 
     # ---- letting go of databases ----
-    def note_activity(self, db: str) -> None:
+    def note_activity(self, dbk: tuple[str, int]) -> None:
         with self.lock:
-            self.db_active[db] = time.monotonic()
+            self.db_active[dbk] = time.monotonic()
 
-    def _running_in(self, db: str) -> bool:
+    def _running_in(self, dbk: tuple[str, int]) -> bool:
         with self.lock:
-            return any(j.db == db for j in self.by_worker_pid.values())
+            return any(j.dbk == dbk for j in self.by_worker_pid.values())
 
-    def held_databases(self) -> set[str]:
+    def held_databases(self) -> set[tuple[str, int]]:
         """Databases where a session of ours is open (a connection slot): job-table writers or workers."""
         with self.lock:
-            held = {db for db, st in self.stores.items() if st.connected()}
+            held = {k for k, st in self.stores.items() if st.connected()}
         return held | self.pool.databases()
 
-    def release(self, db: str, why: str) -> bool:
-        """Close every connection of ours to `db` that no running job needs; True when none is left."""
-        if self._running_in(db):
+    def release(self, dbk: tuple[str, int], why: str) -> bool:
+        """Close every connection of ours to `dbk` that no running job needs; True when none is left.
+        Jobs that ended there keep their rows: their writes reopen a session when they come."""
+        if self._running_in(dbk):
             return False
-        n = self.pool.drop_database(db)
+        n = self.pool.drop_database(dbk)
         with self.lock:
-            store = self.stores.get(db)
+            store = self.stores.get(dbk)
         flushed = store is None or store.release()
-        if flushed:
-            with self.lock:  # forgotten: a dropped database leaves nothing of it behind
-                if self.stores.get(db) is store:
-                    self.stores.pop(db, None)
-                self.server_cache.pop(db, None)
-                self.db_active.pop(db, None)
-                self.probe_failed.pop(db, None)
-        if n or store is not None:
-            log.info("released database %s (%s): %d idle workers closed", db, why, n)
-        return flushed and db not in self.pool.databases()
+        if n or (store is not None and flushed):
+            log.info("released database %s (%s): %d idle workers closed", dbk[0], why, n)
+        return flushed and dbk not in self.pool.databases()
 
-    def make_room(self, db: str, uid: int) -> None:
-        """Serve `db` only if the sessions of ours in all databases stay a bounded share of the
+    def forget_idle(self) -> None:
+        """Drop what is kept of databases with no session of ours, no queued write and no running
+        job: a database made and dropped, or only greeted, leaves nothing behind."""
+        with self.lock:
+            for k, st in list(self.stores.items()):
+                if st.idle() and not self._running_in(k):
+                    del self.stores[k]
+                    self.server_cache.pop(k, None)
+                    self.db_active.pop(k, None)
+                    self.probe_failed.pop(k, None)
+
+    def make_room(self, dbk: tuple[str, int], uid: int) -> None:
+        """Serve `dbk` only if the sessions of ours in all databases stay a bounded share of the
         server's slots, and one role's running jobs keep at most half of them busy: a role that
         keeps many databases busy takes neither everyone's slots nor every database's room."""
         held = self.held_databases()
         cap = max(2, min(DISPATCHER_DATABASES, self.max_connections // DATABASES_PER_CONNECTIONS))
         with self.lock:
-            busy_for_role = {j.db for j in self.by_worker_pid.values() if j.user_id == uid}
-        if db not in busy_for_role and len(busy_for_role) >= max(1, cap // 2):
+            busy_for_role = {j.dbk for j in self.by_worker_pid.values() if j.user_id == uid}
+        if dbk not in busy_for_role and len(busy_for_role) >= max(1, cap // 2):
             raise TooManyConnections(
                 f"could not start background job: this role has running jobs in {len(busy_for_role)} databases",
                 detail=f"One role's running jobs may keep at most {max(1, cap // 2)} of the {cap} databases "
                        "plpy_bg serves at once busy.",
                 hint="Wait for your jobs in other databases to end, or raise max_connections.")
-        if db in held or len(held) < cap:
+        if dbk in held or len(held) < cap:
             return
         with self.lock:
             idle = sorted((d for d in held if not self._running_in(d)), key=lambda d: self.db_active.get(d, 0.0))
@@ -796,30 +804,29 @@ class Dispatcher:
         """Let go of a database that a command needs alone (DROP DATABASE, a template for CREATE
         DATABASE, RENAME) at once, and of any database idle for the pool's idle limit."""
         held = self.held_databases()
-        if not held:
-            return
-        for db in self.contested(held):
-            self.release(db, "needed alone by another session")
-        for db in held:
-            with self.lock:
-                last = self.db_active.get(db, 0.0)
-            if now - last > self.pool.idle_timeout and self.release(db, "idle"):
+        if held:
+            for dbk in self.contested(held):
+                self.release(dbk, "needed alone by another session")
+            for dbk in held:
                 with self.lock:
-                    self.db_active.pop(db, None)
+                    last = self.db_active.get(dbk, 0.0)
+                if now - last > self.pool.idle_timeout:
+                    self.release(dbk, "idle")
+        self.forget_idle()
 
-    def _probe_dbs(self) -> list[str]:
+    def _probe_dbs(self) -> list[tuple[str, int]]:
         """Databases where a job-table session of ours is open, the first database served first:
         opening one could itself wait for the lock of a DROP DATABASE, so cluster-wide questions
         are asked only on an open one, and on the next when one is busy."""
         with self.lock:
-            dbs = sorted(db for db, st in self.stores.items() if st.durable.conn is not None)
+            dbs = sorted(k for k, st in self.stores.items() if st.durable.conn is not None)
         return sorted(dbs, key=lambda d: d != self.config_db)
 
-    def _probe_db(self) -> str | None:
+    def _probe_db(self) -> tuple[str, int] | None:
         dbs = self._probe_dbs()
         return dbs[0] if dbs else None
 
-    def contested(self, held: set[str]) -> set[str]:
+    def contested(self, held: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Databases of ours that another session locks to be alone in them (those commands wait
         up to 5 s for other sessions to leave: we leave within one housekeeping tick). A database
         whose session is busy (its owner may hold it on purpose) is passed over for the next."""
@@ -829,12 +836,13 @@ class Dispatcher:
         probes.sort(key=lambda d: now - self.probe_failed.get(d, -1e9) < 30.0)
         for probe in probes[:3]:
             try:
-                rows = self.control_exec(probe, CONTESTED_SQL, (sorted(held),), wait=0.2, limit_ms=500)
+                rows = self.control_exec(probe, CONTESTED_SQL, ([k[1] for k in held],), wait=0.2, limit_ms=500)
                 self.probe_failed.pop(probe, None)
-                return {r[0] for r in rows}
+                locked = {int(r[0]) for r in rows}
+                return {k for k in held if k[1] in locked}
             except Exception as e:
                 self.probe_failed[probe] = now
-                log.debug("database locks not read in %s: %s", probe, e)
+                log.debug("database locks not read in %s: %s", probe[0], e)
         return set()
 
     def drain(self) -> None:
@@ -844,8 +852,8 @@ class Dispatcher:
             log.info("the server is shutting down: the dispatcher takes no more jobs")
             self.draining = True
         done = True
-        for db in self.held_databases():
-            done = self.release(db, "server shutting down") and done
+        for dbk in self.held_databases():
+            done = self.release(dbk, "server shutting down") and done
         if done and not self.by_worker_pid:
             log.info("dispatcher exits: no jobs left and the server is shutting down")
             self.retire()
@@ -912,8 +920,11 @@ class Dispatcher:
         with self.lock:
             jobs = list(sess.jobs.values())
             sess.jobs.clear()
-        for j in jobs:
-            self.detach(sess, j)
+        for j in jobs:  # each one, whatever happens to another
+            try:
+                self.detach(sess, j)
+            except Exception:
+                log.exception("detaching job %s of an ended session failed", j.pid)
         try:
             sess.sock.close()
         except OSError:
@@ -933,7 +944,7 @@ class Dispatcher:
                                  hint="Results can be read once.")
             if not job.consumed:
                 job.consumed = True
-                self.store(job.db).write(FLAGS, {"cookie": job.cookie, "consumed": True,
+                self.store(job.dbk).write(FLAGS, {"cookie": job.cookie, "consumed": True,
                                                  "detached": job.detached})
             rows, final = job.sink.take(int(req.get("max_bytes") or 262144), req.get("slice_ms", 200) / 1000)
             frames = [P.pack_rows(rows)] if rows else []
@@ -982,7 +993,7 @@ class Dispatcher:
                 raise WrongState("pg_background_progress can only be called inside a background job")
             msg = cut_utf8(req.get("msg"), PROGRESS_MSG_LIMIT)
             job.progress = (req.get("pct"), msg)
-            self.store(job.db).write_latest(("progress", job.cookie), PROGRESS,
+            self.store(job.dbk).write_latest(("progress", job.cookie), PROGRESS,
                                             {"cookie": job.cookie, "pct": req.get("pct"), "msg": msg})
             return {}
         if op == "get_progress":
@@ -1001,10 +1012,8 @@ class Dispatcher:
                 self.retire()
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
-            if req.get("db"):
-                self.store(req["db"], int(req["db_oid"]))
-                self.config_db = self.config_db or req["db"]
-                self.note_activity(req["db"])
+            if req.get("db"):  # nothing is opened yet: a hello claims no database
+                self.config_db = self.config_db or (req["db"], int(req["db_oid"]))
             return {"epoch": self.epoch}
         if op == "ping":
             return {"epoch": self.epoch, "pid": os.getpid(), "pool_opened": self.pool.opened,
@@ -1057,13 +1066,14 @@ class Dispatcher:
             if r is None:
                 if w.alive():
                     bad.append(f"worker {pid} is connected but its backend is not in pg_stat_activity")
-            elif (r[1], int(r[3])) != (w.key[0], w.key[1]):
+            elif (r[1], int(r[3])) != (w.key[0], w.key[1]):  # pg_stat_activity names the database
                 bad.append(f"worker {pid} of ({w.key[0]}, role oid {w.key[1]}) is a backend of ({r[1]}, {r[2]})")
         for pid, r in seen.items():
             if pid not in live:
                 bad.append(f"backend {pid} ({r[1]}, {r[2]}) is a job worker the dispatcher does not hold")
         # the job table: once queued writes are committed, it says what the dispatcher knows
-        for db, store in stores.items():
+        for dbk, store in stores.items():
+            db = dbk[0]
             if store.idle():
                 continue  # released (a dropped database stays so): nothing of ours is there to compare
             failing = store.failing()
@@ -1073,7 +1083,7 @@ class Dispatcher:
                 continue
             try:
                 store.barrier()
-                rows = self.control_exec(db, """
+                rows = self.control_exec(dbk, """
                     SELECT j.cookie, j.pid, j.state, j.dispatcher_epoch
                     FROM plpy_bg.jobs j
                     WHERE j.state OPERATOR(pg_catalog.=) 'running'

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.fix_pg import invariants, launch, result, wait_for
+from tests.fix_pg import invariants, launch, pool_settings, result, wait_for
 
 pytestmark = [pytest.mark.server]
 
@@ -107,26 +107,6 @@ def test_a_job_that_adds_a_seccomp_filter_retires_its_worker(own_pg):
     assert invariants(own_pg) == []
 
 
-def _set(server, **settings):
-    """Pool settings through an included configuration file (ALTER SYSTEM refuses placeholders)."""
-    data = server.cluster.datadir
-    conf = data / "postgresql.conf"
-    if "plpy_bg_test.conf" not in conf.read_text():
-        with open(conf, "a") as f:
-            f.write("include_if_exists 'plpy_bg_test.conf'\n")
-    inc = data / "plpy_bg_test.conf"
-    current = dict(line.split(" = ", 1) for line in inc.read_text().splitlines()) if inc.exists() else {}
-    for k, v in settings.items():
-        if v is None:
-            current.pop(f"plpy_bg.{k}", None)
-        else:
-            current[f"plpy_bg.{k}"] = f"'{v}'"
-    inc.write_text("".join(f"{k} = {v}\n" for k, v in current.items()))
-    server.sql("SELECT pg_reload_conf()")
-    time.sleep(0.3)  # the reload reaches every backend
-    workers(server)  # makes the dispatcher read the settings now
-
-
 def _burst(conn, n, sql="SELECT pg_sleep(0.4)"):
     hs = [launch(conn, sql) for _ in range(n)]
     for h in hs:
@@ -135,7 +115,7 @@ def _burst(conn, n, sql="SELECT pg_sleep(0.4)"):
 
 
 def test_idle_workers_are_bounded_per_role_and_in_total(own_pg):
-    _set(own_pg, pool_max_idle_per_role=2, pool_max_idle=3)
+    pool_settings(own_pg, pool_max_idle_per_role=2, pool_max_idle=3)
     try:
         with own_pg.connect("alice") as a, own_pg.connect("bob") as b:
             _burst(a, 5)
@@ -148,26 +128,26 @@ def test_idle_workers_are_bounded_per_role_and_in_total(own_pg):
             assert len(idle_pids(own_pg, "bob")) >= 1  # still a pool, not none
         assert invariants(own_pg) == []
     finally:
-        _set(own_pg, pool_max_idle_per_role=None, pool_max_idle=None)
+        pool_settings(own_pg, pool_max_idle_per_role=None, pool_max_idle=None)
 
 
 def test_idle_workers_are_reaped(own_pg):
     with own_pg.connect("alice") as a:
         used = _burst(a, 3, "SELECT 1")
-    _set(own_pg, pool_idle_timeout="1s")
+    pool_settings(own_pg, pool_idle_timeout="1s")
     try:
         wait_for(lambda: not workers(own_pg, state="idle"), timeout=10)
         gone = lambda: not own_pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (list(used),))
         wait_for(gone, timeout=10)
         assert invariants(own_pg) == []
     finally:
-        _set(own_pg, pool_idle_timeout=None)
+        pool_settings(own_pg, pool_idle_timeout=None)
 
 
 @pytest.mark.parametrize("name, value", [("pool_max_idle", "lots"), ("pool_max_idle_per_role", "-3"),
                                          ("pool_idle_timeout", "forever"), ("pool_idle_timeout", "0")])
 def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):
-    _set(own_pg, **{name: value})
+    pool_settings(own_pg, **{name: value})
     try:
         with own_pg.connect("alice") as a:
             h = launch(a, "SELECT 'still works'")
@@ -175,7 +155,7 @@ def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):
         log = own_pg.cluster.sockdir
         assert any(f"plpy_bg.{name}" in p.read_text() for p in log.glob("*.log"))
     finally:
-        _set(own_pg, **{name: None})
+        pool_settings(own_pg, **{name: None})
 
 
 def test_a_worker_killed_while_idle_is_not_handed_out(own_pg):

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait, wait_for
+from tests.fix_pg import LIST_COLS, invariants, job_row, launch, pool_settings, result, wait, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -815,6 +815,46 @@ def test_one_huge_row_is_held_about_once(own_pg):
         c.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
     grown = (peak - before) / 1024
     assert grown < 650, f"dispatcher grew {grown:.0f} MB for one row of 200 MB"
+
+
+def test_results_outlive_the_release_of_their_database(own_pg):
+    """The dispatcher lets go of an idle database; unread results of jobs there stay readable, and
+    a session that ends with unread rows gives all of them back."""
+    pool_settings(own_pg, pool_idle_timeout="2s")
+    try:
+        with own_pg.connect("alice") as keep, own_pg.connect("alice") as leave:
+            h = launch(keep, "SELECT g FROM generate_series(1, 5) g")
+            big = [launch(leave, "SELECT repeat('x', 100000) FROM generate_series(1, 50)", 64 << 20)
+                   for _ in range(3)]
+            for x in big:
+                wait(leave, x)
+            wait(keep, h)
+            wait_for(lambda: not sql(own_pg, "SELECT 1 FROM pg_stat_activity "
+                                             "WHERE application_name LIKE 'plpy_bg %%' AND datname = 'postgres'"),
+                     timeout=20)  # released: no session of the dispatcher is left there
+            assert result(keep, h, "g int") == [(i,) for i in range(1, 6)]
+        log = next(own_pg.cluster.sockdir.glob(".s.plpy_bg.*.log")).read_text()
+        assert "Traceback" not in log
+    finally:
+        pool_settings(own_pg, pool_idle_timeout=None)
+
+
+def test_a_greeting_claims_no_database_name(own_pg):
+    """A role that only says hello in another role's database does not pin its name: the database
+    dropped and made again is served."""
+    make_role(own_pg, "greeter")
+    sql(own_pg, "CREATE DATABASE renewed OWNER greeter")
+    sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname="renewed")
+    sql(own_pg, "SELECT grant_pg_background_privileges('alice')", dbname="renewed")
+    with own_pg.connect("alice", "renewed") as c:
+        c.execute(f"SELECT count(*) FROM pg_background_list_v2() AS ({LIST_COLS})")
+    sql(own_pg, "DROP DATABASE renewed")
+    sql(own_pg, "CREATE DATABASE renewed OWNER greeter")
+    sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname="renewed")
+    sql(own_pg, "SELECT grant_pg_background_privileges('greeter')", dbname="renewed")
+    with own_pg.connect("greeter", "renewed") as c:
+        assert result(c, launch(c, "SELECT 'served'")) == [("served",)]
+    sql(own_pg, "DROP DATABASE renewed")
 
 
 def test_drop_database_right_after_a_job(own_pg):

@@ -766,7 +766,7 @@ class Dispatcher:
         job: a database made and dropped, or only greeted, leaves nothing behind."""
         with self.lock:
             for k, st in list(self.stores.items()):
-                if st.idle() and not self._running_in(k):
+                if not self._running_in(k) and st.forget():
                     del self.stores[k]
                     self.server_cache.pop(k, None)
                     self.db_active.pop(k, None)
@@ -885,34 +885,33 @@ class Dispatcher:
             while True:
                 try:
                     kind, payload = P.recv_frame(sock)
-                except (EOFError, ConnectionError, OSError):
+                except (EOFError, ConnectionError, OSError, P.ProtocolError):
                     break
                 if kind != b"Q":
                     break
-                req = json.loads(payload)
+                reply = self._answer(sess, json.loads(payload))
                 try:
-                    out = self.handle(sess, req)
-                except NeedPrivs as e:
-                    sock.sendall(P.pack_json(b"A", {"need_privs": e.uids}))
-                    continue
-                except PgError as e:
-                    sock.sendall(P.pack_json(b"E", e.as_dict()))
-                    continue
-                except psycopg.Error as e:
-                    sock.sendall(P.pack_json(b"E", {"sqlstate": getattr(e, "sqlstate", None) or "08006",
-                                                   "message": f"plpy_bg dispatcher: {str(e).strip()}"}))
-                    continue
-                except Exception as e:
-                    log.exception("request %s failed", req.get("op"))
-                    sock.sendall(P.pack_json(b"E", {"sqlstate": "XX000",
-                                                   "message": f"plpy_bg dispatcher: internal error: {e}"}))
-                    continue
-                if isinstance(out, bytes):
-                    sock.sendall(out)
-                else:
-                    sock.sendall(P.pack_json(b"A", out))
+                    sock.sendall(reply)
+                except OSError:  # the backend is gone; its jobs are detached below
+                    break
         finally:
             self.end_session(sess)
+
+    def _answer(self, sess: Session, req: dict) -> bytes:
+        """The reply frames to one request: the handler's answer or its error, never an exception."""
+        try:
+            out = self.handle(sess, req)
+        except NeedPrivs as e:
+            return P.pack_json(b"A", {"need_privs": e.uids})
+        except PgError as e:
+            return P.pack_json(b"E", e.as_dict())
+        except psycopg.Error as e:
+            return P.pack_json(b"E", {"sqlstate": getattr(e, "sqlstate", None) or "08006",
+                                     "message": f"plpy_bg dispatcher: {str(e).strip()}"})
+        except Exception as e:
+            log.exception("request %s failed", req.get("op"))
+            return P.pack_json(b"E", {"sqlstate": "XX000", "message": f"plpy_bg dispatcher: internal error: {e}"})
+        return out if isinstance(out, bytes) else P.pack_json(b"A", out)
 
     def end_session(self, sess: Session) -> None:
         """The launcher's session is gone: its jobs run on, detached."""

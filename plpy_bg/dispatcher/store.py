@@ -107,6 +107,18 @@ class Store:
         """A session of ours is open in this database (it holds a connection slot)."""
         return any(lane.conn is not None for lane in (self.fast, self.durable))
 
+    def forget(self) -> bool:
+        """Give the store up when nothing of it runs (no thread, no session, nothing queued); a
+        thread a stale caller starts on it later ends as soon as it has nothing to do."""
+        lanes = (self.fast, self.durable)
+        for lane in lanes:
+            with lane.life:
+                if lane.thread is not None or lane.conn is not None or not lane.q.empty():
+                    return False
+        for lane in lanes:
+            lane.forgotten = True
+        return True
+
     def submit(self, sql: str, params: dict) -> tuple:
         return self.fast.submit(sql, params)
 
@@ -164,6 +176,7 @@ class Lane:
         self.conn: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None  # runs while writes come; see _put and _run
         self.life = threading.Lock()  # orders a thread's end against the next write's start
+        self.forgotten = False  # the dispatcher gave this store up: end once idle, session or not
         self.last_purge = 0.0 if not durable else float("inf")
         self.ready = threading.Event()
         self.failing: str | None = None  # the last refusal while writes wait to be retried
@@ -281,10 +294,17 @@ class Lane:
             try:
                 first = self.q.get(timeout=IDLE_EXIT)
             except queue.Empty:
-                with self.life:  # released and idle: the thread ends; the next write starts one
-                    if self.q.empty() and self.conn is None:
-                        self.thread = None
-                        return
+                # released (no usable session) or given up, and idle: the thread ends (closing its
+                # session); the next write starts one
+                if self.busy.acquire(blocking=False):
+                    try:
+                        with self.life:
+                            if self.q.empty() and (self.forgotten or not self._usable()):
+                                self._drop()
+                                self.thread = None
+                                return
+                    finally:
+                        self.busy.release()
                 continue
             batch, size = [first], _size(first)
             while len(batch) < 500 and size < BATCH_BYTES:
@@ -343,7 +363,7 @@ class Lane:
                 return True
             state = getattr(e, "sqlstate", None) or ""
             if self.conn is None and f'database "{self.dbname}" does not exist' in str(e):
-                log.error("database %s was dropped: a job-table write for it is discarded", self.dbname)
+                self._note(f"database {self.dbname} was dropped: its job-table writes are discarded")
                 return self._fail(item, e)
             if not state or state[:2] == "08":
                 # no answer from the server (it restarts, our session was killed): retry

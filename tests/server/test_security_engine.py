@@ -857,6 +857,41 @@ def test_a_greeting_claims_no_database_name(own_pg):
     sql(own_pg, "DROP DATABASE renewed")
 
 
+def test_a_write_racing_a_failed_drop_leaves_no_session_behind(own_pg):
+    """An owner's DROP DATABASE that fails holds the database's lock for 5 s, so a job-table
+    session of ours opening meanwhile waits; the dispatcher must not give that store up while it
+    opens, or its session would stay, unseen, for ever (and the owner's next DROP fail)."""
+    import threading
+    make_role(own_pg, "owen")
+    sql(own_pg, "CREATE DATABASE owendb OWNER owen")
+    sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname="owendb")
+    sql(own_pg, "SELECT grant_pg_background_privileges('owen')", dbname="owendb")
+    pool_settings(own_pg, pool_idle_timeout="2s")
+    try:
+        s = own_pg.connect("owen", "owendb")
+        h = launch(s, "SELECT 42")
+        wait(s, h)
+        failed = []
+
+        def drop():
+            try:
+                sql(own_pg, "DROP DATABASE owendb", user="owen")
+            except psycopg.errors.ObjectInUse:
+                failed.append(True)
+        t = threading.Thread(target=drop)
+        t.start()
+        time.sleep(2.2)  # the dispatcher has let go of owendb; the DROP still holds its lock
+        assert result(s, h, "x int") == [(42,)]  # queues a write whose session waits for that lock
+        t.join(20)
+        assert failed
+        s.close()
+        ours = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'owendb' AND application_name LIKE 'plpy_bg %'"
+        wait_for(lambda: sql(own_pg, ours)[0][0] == 0, timeout=30)
+        sql(own_pg, "DROP DATABASE owendb", user="owen")
+    finally:
+        pool_settings(own_pg, pool_idle_timeout=None)
+
+
 def test_drop_database_right_after_a_job(own_pg):
     for db in ("dropme", "tmpl"):
         sql(own_pg, f"CREATE DATABASE {db}")

@@ -35,6 +35,7 @@ SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
+  pg_catalog.current_setting('standard_conforming_strings') AS sco,
   {vals} AS vals
 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1
 """
@@ -135,6 +136,13 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     if not ctx:
         raise PgError(f"current role (oid {uid}) does not exist", sqlstate="42704")
     r = ctx[0]
+    if r["sco"] != "on":
+        raise PgError("background jobs are read with standard_conforming_strings = on",
+                      detail="This session has standard_conforming_strings = off, under which a backslash in "
+                             "'...' escapes a quote: the server would read the job's text otherwise than "
+                             "plpy_bg's policy reads it.",
+                      hint="SET standard_conforming_strings = on before launching, and write E'...' where a "
+                           "backslash escape is meant.", sqlstate="0A000")
     qsize = queue_bytes(queue_size, r["default_queue_size"])
     max_workers = parse_setting("pg_background.max_workers", r["max_workers"], DEFAULT_MAX_WORKERS,
                                 {"": 1}, "")

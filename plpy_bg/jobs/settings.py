@@ -21,7 +21,8 @@ ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transacti
           "TimeZone", "DateStyle", "IntervalStyle", "application_name", "extra_float_digits",
           "bytea_output")
 # never sent: connection-level, identity or transaction state
-NEVER = ("client_encoding", "session_authorization", "role", "transaction_isolation",
+# (standard_conforming_strings: a job's text is lexed as the policy read it, always on)
+NEVER = ("client_encoding", "session_authorization", "role", "standard_conforming_strings", "transaction_isolation",
          "transaction_read_only", "transaction_deferrable", "seed", "is_superuser", "idle_session_timeout")
 
 # run under the caller's search_path: every operator and type is named with its schema

@@ -235,6 +235,11 @@ def _worse(a: str, b: str) -> str:
     return a if _RANK[a] >= _RANK[b] else b
 
 
+def worst_statement(statements: list[dict]) -> dict:
+    """The statement of the most dangerous kind (the first of them), to name in a refusal."""
+    return max(statements, key=lambda st: _RANK[st["kind"]]) if statements else {"command": "?", "kind": "read"}
+
+
 def _inspect_expressions(stmt: dict, entry: dict) -> None:
     """Fold functions, operators and nested commands of one statement into `entry`."""
     funcs = entry["functions"]

@@ -9,10 +9,13 @@ Rules, in order:
    resolved against the job's search_path, counting every visible overload
    a better type match could pick, not only the first schema.
 3. When the effective chain (see `provenance`) holds a role the job role
-   does not trust, statements of the kinds in
-   `classify.KINDS_REFUSED_WHEN_UNTRUSTED` are refused.
-Reads, writes and ordinary settings stay allowed: untrusted code that
-already runs as the job role could do those itself.
+   does not trust, the job is refused, whatever its statements: an
+   autonomous job escapes the inducer's victim's ROLLBACK and READ ONLY, so
+   even a read that writes nothing (it may leak into a table the job can
+   write) or a plain INSERT (its triggers run as the victim) is an
+   escalation. Callers outside the innermost SECURITY DEFINER frame owned by
+   the job role are not effective (`provenance.mark_boundary`): the wrapper's
+   author chose to act for them.
 """
 from __future__ import annotations
 
@@ -20,8 +23,7 @@ import re
 
 from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
 from plpy_bg.policy import catalog as _catalog
-from plpy_bg.policy.classify import (KINDS_ALWAYS_REFUSED, KINDS_REFUSED_WHEN_UNTRUSTED,
-                                     ClassifyError, classify)
+from plpy_bg.policy.classify import KINDS_ALWAYS_REFUSED, ClassifyError, classify, worst_statement
 from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
 
 FIRST_NORMAL_OID = 16384
@@ -220,11 +222,10 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
                   f'would run with the privileges of "{job_role}", who does not trust "{b.get("role")}".\n'
                   + lazy_detail())
         raise _induce(b.get("role"), job_role, b["name"], detail, _trust_hint(job_role, b.get("role")))
-    if culprit is not None:
-        for st in statements:
-            if st["kind"] in KINDS_REFUSED_WHEN_UNTRUSTED:
-                who = chain[culprit].get("role")
-                raise _induce(who, job_role, st["command"], lazy_detail(), _trust_hint(job_role, who))
+    if culprit is not None:  # an untrusted chain launches nothing
+        worst = worst_statement(statements)
+        who = chain[culprit].get("role")
+        raise _induce(who, job_role, worst["command"], lazy_detail(), _trust_hint(job_role, who))
     return {
         **cls,
         "job_role": job_role,

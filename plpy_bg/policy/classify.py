@@ -4,10 +4,9 @@
 statement with its command tag and kind, plus every function and operator the
 text names, so `decision` can resolve them against the catalog.
 
-Kinds, from harmless to never allowed:
-  read, write, setting      ordinary work; allowed whoever induced it
-  maintenance, ddl, privilege, server, opaque, transaction
-                            refused when the chain holds an untrusted role
+Kinds, from harmless to never allowed (a refusal names the worst statement):
+  read, write, setting, maintenance, ddl, transaction, opaque, privilege, server
+                            any of them refused when the chain holds an untrusted role
   identity                  SET ROLE and friends: always refused in a job
 
 We parse with ``parse_sql_json`` and walk plain dicts: building pglast's
@@ -23,8 +22,6 @@ from typing import Any, Iterator
 from plpy_bg.policy import _pglast as _parser
 
 KINDS_ALWAYS_REFUSED = frozenset({"identity"})
-KINDS_REFUSED_WHEN_UNTRUSTED = frozenset(
-    {"maintenance", "ddl", "privilege", "server", "opaque", "transaction"})
 
 # GUCs whose change is an identity change (set_config('role', ...) included)
 IDENTITY_GUCS = frozenset({"role", "session_authorization"})

@@ -292,7 +292,12 @@ def test_settings_with_quotes_and_backslashes_are_inherited(pg, scs):
         c.execute(f"SET standard_conforming_strings = {scs}")
         c.execute("SELECT set_config('application_name', %s, false)", ("it's a \\ test",))
         c.execute("SELECT set_config('work_mem', '5MB', false)")
-        h = launch(c, "SELECT current_setting('application_name') || '|' || current_setting('work_mem')")
+        job = "SELECT current_setting('application_name') || '|' || current_setting('work_mem')"
+        if scs == "off":  # the policy's lexer would not read the text as the server does
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="standard_conforming_strings = on"):
+                launch(c, job)
+            c.execute("SET standard_conforming_strings = on")
+        h = launch(c, job)
         assert result(c, h) == [("it's a \\ test|5MB",)]
 
 

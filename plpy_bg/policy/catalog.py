@@ -35,6 +35,48 @@ FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
 WHERE c.oid {_EQ} ANY($1)""", ["pg_catalog.oid[]"])
+# Code a statement on these relations may run with no frame of its author: expressions of row-
+# level security policies, column defaults and generated columns, CHECK constraints, index
+# expressions, rules and trigger conditions, and CHECK constraints of the columns' domains, when
+# they call a function that is not built in (the extension's launch and trust functions included).
+# A trigger's own function is not counted: it runs as a frame of its owner, seen on the stack.
+_USER_FN = f"d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.>=) 16384"
+_Q_CODE = (f"""
+SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
+  ARRAY(SELECT DISTINCT x.k FROM (
+    SELECT 'row-level security policy' AS k FROM pg_catalog.pg_policy o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.polrelid {_EQ} c.oid AND {_USER_FN}
+    UNION ALL SELECT 'column default' FROM pg_catalog.pg_attrdef o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.adrelid {_EQ} c.oid AND {_USER_FN}
+    UNION ALL SELECT 'constraint' FROM pg_catalog.pg_constraint o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.conrelid {_EQ} c.oid AND {_USER_FN}
+    UNION ALL SELECT 'index expression' FROM pg_catalog.pg_index o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid {_EQ} o.indexrelid
+      WHERE o.indrelid {_EQ} c.oid AND {_USER_FN}
+    UNION ALL SELECT 'rule' FROM pg_catalog.pg_rewrite o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.ev_class {_EQ} c.oid AND {_USER_FN}
+    UNION ALL SELECT 'trigger' FROM pg_catalog.pg_trigger o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_trigger'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.tgrelid {_EQ} c.oid AND NOT o.tgisinternal AND {_USER_FN}
+        AND d.refobjid OPERATOR(pg_catalog.<>) o.tgfoid) x) AS kinds
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
+WHERE c.oid {_EQ} ANY($1)
+UNION ALL
+SELECT DISTINCT t.oid, n.nspname, t.typname, t.typowner, r.rolname, 'domain', ARRAY['domain constraint']
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid {_EQ} a.atttypid AND t.typtype {_EQ} 'd'
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} t.typnamespace
+JOIN pg_catalog.pg_constraint k ON k.contypid {_EQ} t.oid
+JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} k.oid
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} t.typowner
+WHERE a.attrelid {_EQ} ANY($1) AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND {_USER_FN}
+""", ["pg_catalog.oid[]"])
 _Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["pg_catalog.oid", "pg_catalog.oid"])
 _Q_FUNCS = (f"""
 SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
@@ -128,6 +170,12 @@ class Catalog:
     def relations(self, oids: list[int]) -> list[dict]:
         key = ("rels", tuple(sorted(set(oids))))
         return self._cached(key, _Q_RELS, list(key[1]))
+
+    def code_of(self, oids: list[int]) -> list[dict]:
+        """Relations among `oids`, and domains of their columns, whose expressions call functions
+        that are not built in: (oid, name, owner, what, kinds) for those that do."""
+        key = ("code", tuple(sorted(set(oids))))
+        return [r for r in self._cached(key, _Q_CODE, list(key[1])) if r["kinds"]]
 
     def can_become(self, member: int, role: int) -> bool:
         """True when `member` may SET ROLE to `role` (superusers may become anyone)."""

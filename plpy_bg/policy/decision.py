@@ -79,6 +79,8 @@ def _describe(e: dict) -> str:
     if k in ("view", "rule"):
         what = "view" if k == "view" else "table with rules"
         return f'{what} {e.get("name")} owned by {role}'
+    if k in ("table", "domain"):
+        return f'{k} {e.get("name")} owned by {role} (its {", ".join(e.get("code") or ())} call functions)'
     if k == "job":
         return f'parent job (pid {e.get("pid")}) running as {role}'
     sd = "SECURITY DEFINER" if e.get("security_definer") else "SECURITY INVOKER"

@@ -132,11 +132,21 @@ def _statement_entries(be: native.Backend, cat, on_stack: set[int]) -> tuple[str
                      "detail": f"statement plans of PostgreSQL {be.major} are not inspected"}]
     portal, rels, funcs = deps
     out = []
+    named = set()
     for r in cat.relations(rels) if rels else ():
         if r["relkind"] == "v" or r["relhasrules"]:
+            named.add(int(r["oid"]))
             out.append({"kind": "view" if r["relkind"] == "v" else "rule", "oid": int(r["oid"]),
                         "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
                         "role": r["owner"]})
+    # expressions that run with no frame of their author (a policy, a default, a domain's CHECK
+    # calling the launch or trust function): the relation's or domain's owner wrote them
+    for r in cat.code_of(rels) if rels else ():
+        if r["what"] == "relation" and int(r["oid"]) in named:
+            continue
+        out.append({"kind": "table" if r["what"] == "relation" else "domain", "oid": int(r["oid"]),
+                    "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
+                    "role": r["owner"], "code": list(r["kinds"])})
     seen = set(on_stack)
     for oid in funcs:
         if oid in seen:

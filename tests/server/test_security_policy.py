@@ -136,3 +136,64 @@ def test_the_policy_splits_statements_as_the_server_does(scene, text):
         row = job_row(scene, h[1])
         assert row["state"] == "completed", row["last_error"]
         assert row["classification"]["statement_count"] == server_count
+
+
+# ---- code that runs with no frame of its author --------------------------------------------
+
+NO_FRAME = """
+CREATE TABLE trapm.pol (x int);
+INSERT INTO trapm.pol VALUES (1);
+ALTER TABLE trapm.pol ENABLE ROW LEVEL SECURITY;
+CREATE POLICY p ON trapm.pol USING (
+    (public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets')).pid IS NOT NULL);
+GRANT SELECT ON trapm.pol TO PUBLIC;
+CREATE TABLE trapm.pol_trust (x int);
+INSERT INTO trapm.pol_trust VALUES (1);
+ALTER TABLE trapm.pol_trust ENABLE ROW LEVEL SECURITY;
+CREATE POLICY p ON trapm.pol_trust USING (public.pg_background_trust(pg_catalog.to_regrole('mallory')) IS NOT NULL);
+GRANT SELECT ON trapm.pol_trust TO PUBLIC;
+CREATE TABLE trapm.dflt (x int, y text DEFAULT (public.pg_background_trust(pg_catalog.to_regrole('mallory')))::text);
+GRANT INSERT ON trapm.dflt TO PUBLIC;
+CREATE DOMAIN trapm.d AS int CHECK (
+    (public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets')).pid IS NOT NULL);
+CREATE TABLE trapm.dom (x trapm.d);
+GRANT INSERT ON trapm.dom TO PUBLIC;
+CREATE TABLE trapm.plain (x int);
+INSERT INTO trapm.plain VALUES (1);
+GRANT SELECT ON trapm.plain TO PUBLIC;
+"""
+
+
+@pytest.fixture(scope="module")
+def no_frame(scene):
+    scene.sql(NO_FRAME, user="mallory")
+    return scene
+
+
+def trusted_by_admin(server):
+    return server.sql("SELECT trustee::text FROM plpy_bg.trust t JOIN pg_roles r ON r.oid = t.truster "
+                      "WHERE r.rolname = 'admin'")
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM trapm.pol", "INSERT INTO trapm.dom VALUES (1)"])
+def test_a_policy_or_a_domain_check_launches_nothing_for_its_victim(no_frame, sql):
+    with no_frame.connect("admin") as c:
+        c.execute("BEGIN READ ONLY" if sql.startswith("SELECT") else "BEGIN")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='user "mallory" may not induce user "admin"'):
+            c.execute(sql)
+        c.execute("ROLLBACK")
+    assert loot(no_frame) == []
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM trapm.pol_trust", "INSERT INTO trapm.dflt (x) VALUES (1)"])
+def test_a_policy_or_a_default_cannot_declare_trust_for_its_victim(no_frame, sql):
+    with no_frame.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_background_trust"):
+            c.execute(sql)
+    assert trusted_by_admin(no_frame) == []
+
+
+def test_a_plain_table_of_another_role_does_not_taint_a_launch(no_frame):
+    with no_frame.connect("admin") as c:
+        h = c.execute("SELECT h.* FROM trapm.plain, LATERAL pg_background_launch_v2('SELECT 7') h").fetchone()
+        assert result(c, h) == [("7",)]

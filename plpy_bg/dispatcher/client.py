@@ -239,7 +239,9 @@ def get(plpy, GD) -> Client:
             break
         except PgError as e:
             c.close()
-            if e.sqlstate != "57P04":  # not a dispatcher of a restarted server, which retires: say why
+            # a dispatcher of a restarted server retires, and one that is just going away drops the
+            # connection: try again; any other answer (it cannot log in, ...) says why at once
+            if e.sqlstate != "57P04" and not c.broken:
                 raise
             err = e
         except (FileNotFoundError, ConnectionRefusedError) as e:

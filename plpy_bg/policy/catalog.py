@@ -41,28 +41,26 @@ WHERE c.oid {_EQ} ANY($1)""", ["pg_catalog.oid[]"])
 # they call a function that is not built in (the extension's launch and trust functions included).
 # A trigger's own function is not counted: it runs as a frame of its owner, seen on the stack.
 _USER_FN = f"d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.>=) 16384"
+# (what a refusal calls it, the catalog, the class its pg_depend rows name, its object and
+# relation columns, a further condition)
+_CODE_SOURCES = (
+    ("row-level security policy", "pg_policy", "pg_policy", "oid", "polrelid", ""),
+    ("column default", "pg_attrdef", "pg_attrdef", "oid", "adrelid", ""),
+    ("constraint", "pg_constraint", "pg_constraint", "oid", "conrelid", ""),
+    ("index expression", "pg_index", "pg_class", "indexrelid", "indrelid", ""),
+    ("rule", "pg_rewrite", "pg_rewrite", "oid", "ev_class", ""),
+    ("trigger", "pg_trigger", "pg_trigger", "oid", "tgrelid",
+     " AND NOT o.tgisinternal AND d.refobjid OPERATOR(pg_catalog.<>) o.tgfoid"),
+)
+_CODE_KINDS = "\n    UNION ALL ".join(
+    f"SELECT '{kind}' AS k FROM pg_catalog.{cat} o JOIN pg_catalog.pg_depend d\n"
+    f"      ON d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} o.{obj}\n"
+    f"      WHERE o.{rel} {_EQ} c.oid AND {_USER_FN}{extra}"
+    for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
 _Q_CODE = (f"""
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
   ARRAY(SELECT DISTINCT x.k FROM (
-    SELECT 'row-level security policy' AS k FROM pg_catalog.pg_policy o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.polrelid {_EQ} c.oid AND {_USER_FN}
-    UNION ALL SELECT 'column default' FROM pg_catalog.pg_attrdef o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.adrelid {_EQ} c.oid AND {_USER_FN}
-    UNION ALL SELECT 'constraint' FROM pg_catalog.pg_constraint o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.conrelid {_EQ} c.oid AND {_USER_FN}
-    UNION ALL SELECT 'index expression' FROM pg_catalog.pg_index o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid {_EQ} o.indexrelid
-      WHERE o.indrelid {_EQ} c.oid AND {_USER_FN}
-    UNION ALL SELECT 'rule' FROM pg_catalog.pg_rewrite o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.ev_class {_EQ} c.oid AND {_USER_FN}
-    UNION ALL SELECT 'trigger' FROM pg_catalog.pg_trigger o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_trigger'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.tgrelid {_EQ} c.oid AND NOT o.tgisinternal AND {_USER_FN}
-        AND d.refobjid OPERATOR(pg_catalog.<>) o.tgfoid) x) AS kinds
+    {_CODE_KINDS}) x) AS kinds
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner

@@ -30,8 +30,6 @@ from plpy_bg.jobs.settings import UNITS_BYTES, literal, parse_setting
 DiagField = pq.DiagnosticField
 
 
-
-
 def error_fields(res) -> dict:
     def f(code):
         v = res.error_field(code)

@@ -195,7 +195,6 @@ class Dispatcher:
         self.sockdir = sockdir
         self.port = port
         self.postmaster = postmaster
-        self.postmaster_pid = postmaster.pid
         self.socket_path = socket_path
         self.os_user = identmap.os_user()
         self.epoch = secrets.token_hex(8)
@@ -265,7 +264,6 @@ class Dispatcher:
             if s is None:
                 db, db_oid = dbk
                 s = self.stores[dbk] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch)
-                s.db_oid = db_oid
             return s
 
     def _open_worker(self, key: tuple, role: str) -> Worker:
@@ -641,9 +639,9 @@ class Dispatcher:
         else:
             with self.lock:
                 job = sess.jobs.get(cookie) or self.jobs.get(cookie)
-            if (job is None or job.pid != pid) and op == "detach":
-                raise ObjectNotFound(f"PID {pid} is not attached to this session")
             if job is None or job.pid != pid:
+                if op == "detach":
+                    raise ObjectNotFound(f"PID {pid} is not attached to this session")
                 raise ObjectNotFound(f"no background job with pid {pid} and this cookie",
                                      detail="The job may have ended and been detached, or the handle is wrong.",
                                      hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
@@ -709,7 +707,7 @@ class Dispatcher:
                 continue
             last_tick = now
             if not self.postmaster.alive():
-                log.info("postmaster %s is gone; dispatcher exits", self.postmaster_pid)
+                log.info("postmaster %s is gone; dispatcher exits", self.postmaster.pid)
                 self.stopping.set()
                 os._exit(0)
 
@@ -776,16 +774,18 @@ class Dispatcher:
         """Serve `dbk` only if the sessions of ours in all databases stay a bounded share of the
         server's slots, and one role's running jobs keep at most half of them busy: a role that
         keeps many databases busy takes neither everyone's slots nor every database's room."""
-        held = self.held_databases()
-        cap = max(2, min(DISPATCHER_DATABASES, self.max_connections // DATABASES_PER_CONNECTIONS))
         with self.lock:
             busy_for_role = {j.dbk for j in self.by_worker_pid.values() if j.user_id == uid}
-        if dbk not in busy_for_role and len(busy_for_role) >= max(1, cap // 2):
+        if dbk in busy_for_role:  # a running job of the role holds it already: nothing to count
+            return
+        cap = max(2, min(DISPATCHER_DATABASES, self.max_connections // DATABASES_PER_CONNECTIONS))
+        if len(busy_for_role) >= max(1, cap // 2):
             raise TooManyConnections(
                 f"could not start background job: this role has running jobs in {len(busy_for_role)} databases",
                 detail=f"One role's running jobs may keep at most {max(1, cap // 2)} of the {cap} databases "
                        "plpy_bg serves at once busy.",
                 hint="Wait for your jobs in other databases to end, or raise max_connections.")
+        held = self.held_databases()
         if dbk in held or len(held) < cap:
             return
         with self.lock:
@@ -821,10 +821,6 @@ class Dispatcher:
         with self.lock:
             dbs = sorted(k for k, st in self.stores.items() if st.durable.conn is not None)
         return sorted(dbs, key=lambda d: d != self.config_db)
-
-    def _probe_db(self) -> tuple[str, int] | None:
-        dbs = self._probe_dbs()
-        return dbs[0] if dbs else None
 
     def contested(self, held: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Databases of ours that another session locks to be alone in them (those commands wait
@@ -864,7 +860,7 @@ class Dispatcher:
             if self.retiring:
                 return
             self.retiring = True
-        log.info("dispatcher of postmaster %s retires", self.postmaster_pid)
+        log.info("dispatcher of postmaster %s retires", self.postmaster.pid)
         self.stopping.set()
         try:
             if self.listener is not None:
@@ -1007,7 +1003,7 @@ class Dispatcher:
                             "provenance": json.loads(job.provenance) if job.provenance else None,
                             "classification": json.loads(job.classification) if job.classification else None}}
         if op == "hello":
-            if int(req.get("postmaster_pid") or 0) != self.postmaster_pid:
+            if int(req.get("postmaster_pid") or 0) != self.postmaster.pid:
                 self.retire()
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
@@ -1123,9 +1119,10 @@ class Dispatcher:
     def refresh_config(self, force: bool = False) -> None:
         """The pool's bounds from the server's settings (postgresql.conf or ALTER SYSTEM)."""
         now = time.monotonic()
-        probe = self._probe_db()
-        if probe is None or (not force and now - self.config_at < 5.0):
+        probes = self._probe_dbs()
+        if not probes or (not force and now - self.config_at < 5.0):
             return
+        probe = probes[0]
         self.config_at = now
         try:
             row = self.control_exec(probe, """SELECT
@@ -1163,7 +1160,7 @@ class Dispatcher:
         self.listener = srv
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
         threading.Thread(target=self.housekeeper, name="housekeeper", daemon=True).start()
-        log.info("dispatcher %s listening on %s (postmaster %s)", self.epoch, self.socket_path, self.postmaster_pid)
+        log.info("dispatcher %s listening on %s (postmaster %s)", self.epoch, self.socket_path, self.postmaster.pid)
         while not self.stopping.is_set():
             try:
                 conn, _ = srv.accept()

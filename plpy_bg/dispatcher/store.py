@@ -81,7 +81,6 @@ class Store:
     """Two lanes per database: launches never queue behind the flush of a final state."""
 
     def __init__(self, connect, dbname: str, epoch: str, retention: str = "7 days"):
-        self.db_oid: int | None = None  # the database the name must lead to (the dispatcher checks)
         self.fast = Lane(connect, dbname, epoch, retention, durable=False)
         self.durable = Lane(connect, dbname, epoch, retention, durable=True)
 
@@ -280,8 +279,9 @@ class Lane:
                 self.conn = self._open()
             try:
                 with self.conn.transaction():
-                    self.conn.execute(f"SET LOCAL statement_timeout = {int(limit_ms)}")
-                    self.conn.execute(f"SET LOCAL lock_timeout = {int(limit_ms) // 2}")
+                    self.conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true), "
+                                      "pg_catalog.set_config('lock_timeout', %s, true)",
+                                      (str(int(limit_ms)), str(int(limit_ms) // 2)))
                     return self.conn.execute(sql, params).fetchall()
             except psycopg.OperationalError:
                 self._drop()

@@ -4,6 +4,8 @@ Where pg_background has a bound, the same one (queue size, max_workers, progress
 lengths, grace period); where plpy_bg holds memory pg_background does not (the dispatcher),
 a bound of its own, documented in README ("Security model").
 """
+from plpy_bg.errors import cut_utf8
+
 DEFAULT_QUEUE = 65536
 MIN_QUEUE = 4096
 MAX_QUEUE = 256 << 20  # pg_background: "queue size must not exceed 268435456 bytes"
@@ -23,8 +25,8 @@ JOB_SQL_STORED = 1 << 20  # bytes of a job's text kept in the job table (the wor
 
 def stored_sql(sql: str) -> str:
     """The job text as the job table keeps it: whole up to 1 MB, else its head and a note."""
-    b = sql.encode()
-    if len(b) <= JOB_SQL_STORED:
+    n = len(sql.encode())
+    if n <= JOB_SQL_STORED:
         return sql
-    head = b[:JOB_SQL_STORED].decode("utf-8", "ignore")
-    return f"{head}\n-- plpy_bg: the job table keeps the first {JOB_SQL_STORED} of {len(b)} bytes of this text"
+    return (f"{cut_utf8(sql, JOB_SQL_STORED)}\n"
+            f"-- plpy_bg: the job table keeps the first {JOB_SQL_STORED} of {n} bytes of this text")

@@ -24,6 +24,7 @@ ALWAYS = ("search_path", "statement_timeout", "lock_timeout", "idle_in_transacti
 # (standard_conforming_strings: a job's text is lexed as the policy read it, always on)
 NEVER = ("client_encoding", "session_authorization", "role", "standard_conforming_strings", "transaction_isolation",
          "transaction_read_only", "transaction_deferrable", "seed", "is_superuser", "idle_session_timeout")
+_NEVER_LOWER = frozenset(n.lower() for n in NEVER)  # setting names are case-insensitive
 
 # run under the caller's search_path: every operator and type is named with its schema
 BASELINE_SQL = """
@@ -93,8 +94,7 @@ def baseline(plpy, GD) -> Baseline:
 
 def placeholders(plpy, GD, names_csv: str | None) -> list[list[str]]:
     """[name, value] of the custom settings named in plpy_bg.inherit_settings that are set."""
-    never = {n.lower() for n in NEVER}  # setting names are case-insensitive
-    names = [n.strip() for n in (names_csv or "").split(",") if n.strip() and n.strip().lower() not in never]
+    names = [n.strip() for n in (names_csv or "").split(",") if n.strip() and n.strip().lower() not in _NEVER_LOWER]
     if not names:
         return []
     plan = GD.get(GD_PLAN)

@@ -1,6 +1,7 @@
 -- Privilege helpers, internal functions and the grants; runs last.
 
 -- the peer-map line that lets the dispatcher log in as a job role; runs as the extension's owner
+DROP FUNCTION IF EXISTS plpy_bg.register_role(pg_catalog.text);  -- 0.1.0's, without `present`
 CREATE OR REPLACE FUNCTION plpy_bg.register_role(role_name pg_catalog.text, present pg_catalog.bool DEFAULT true)
 RETURNS pg_catalog.void
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER

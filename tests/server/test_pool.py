@@ -153,7 +153,8 @@ def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):
             h = launch(a, "SELECT 'still works'")
             assert result(a, h) == [("still works",)]
         log = own_pg.cluster.sockdir
-        assert any(f"plpy_bg.{name}" in p.read_text() for p in log.glob("*.log"))
+        # a fresh dispatcher has no session to ask until the launch: it reads them on its next tick
+        wait_for(lambda: any(f"plpy_bg.{name}" in p.read_text() for p in log.glob("*.log")), timeout=10)
     finally:
         pool_settings(own_pg, **{name: None})
 

@@ -239,8 +239,10 @@ class Pool:
     this against pg_stat_activity).
     """
 
-    def __init__(self, connect, max_idle_per_role: int = 8, max_idle_total: int = 32,
-                 idle_timeout: float = 60.0):
+    DEFAULTS = (8, 32, 60.0)  # idle per role, idle in all, idle seconds: what an unset setting means
+
+    def __init__(self, connect, max_idle_per_role: int = DEFAULTS[0], max_idle_total: int = DEFAULTS[1],
+                 idle_timeout: float = DEFAULTS[2]):
         self._connect = connect
         self.max_idle_per_role = max_idle_per_role
         self.max_idle_total = max_idle_total

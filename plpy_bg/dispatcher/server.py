@@ -1120,7 +1120,10 @@ class Dispatcher:
         """The pool's bounds from the server's settings (postgresql.conf or ALTER SYSTEM)."""
         now = time.monotonic()
         probes = self._probe_dbs()
-        if not probes or (not force and now - self.config_at < 5.0):
+        if not probes:
+            self.config_at = 0.0  # read as soon as a session of ours is open again
+            return
+        if not force and now - self.config_at < 5.0:
             return
         probe = probes[0]
         self.config_at = now
@@ -1132,11 +1135,13 @@ class Dispatcher:
         except Exception as e:
             log.warning("could not read the pool settings: %s", e)
             return
-        per_role = pool_setting("plpy_bg.pool_max_idle_per_role", row[0], self.pool.max_idle_per_role,
+        d_role, d_total, d_timeout = Pool.DEFAULTS
+        per_role = pool_setting("plpy_bg.pool_max_idle_per_role", row[0], self.pool.max_idle_per_role, d_role,
                                 {"": 1}, "", 0, 100000)
-        total = pool_setting("plpy_bg.pool_max_idle", row[1], self.pool.max_idle_total, {"": 1}, "", 0, 100000)
+        total = pool_setting("plpy_bg.pool_max_idle", row[1], self.pool.max_idle_total, d_total,
+                             {"": 1}, "", 0, 100000)
         timeout = pool_setting("plpy_bg.pool_idle_timeout", row[2], int(self.pool.idle_timeout * 1000),
-                               jsettings.UNITS_MS, "s", 1, 7 * 86_400_000) / 1000
+                               int(d_timeout * 1000), jsettings.UNITS_MS, "s", 1, 7 * 86_400_000) / 1000
         if (per_role, total, timeout) != (self.pool.max_idle_per_role, self.pool.max_idle_total,
                                           self.pool.idle_timeout):
             log.info("pool bounds: %s idle per role, %s idle in all, %s s idle limit", per_role, total, timeout)
@@ -1195,17 +1200,18 @@ def no_slot(e: Exception) -> None:
                                  hint="Raise max_connections or wait for running jobs to end.") from None
 
 
-def pool_setting(name: str, raw: str | None, default, units: dict, base: str, low: int, high: int):
-    """A pool setting read with the launch settings' parser; out of [low, high] or unreadable, it
-    is logged and the default kept (the dispatcher has nobody to raise the error to)."""
+def pool_setting(name: str, raw: str | None, current, default, units: dict, base: str, low: int, high: int):
+    """A pool setting read with the launch settings' parser: unset, the default; out of [low, high]
+    or unreadable, it is logged and the current value kept (the dispatcher has nobody to raise the
+    error to)."""
     try:
         v = jsettings.parse_setting(name, raw, default, units, base)
         if low <= v <= high:
             return v
     except PgError:
         pass
-    log.warning("%s = %r is not in [%s, %s] %s; keeping %s", name, raw, low, high, base or "", default)
-    return default
+    log.warning("%s = %r is not in [%s, %s] %s; keeping %s", name, raw, low, high, base or "", current)
+    return current
 
 
 def main(argv=None) -> int:

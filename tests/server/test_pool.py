@@ -144,6 +144,17 @@ def test_idle_workers_are_reaped(own_pg):
         pool_settings(own_pg, pool_idle_timeout=None)
 
 
+def test_an_unset_pool_setting_is_back_to_its_default(own_pg):
+    log = lambda: "".join(p.read_text() for p in own_pg.cluster.sockdir.glob("*.log"))  # noqa: E731
+    with own_pg.connect("alice") as a:
+        _burst(a, 1, "SELECT 1")
+        pool_settings(own_pg, pool_idle_timeout="7s")
+        wait_for(lambda: "7.0 s idle limit" in log(), timeout=10)
+        pool_settings(own_pg, pool_idle_timeout=None)
+        _burst(a, 1, "SELECT 1")
+        wait_for(lambda: "60.0 s idle limit" in log().rsplit("pool bounds:", 1)[-1], timeout=10)
+
+
 @pytest.mark.parametrize("name, value", [("pool_max_idle", "lots"), ("pool_max_idle_per_role", "-3"),
                                          ("pool_idle_timeout", "forever"), ("pool_idle_timeout", "0")])
 def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):

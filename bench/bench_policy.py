@@ -5,6 +5,8 @@ Measures, per call, inside one backend (the launch path's real conditions):
                    with the text seen before (LRU hit) and new (full pglast parse)
   capture+check    the whole policy cost of a plain top-level launch
   check 20 stmts   a 20-statement migration (DDL, VACUUM, functions)
+  N-frame chain    capture + check below N-1 distinct PL/pgSQL functions (each one's running
+                   statement read from its plan)
   cold             the first call in a fresh session (catalog cache empty)
 Prints a table and appends it, dated, to bench/RESULTS.md under "## policy".
 
@@ -51,10 +53,17 @@ MIGRATION = ";\n".join([
 ])
 
 SETUP = """
-CREATE EXTENSION plpython3u;
+CREATE EXTENSION plpy_bg CASCADE;
 CREATE SCHEMA app;
-CREATE FUNCTION app.touch(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
 CREATE ROLE admin LOGIN;
+-- nest_k: a chain of k distinct PL/pgSQL functions above the measuring function
+DO $$ BEGIN FOR i IN 1..19 LOOP
+    EXECUTE format($f$CREATE FUNCTION public.nest_%%s(mode text, sql text, n int) RETURNS text
+        LANGUAGE plpgsql AS $b$ BEGIN RETURN %%s; END $b$ $f$, i,
+        CASE WHEN i = 1 THEN 'public.bench(mode, sql, n)' ELSE format('public.nest_%%s(mode, sql, n)', i - 1) END);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION public.nest_%%s(text, text, int) TO admin', i);
+END LOOP; END $$;
+CREATE FUNCTION app.touch(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
 CREATE FUNCTION public.bench(mode text, sql text, n int) RETURNS text LANGUAGE plpython3u AS $python$
 import sys
 if %(root)r not in sys.path: sys.path.insert(0, %(root)r)
@@ -87,6 +96,7 @@ policy.check(plpy, sql + ' ', policy.capture_provenance(plpy), plpy.execute("SEL
 return time.perf_counter() - t
 $python$;
 GRANT EXECUTE ON FUNCTION public.bench(text, text, int), public.cold(text) TO admin;
+GRANT USAGE ON SCHEMA plpy_bg TO admin;
 GRANT USAGE ON SCHEMA app TO admin;
 """
 
@@ -116,6 +126,11 @@ def main() -> None:
                 r = json.loads(conn.execute("SELECT public.bench(%s, %s, %s)",
                                             (mode, sql, args.iterations)).fetchone()[0])
                 rows.append((label, us(r["median"]), us(r["p90"]), us(r["min"])))
+            for depth in (2, 20):
+                r = json.loads(conn.execute(f"SELECT public.nest_{depth - 1}('full', %s, %s)",
+                                            (ONE, args.iterations)).fetchone()[0])
+                rows.append((f"capture + check, 1 statement, {depth}-frame chain", us(r["median"]),
+                             us(r["p90"]), us(r["min"])))
         for label, sql in (("cold session, 1 statement", ONE), ("cold session, 20 statements", MIGRATION)):
             with psycopg.connect(c.dsn("admin"), autocommit=True) as conn:
                 t = conn.execute("SELECT public.cold(%s)", (sql,)).fetchone()[0]

@@ -23,7 +23,9 @@ _Q_ROLE_BY_NAME = (f"SELECT r.oid, r.rolsuper FROM pg_catalog.pg_roles r WHERE r
 _Q_PROC = (f"""
 SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
        p.proowner, r.rolname AS owner, l.lanname, p.prosecdef, p.prokind,
-       p.xmin::pg_catalog.text::pg_catalog.int8 AS xmin, p.ctid::pg_catalog.text AS ctid
+       p.xmin::pg_catalog.text::pg_catalog.int8 AS xmin, p.ctid::pg_catalog.text AS ctid,
+       EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) c
+               WHERE pg_catalog.starts_with(c, 'search_path=')) AS sets_search_path
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
@@ -163,6 +165,7 @@ class Catalog:
         return {"oid": oid, "schema": r["nspname"], "name": r["proname"], "args": r["args"],
                 "owner_oid": int(r["proowner"]), "owner": r["owner"], "language": r["lanname"],
                 "security_definer": r["prosecdef"], "prokind": r["prokind"],
+                "sets_search_path": r["sets_search_path"],
                 "xmin": int(r["xmin"]), "ctid": (int(block), int(off))}
 
     def relations(self, oids: list[int]) -> list[dict]:

@@ -73,7 +73,7 @@ def _describe(e: dict) -> str:
     if k == "session":
         return f"session user {role}"
     if k == "unknown":
-        return f'unidentified frame ({e.get("detail", "no detail")})'
+        return f'unidentified code ({e.get("detail", "no detail")})'
     if k == "inline":
         return f'anonymous code block ({e.get("language")})'
     if k in ("view", "rule"):
@@ -112,8 +112,9 @@ def _induce(who: str | None, job_role: str, command: str, detail: str, hint: str
 
 def _trust_hint(job_role: str, who: str | None) -> str:
     if who is None:
-        return ("Launch the job from top level or from a PL/pgSQL, PL/Python or SQL function, "
-                "so its origin can be established.")
+        return ("Call the launch function from a plain statement (SELECT, INSERT, UPDATE, DELETE, CALL, DO) or from "
+                "a PL/pgSQL, PL/Python or SQL function, not from a query that CREATE TABLE AS, EXPLAIN or COPY "
+                "runs; build dynamic SQL with format() and %L instead of parameters, so its origin can be established.")
     return (f'If "{job_role}" trusts "{who}", run SELECT {TRUST_FUNCTION}({_lit(who)}) '
             f'as "{job_role}", or launch the job from code "{job_role}" trusts.')
 

@@ -16,10 +16,17 @@ hands us itself (the context stack, PL/Python's contexts, the active portal)
 are read directly with `peek_*`, which is five times cheaper. We call only C
 getters that cannot raise an ERROR (a longjmp through Python would be fatal).
 
-Layouts were checked with offsetof() against the PostgreSQL 15 headers; the
-frame layouts have been stable since 13. Portal/PlannedStmt offsets are
-known for 15 only: elsewhere `statement_relations()` returns None and the
-caller fails closed.
+Below the top level, the statement a frame runs is read from its plan: a
+PL/pgSQL frame's current statement's expressions (PLpgSQL_execstate.err_stmt),
+a SQL function's running PlannedStmt (its SQLFunctionCache), and the
+CachedPlanSource behind SPI's own frame (its SPICallbackArg names the query
+text, which lives in the plan source's memory context). Each is verified by a
+magic number or a pointer back before it is believed.
+
+Layouts were checked with offsetof() against the PostgreSQL 15 headers (and
+the private structs of aset.c and functions.c copied beside them); the frame
+layouts have been stable since 13. Plan layouts are known for 15 only:
+elsewhere the caller records an unknown entry and fails closed.
 """
 from __future__ import annotations
 
@@ -49,10 +56,41 @@ _FRAME_LAYOUT = {
     "ply_is_trigger": 37,       # PLyProcedure.is_trigger
 }
 _PORTAL_LAYOUT = {
-    15: {"portal_name": 0, "portal_stmts": 88, "plannedstmt_tag": 237,
+    15: {"portal_name": 0, "portal_stmts": 88, "portal_status": 132, "portal_active": 3,
+         "portal_command_tag": 64, "ps_command_tag": 24,
+         "plannedstmt_tag": 237, "plannedstmt_command": 4, "cmd_utility": 6, "plannedstmt_utility": 112,
          "plannedstmt_relation_oids": 88, "plannedstmt_inval_items": 96,
-         "planinvalitem_tag": 61, "procoid_cache": 45, "list_length": 4, "list_elements": 16},
+         "planinvalitem_tag": 61, "procoid_cache": 45, "list_length": 4, "list_elements": 16,
+         "list_tag": 231, "oid_list_tag": 233, "rawstmt_tag": 235, "rawstmt_stmt": 8,
+         # CachedPlanSource (plancache.h) and the memory context it is the first chunk of (aset.c)
+         "plansource_magic": 195726186, "ps_raw_parse_tree": 8, "ps_query_string": 16, "ps_context": 80,
+         "ps_relation_oids": 96, "ps_inval_items": 104, "ps_gplan": 136,
+         "cplan_magic": 953717834, "cplan_stmt_list": 8,
+         "aset_keeper": 208, "alloc_block_header": 40, "alloc_chunk_header": 16,
+         "spiplan_magic": 569278163, "spiplan_list": 8, "plyplan_plan": 16,
+         # PL/pgSQL: PLpgSQL_execstate.err_stmt, PLpgSQL_expr.plan and .func, the cond/expr of
+         # PLpgSQL_if_elsif, PLpgSQL_case_when and PLpgSQL_raise_option (plpgsql.h)
+         "plpgsql_err_stmt": 216, "plpgsql_expr_plan": 16, "plpgsql_expr_func": 32, "plpgsql_item_expr": 8,
+         # SQL functions: FmgrInfo.fn_extra -> SQLFunctionCache.fname/func_state -> execution_state
+         "fmgr_fn_extra": 24, "sqlfn_fname": 0, "sqlfn_func_state": 64,
+         "es_next": 0, "es_status": 8, "es_running": 1, "es_stmt": 16},
 }
+# utility statements whose code runs only in PL frames we read (or in a portal of its own)
+CALL_TAG = 353
+UTILITY_TAGS = {CALL_TAG: "CALL", 264: "DO", 304: "EXECUTE", 260: "FETCH", 270: "TRANSACTION",
+                306: "DECLARE CURSOR", 252: "CLOSE"}
+# utility statements whose query parse analysis reads (their plan sources list its dependencies)
+ANALYZED_UTILITY_TAGS = {278: "CREATE TABLE AS (or SELECT INTO)", 277: "EXPLAIN"}
+# raw statements that are planned: INSERT, DELETE, UPDATE, MERGE, SELECT, PL/pgSQL assignment
+PLANNABLE_TAGS = frozenset({238, 239, 240, 241, 242, 244})
+
+
+class Deps(NamedTuple):
+    """What a statement's plans depend on: relation oids, user function oids, and the node tags of
+    its utility statements (whose queries, if any, are not in the plan)."""
+    rels: list[int]
+    funcs: list[int]
+    utility: list[tuple[int, str]]  # (node tag, command name)
 SUPPORTED_MAJORS = range(13, 19)
 
 
@@ -73,6 +111,14 @@ class Backend:
         self._sinval = ctypes.c_uint64.in_dll(self.lib, "SharedInvalidMessageCounter")
         self._portal = ctypes.c_void_p.in_dll(self.lib, "ActivePortal")
         self._search_path = ctypes.c_char_p.in_dll(self.lib, "namespace_search_path")
+        self._get_portal = self.lib.GetPortalByName  # a hash lookup: raises no ERROR
+        self._get_portal.restype = ctypes.c_void_p
+        self._get_portal.argtypes = [ctypes.c_char_p]
+        self.spi_callback: int | None = None  # learned by `learn_spi_callback`
+        self.spi_probed = False
+        self._command_name = self.lib.GetCommandTagName  # an array lookup
+        self._command_name.restype = ctypes.c_char_p
+        self._command_name.argtypes = [ctypes.c_int]
         for name in ("GetUserId", "GetSessionUserId", "GetAuthenticatedUserId",
                      "GetOuterUserId", "GetTopTransactionIdIfAny"):
             getattr(self.lib, name).restype = ctypes.c_uint32
@@ -138,14 +184,6 @@ class Backend:
     @staticmethod
     def peek_tid_xmin(addr: int) -> tuple[int, tuple[int, int]]:
         xmin, hi, lo, off = struct.unpack("<IHHH", ctypes.string_at(addr, 10))
-        return xmin, ((hi << 16) | lo, off)
-
-    def tid_xmin(self, addr: int) -> tuple[int, tuple[int, int]] | None:
-        """(xmin, (block, offset)) from a TransactionId followed by an ItemPointerData."""
-        b = self.read(addr, 10)
-        if b is None:
-            return None
-        xmin, hi, lo, off = struct.unpack("<IHHH", b)
         return xmin, ((hi << 16) | lo, off)
 
     # -- identity and cache state ------------------------------------------
@@ -222,33 +260,217 @@ class Backend:
             ctx = self.peek_ptr(ctx + nxt)
         return out
 
-    def statement_dependencies(self) -> tuple[str, list[int], list[int]] | None:
-        """(portal name, relation oids, user function oids) the active portal's plans depend on.
-
-        Views stay in a plan's relationOids after rewriting, and the planner
-        records every user function it calls or inlines in invalItems as a
-        PROCOID hash, which is murmurhash32(oid): a bijection we invert.
-        None when this server version's layout is unknown.
-        """
-        lay = self.portal
-        if lay is None:
+    # -- plans of statements run below the top level (read with pread: pointers are guesses) --
+    def _list_safe(self, lst: int | None, tag: int, limit: int = 100_000) -> list[int] | None:
+        """A List's cells as 64-bit words, or None when `lst` is not a List of that tag."""
+        if not lst:
+            return []
+        head = self.read(lst, 24)
+        if head is None:
             return None
-        portal = self._portal.value
-        if not portal:
-            return "", [], []
+        t, n = struct.unpack_from("<iI", head)
+        if t != tag or n > limit:
+            return None
+        if n == 0:
+            return []
+        cells = self.read(_U64.unpack_from(head, 16)[0], 8 * n)
+        return list(struct.unpack(f"<{n}Q", cells)) if cells else None
+
+    def _funcs_of(self, items: list[int]) -> list[int] | None:
+        lay = self.portal
+        out = []
+        for item in items:
+            b = self.read(item, 12)
+            if b is None:
+                return None
+            tag, cache_id, hash_value = struct.unpack("<iiI", b)
+            if tag != lay["planinvalitem_tag"]:
+                return None
+            if cache_id == lay["procoid_cache"]:
+                out.append(unmurmur32(hash_value))
+        return out
+
+    def command_name(self, tag: int | None) -> str:
+        """GetCommandTagName() of a CommandTag read from a verified structure."""
+        return (self._command_name(tag) or b"?").decode() if tag is not None and 0 <= tag < 1000 else "?"
+
+    def _deps_of_lists(self, rel_list: int, item_list: int) -> Deps | None:
+        lay = self.portal
+        rels = self._list_safe(rel_list, lay["oid_list_tag"])
+        items = self._list_safe(item_list, lay["list_tag"])
+        funcs = None if items is None else self._funcs_of(items)
+        if rels is None or funcs is None:
+            return None
+        return Deps([r & 0xFFFFFFFF for r in rels], funcs, [])
+
+    def planned_deps(self, stmt: int, command: str = "?") -> Deps | None:
+        """Dependencies of one PlannedStmt (one read of its head)."""
+        lay = self.portal
+        head = self.read(stmt, lay["plannedstmt_utility"] + 8)
+        if head is None or _U32.unpack_from(head)[0] != lay["plannedstmt_tag"]:
+            return None
+        if _U32.unpack_from(head, 4)[0] == lay["cmd_utility"]:
+            node = _U64.unpack_from(head, lay["plannedstmt_utility"])[0]
+            tag = self.u32(node) if node else None
+            return None if tag is None else Deps([], [], [(tag, ANALYZED_UTILITY_TAGS.get(tag, command))])
+        return self._deps_of_lists(_U64.unpack_from(head, lay["plannedstmt_relation_oids"])[0],
+                                   _U64.unpack_from(head, lay["plannedstmt_inval_items"])[0])
+
+    def plansource_deps(self, ps: int) -> Deps | None:
+        """Dependencies of a CachedPlanSource found by parse analysis (views and rules expanded,
+        every function called), plus those of its generic plan (functions the planner inlined)."""
+        lay = self.portal
+        head = self.read(ps, lay["ps_gplan"] + 8)
+        if head is None or _U32.unpack_from(head)[0] != lay["plansource_magic"]:
+            return None
+        word = lambda off: _U64.unpack_from(head, off)[0]  # noqa: E731
+        deps = self._deps_of_lists(word(lay["ps_relation_oids"]), word(lay["ps_inval_items"]))
+        if deps is None:
+            return None
+        raw = word(lay["ps_raw_parse_tree"])
+        if raw:
+            node = self.read(raw, lay["rawstmt_stmt"] + 8)
+            if node is None or _U32.unpack_from(node)[0] != lay["rawstmt_tag"]:
+                return None
+            stmt = _U64.unpack_from(node, lay["rawstmt_stmt"])[0]
+            tag = self.u32(stmt) if stmt else None
+            if tag is None:
+                return None
+            if tag not in PLANNABLE_TAGS:
+                deps.utility.append((tag, self.command_name(_U32.unpack_from(head, lay["ps_command_tag"])[0])))
+        gplan = word(lay["ps_gplan"])
+        if gplan:
+            cplan = self.read(gplan, lay["cplan_stmt_list"] + 8)
+            if cplan and _U32.unpack_from(cplan)[0] == lay["cplan_magic"]:
+                for stmt in self._list_safe(_U64.unpack_from(cplan, lay["cplan_stmt_list"])[0], lay["list_tag"]) or ():
+                    d = self.planned_deps(stmt)
+                    if d is not None:
+                        deps.rels.extend(d.rels)
+                        deps.funcs.extend(d.funcs)
+        return deps
+
+    def plansource_of_text(self, qs: int) -> int | None:
+        """The CachedPlanSource whose query_string is `qs`: CreateCachedPlan makes it the first
+        chunk of its own memory context and copies the text into that context, so the text's chunk
+        names the context, whose keeper block starts with the plan source. Verified by its magic
+        and by its query_string and context pointing back."""
+        lay = self.portal
+        aset = self.ptr(qs - 8)
+        keeper = self.ptr(aset + lay["aset_keeper"]) if aset else None
+        if not keeper:
+            return None
+        ps = keeper + lay["alloc_block_header"] + lay["alloc_chunk_header"]
+        if (self.u32(ps) == lay["plansource_magic"] and self.ptr(ps + lay["ps_query_string"]) == qs
+                and self.ptr(ps + lay["ps_context"]) == aset):
+            return ps
+        return None
+
+    def plpy_plan_sources(self, plan_object) -> list[int] | None:
+        """CachedPlanSources of a PL/Python plan object (PLyPlanObject.plan)."""
+        return self.spi_plan_sources(self.peek_ptr(id(plan_object) + self.portal["plyplan_plan"]))
+
+    def plpgsql_statement_plan_sources(self, estate: int) -> list[int] | None:
+        """Plan sources of every expression of the statement a PL/pgSQL frame is running (its
+        current statement's expressions, found by their pointer back to the frame's function)."""
+        lay = self.portal
+        head = self.read(estate, lay["plpgsql_err_stmt"] + 8)
+        if head is None:
+            return None
+        func = _U64.unpack_from(head, self.frame["plpgsql_func"])[0]
+        stmt = _U64.unpack_from(head, lay["plpgsql_err_stmt"])[0]
+        words = self.read(stmt + 8, 8 * 8) if func and stmt else None  # at most 8 pointers after the header
+        if words is None:
+            return None
+        f_off, list_tag, item_off = lay["plpgsql_expr_func"], lay["list_tag"], lay["plpgsql_item_expr"]
+        exprs = []
+        for w in struct.unpack("<8Q", words):
+            b = self.read(w, f_off + 8) if w else None  # as an expression (func at 32) or a List (tag, length)
+            if b is None:
+                continue
+            if _U64.unpack_from(b, f_off)[0] == func:
+                exprs.append(b)
+            elif _U32.unpack_from(b)[0] == list_tag:
+                for cell in self._list_safe(w, list_tag, 10_000) or ():
+                    c = self.read(cell, f_off + 8)
+                    if c is not None and _U64.unpack_from(c, f_off)[0] == func:
+                        exprs.append(c)
+                    elif c is not None:  # an ELSIF, a WHEN or a RAISE option holding one expression
+                        inner = _U64.unpack_from(c, item_off)[0]
+                        e = self.read(inner, f_off + 8) if inner else None
+                        if e is not None and _U64.unpack_from(e, f_off)[0] == func:
+                            exprs.append(e)
+        out = []
+        for e in exprs:
+            out.extend(self.spi_plan_sources(_U64.unpack_from(e, lay["plpgsql_expr_plan"])[0]) or ())
+        return out
+
+    def spi_plan_sources(self, plan: int) -> list[int] | None:
+        """CachedPlanSources of an SPIPlan (magic checked)."""
+        lay = self.portal
+        head = self.read(plan, lay["spiplan_list"] + 8) if plan else None
+        if head is None or _U32.unpack_from(head)[0] != lay["spiplan_magic"]:
+            return None
+        return self._list_safe(_U64.unpack_from(head, lay["spiplan_list"])[0], lay["list_tag"])
+
+    def sql_function_statement(self, flinfo: int, name: str) -> Deps | None:
+        """Dependencies of the statement a SQL function frame is running (its cache checked by
+        the function's name)."""
+        lay = self.portal
+        cache = self.ptr(flinfo + lay["fmgr_fn_extra"])
+        if not cache or self.cstring(self.ptr(cache + lay["sqlfn_fname"]) or 0) != name:
+            return None
+        for es in self._list_safe(self.ptr(cache + lay["sqlfn_func_state"]), lay["list_tag"], 10_000) or ():
+            hops = 0
+            while es and hops < 10_000:
+                if self.u32(es + lay["es_status"]) == lay["es_running"]:
+                    return self.planned_deps(self.ptr(es + lay["es_stmt"]) or 0)
+                es = self.ptr(es + lay["es_next"])
+                hops += 1
+        return None
+
+    def spi_statement_text(self, arg: int, limit: int = 1 << 20) -> tuple[int, str] | None:
+        """(address, text) of the statement an SPI frame runs (its SPICallbackArg.query)."""
+        qs = self.ptr(arg)
+        if not qs:
+            return None
+        chunks = []
+        addr = qs
+        while addr - qs < limit:
+            b = self.read(addr, 4096 - addr % 4096)
+            if b is None:
+                return None
+            end = b.find(b"\0")
+            if end >= 0:
+                chunks.append(b[:end])
+                return qs, b"".join(chunks).decode("utf-8", "replace")
+            chunks.append(b)
+            addr += len(b)
+        return None
+
+    def top_level_portal(self) -> int | None:
+        """The unnamed portal when it is running (the top-level statement while a cursor runs)."""
+        p = self._get_portal(b"")
+        if p and self.peek_u32(p + self.portal["portal_status"]) == self.portal["portal_active"]:
+            return p
+        return None
+
+    def portal_deps(self, portal: int) -> tuple[str, Deps]:
+        lay = self.portal
         name = self.peek_cstring(self.peek_ptr(portal + lay["portal_name"])) or ""
-        stmts = self.peek_ptr(portal + lay["portal_stmts"])
-        rels: list[int] = []
-        funcs: list[int] = []
-        for stmt in self._list_ptrs(stmts):
-            if self.peek_u32(stmt) != lay["plannedstmt_tag"]:
-                continue  # a utility statement wrapper carries no plan
-            rels.extend(self._list_oids(self.peek_ptr(stmt + lay["plannedstmt_relation_oids"])))
-            for item in self._list_ptrs(self.peek_ptr(stmt + lay["plannedstmt_inval_items"])):
-                tag, cache_id, hash_value = struct.unpack("<iiI", ctypes.string_at(item, 12))
-                if tag == lay["planinvalitem_tag"] and cache_id == lay["procoid_cache"]:
-                    funcs.append(unmurmur32(hash_value))
-        return name, rels, funcs
+        command = self.command_name(self.peek_u32(portal + lay["portal_command_tag"]))
+        deps = Deps([], [], [])
+        for stmt in self._list_ptrs(self.peek_ptr(portal + lay["portal_stmts"])):
+            d = self.planned_deps(stmt, command)
+            if d is None:
+                deps.utility.append((-1, command))
+                continue
+            deps.rels.extend(d.rels)
+            deps.funcs.extend(d.funcs)
+            deps.utility.extend(d.utility)
+        return name, deps
+
+    def active_portal(self) -> int | None:
+        return self._portal.value
 
     def _list_cells(self, lst: int | None) -> tuple[int, int]:
         if not lst:
@@ -259,10 +481,6 @@ class Backend:
     def _list_ptrs(self, lst: int | None) -> list[int]:
         n, cells = self._list_cells(lst)
         return list(struct.unpack(f"<{n}Q", ctypes.string_at(cells, 8 * n))) if n else []
-
-    def _list_oids(self, lst: int | None) -> list[int]:
-        n, cells = self._list_cells(lst)
-        return [v & 0xFFFFFFFF for v in struct.unpack(f"<{n}Q", ctypes.string_at(cells, 8 * n))] if n else []
 
 
 def murmurhash32(h: int) -> int:
@@ -284,6 +502,30 @@ def unmurmur32(h: int) -> int:
 
 
 _BACKEND: Backend | None = None
+PROBE_SQL = "SELECT plpy_bg.stack_probe() -- plpy_bg: where SPI statements sit on the stack"
+
+
+def learn_spi_callback(plpy, be: Backend) -> int | None:
+    """SPI's error callback (a static function) found once per backend: a probe function called
+    through SPI finds the frame whose statement text is the probe's own."""
+    if not be.spi_probed and be.portal is not None:
+        be.spi_probed = True  # once per backend, found or not
+        try:
+            plpy.execute(PROBE_SQL)
+        except plpy.SPIError:
+            return None  # no USAGE on schema plpy_bg: SPI frames stay unidentified (fail closed)
+    return be.spi_callback
+
+
+def note_spi_callback(plpy) -> None:
+    """Body of plpy_bg.stack_probe(): the first engine frame below it that runs PROBE_SQL is SPI's."""
+    be = backend(plpy)
+    for f in (be.error_context_frames() or ())[1:8]:
+        if f.library == "postgres" and f.arg:
+            got = be.spi_statement_text(f.arg, 4096)
+            if got and got[1] == PROBE_SQL:
+                be.spi_callback = f.callback
+                return
 
 
 def backend(plpy) -> Backend:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import struct
 
 from plpy_bg.policy import catalog as _catalog
 from plpy_bg.policy import native
+from plpy_bg.policy.classify import ClassifyError, max_param
 
 PROVENANCE_VERSION = 1
 _PYNAME_OID = re.compile(r"_(\d+)$")
@@ -43,24 +45,25 @@ def _function_entry(cat: _catalog.Catalog, oid: int, xmin_tid, how: str, trigger
         return {"kind": "unknown", "role_oid": None, "role": None,
                 "detail": f"{how} frame for function oid {oid} not found in pg_proc as running"}
     return {"kind": "trigger" if trigger else "function", "oid": oid,
-            "name": f'{p["schema"]}.{p["name"]}({p["args"]})', "role_oid": p["owner_oid"],
-            "role": p["owner"], "language": p["language"],
-            "security_definer": bool(p["security_definer"])}
+            "name": f'{p["schema"]}.{p["name"]}({p["args"]})', "proname": p["name"], "prokind": p["prokind"],
+            "role_oid": p["owner_oid"], "role": p["owner"], "language": p["language"],
+            "security_definer": bool(p["security_definer"]), "sets_search_path": p["sets_search_path"]}
 
 
 def _plpgsql_frame(be: native.Backend, cat, arg: int) -> dict:
     lay = be.frame
-    func = be.ptr(arg + lay["plpgsql_func"])
-    if not func:
+    estate = be.read(arg, 24)  # func, trigdata, evtrigdata
+    func = struct.unpack_from("<Q", estate, lay["plpgsql_func"])[0] if estate else 0
+    head = be.read(func, lay["plpgsql_fn_oid"] + 14) if func else None  # signature .. fn_oid, fn_xmin, fn_tid
+    if head is None:
         return {"kind": "unknown", "role_oid": None, "role": None, "detail": "unreadable PL/pgSQL frame"}
-    oid = be.u32(func + lay["plpgsql_fn_oid"])
+    oid, xmin, hi, lo, off = struct.unpack_from("<IIHHH", head, lay["plpgsql_fn_oid"])
     if oid == 0:
-        sig = be.cstring(be.ptr(func + lay["plpgsql_fn_signature"]) or 0)
+        sig = be.cstring(struct.unpack_from("<Q", head, lay["plpgsql_fn_signature"])[0])
         if sig == "inline_code_block":
             return {"kind": "inline", "language": "plpgsql", "role_oid": None, "role": None}
-    xt = be.tid_xmin(func + lay["plpgsql_fn_oid"] + 4)
-    trig = bool(be.ptr(arg + lay["plpgsql_trigdata"]) or be.ptr(arg + lay["plpgsql_evtrigdata"]))
-    return _function_entry(cat, oid or 0, xt, "PL/pgSQL", trigger=trig)
+    trig = any(struct.unpack_from("<QQ", estate, lay["plpgsql_trigdata"]))
+    return _function_entry(cat, oid, (xmin, ((hi << 16) | lo, off)), "PL/pgSQL", trigger=trig)
 
 
 def _plpython_frame(be: native.Backend, cat, ctx: int) -> dict:
@@ -90,74 +93,209 @@ def _sql_frame(be: native.Backend, cat, arg: int) -> dict | None:
     return entry
 
 
-def _stack_entries(be: native.Backend, cat) -> list[dict]:
-    """PL frames on the stack, outermost first."""
-    if be.frame is None:
-        return [{"kind": "unknown", "role_oid": None, "role": None,
-                 "detail": f"call stack layout of PostgreSQL {be.major} is not known"}]
-    raw = be.error_context_frames()
-    if raw is None:
-        return [{"kind": "unknown", "role_oid": None, "role": None, "detail": "call stack unreadable"}]
-    py_contexts = be.plpython_contexts()
-    py_set = set(py_contexts)
-    out = []
-    for f in raw:
-        if f.library == "plpgsql":
-            out.append(_plpgsql_frame(be, cat, f.arg))
-        elif f.library == "plpython":
-            if f.arg in py_set:
-                out.append(_plpython_frame(be, cat, f.arg))
-            else:  # the inline handler's callback carries no argument
-                inline = [c for c in py_contexts if _plpython_frame(be, cat, c)["kind"] == "inline"]
-                out.append({"kind": "inline", "language": "plpython3u", "role_oid": None, "role": None}
-                           if inline else {"kind": "unknown", "role_oid": None, "role": None,
-                                           "detail": "unmatched PL/Python frame"})
-        elif f.library == "postgres":
-            entry = _sql_frame(be, cat, f.arg)
-            if entry is not None:
-                out.append(entry)
-            # other engine callbacks (SPI, COPY, VACUUM ...) describe work, not authors
-        else:
-            out.append({"kind": "unknown", "role_oid": None, "role": None,
-                        "detail": f"frame of {f.library}"})
-    out.reverse()
-    return out
+def _unknown(detail: str) -> dict:
+    return {"kind": "unknown", "role_oid": None, "role": None, "detail": detail}
 
 
-def _statement_entries(be: native.Backend, cat, on_stack: set[int]) -> tuple[str, list[dict]]:
-    """Views, rule-bearing tables and functions the running statement's plan depends on."""
-    deps = be.statement_dependencies()
-    if deps is None:
-        return "", [{"kind": "unknown", "role_oid": None, "role": None,
-                     "detail": f"statement plans of PostgreSQL {be.major} are not inspected"}]
-    portal, rels, funcs = deps
+def _trim(text: str, n: int = 60) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[:n - 3] + "..."
+
+
+def _dependency_entries(cat, deps: native.Deps, listed: set) -> list[dict]:
+    """Views, rule-bearing tables, relations and domains with frame-less code, and user functions
+    a statement depends on; each object once in a chain (`listed`)."""
     out = []
+    rels = sorted(set(deps.rels))
     named = set()
     for r in cat.relations(rels) if rels else ():
         if r["relkind"] == "v" or r["relhasrules"]:
             named.add(int(r["oid"]))
-            out.append({"kind": "view" if r["relkind"] == "v" else "rule", "oid": int(r["oid"]),
-                        "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
-                        "role": r["owner"]})
+            if ("rel", int(r["oid"])) not in listed:
+                listed.add(("rel", int(r["oid"])))
+                out.append({"kind": "view" if r["relkind"] == "v" else "rule", "oid": int(r["oid"]),
+                            "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
+                            "role": r["owner"]})
     # expressions that run with no frame of their author (a policy, a default, a domain's CHECK
     # calling the launch or trust function): the relation's or domain's owner wrote them
     for r in cat.code_of(rels) if rels else ():
-        if r["what"] == "relation" and int(r["oid"]) in named:
+        key = (r["what"], int(r["oid"]))
+        if (r["what"] == "relation" and int(r["oid"]) in named) or key in listed:
             continue
+        listed.add(key)
         out.append({"kind": "table" if r["what"] == "relation" else "domain", "oid": int(r["oid"]),
                     "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
                     "role": r["owner"], "code": list(r["kinds"])})
-    seen = set(on_stack)
-    for oid in funcs:
-        if oid in seen:
+    for oid in deps.funcs:
+        if ("func", oid) in listed:
             continue
-        seen.add(oid)
+        listed.add(("func", oid))
         e = _function_entry(cat, oid, None, "statement")
         if e["kind"] == "unknown":
             continue  # a PROCOID hash of a function dropped since planning
         e["kind"] = "statement function"
         out.append(e)
-    return portal, out
+    return out
+
+
+def _utility_entries(utility: list[tuple[int, str]], analyzed: bool, inner: dict | None) -> list[dict]:
+    """Utility statements run code we may not see: refused unless their code runs in frames we read
+    (CALL's procedure, DO's block, a portal of their own) or, for a plan source (`analyzed`), in a
+    query whose dependencies parse analysis listed (CREATE TABLE AS, EXPLAIN)."""
+    out = []
+    for tag, command in utility:
+        if tag in native.UTILITY_TAGS:
+            if tag == native.CALL_TAG and (inner is None or inner.get("prokind") != "p"):
+                out.append(_unknown(f"the arguments of a {command} statement are not inspected"))
+            continue
+        if analyzed and tag in native.ANALYZED_UTILITY_TAGS:
+            continue
+        out.append(_unknown(f"what the {command} statement runs is not inspected"))
+    return out
+
+
+def _reanalyzed(plpy, be: native.Backend, text: str, inner: list[dict]) -> native.Deps | None:
+    """Dependencies of a one-shot statement (dynamic SQL, plpy.execute of a string) by the server's
+    own parse analysis in a subtransaction that is rolled back: nothing is planned or run. Only
+    when no frame inside it changed the user or the search_path its names were resolved under."""
+    if any(e.get("security_definer") or e.get("sets_search_path") for e in inner):
+        return None
+    try:
+        if max_param(text):
+            return None  # a parameter's type is the caller's to know: an unknown one resolves nothing
+    except ClassifyError:
+        return None
+
+    class Rollback(Exception):
+        pass
+
+    found: list = []
+    try:
+        with plpy.subtransaction():
+            plan = plpy.prepare(text)
+            sources = be.plpy_plan_sources(plan) or []
+            found.extend(be.plansource_deps(ps) for ps in sources)
+            if not sources:
+                found.append(None)
+            raise Rollback
+    except Rollback:
+        pass
+    except plpy.SPIError:
+        return None
+    if not found or any(d is None for d in found):
+        return None
+    return native.Deps([r for d in found for r in d.rels], [f for d in found for f in d.funcs],
+                       [u for d in found for u in d.utility])
+
+
+def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, native.RawFrame | None]]:
+    """The frames on the stack, outermost first: (kind, entry, raw frame); kind is "plpgsql",
+    "plpython", "sql", "spi" (a statement run through SPI, no entry of its own) or "other"."""
+    if be.frame is None:
+        return [("other", _unknown(f"call stack layout of PostgreSQL {be.major} is not known"), None)]
+    raw = be.error_context_frames()
+    if raw is None:
+        return [("other", _unknown("call stack unreadable"), None)]
+    py_contexts = be.plpython_contexts()
+    py_set = set(py_contexts)
+    spi = native.learn_spi_callback(plpy, be)
+    items: list = []
+    unidentified = False
+    for f in reversed(raw):
+        if f.library == "plpgsql":
+            items.append(("plpgsql", _plpgsql_frame(be, cat, f.arg), f))
+        elif f.library == "plpython":
+            if f.arg in py_set:
+                items.append(("plpython", _plpython_frame(be, cat, f.arg), f))
+            else:  # the inline handler's callback carries no argument
+                inline = [c for c in py_contexts if _plpython_frame(be, cat, c)["kind"] == "inline"]
+                items.append(("plpython", {"kind": "inline", "language": "plpython3u", "role_oid": None,
+                                           "role": None} if inline else _unknown("unmatched PL/Python frame"), f))
+        elif f.library == "postgres":
+            entry = _sql_frame(be, cat, f.arg)
+            if entry is not None:
+                items.append(("sql", entry, f))
+            elif spi is not None and f.callback == spi:
+                items.append(("spi", None, f))
+            elif spi is None:
+                unidentified = True
+            # other engine callbacks (COPY, VACUUM ...) describe work, not authors
+        else:
+            items.append(("other", _unknown(f"frame of {f.library}"), f))
+    if unidentified:
+        items.insert(0, ("other", _unknown("statements run by functions cannot be told apart (the stack "
+                                           "probe plpy_bg.stack_probe() could not run)"), None))
+    return items
+
+
+def _frame_statement(be: native.Backend, cat, plpy, kind: str, entry: dict | None, f: native.RawFrame,
+                     inner: list[dict], listed: set) -> list[dict]:
+    """Entries for the statement a frame is running, the one that leads inwards to the launch."""
+    nxt = inner[0] if inner else None
+    if kind == "plpgsql" and entry["kind"] in ("function", "trigger", "inline"):
+        sources = be.plpgsql_statement_plan_sources(f.arg)
+        if not sources:
+            return [_unknown(f'the running statement of {entry.get("name") or "a DO block"} is unreadable')]
+        out = []
+        for ps in sources:
+            deps = be.plansource_deps(ps)
+            if deps is None:
+                return [_unknown(f'a plan of {entry.get("name") or "a DO block"} is unreadable')]
+            out += _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, True, nxt)
+        return out
+    if kind == "sql" and entry["kind"] == "function":
+        deps = be.sql_function_statement(f.arg, entry["proname"])
+        if deps is None:
+            return [_unknown(f'the running statement of SQL function {entry["name"]} is unreadable')]
+        return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, nxt)
+    if kind == "spi":
+        got = be.spi_statement_text(f.arg)
+        if got is None:
+            return [_unknown("a statement run through SPI is unreadable")]
+        qs, text = got
+        ps = be.plansource_of_text(qs)
+        deps = be.plansource_deps(ps) if ps is not None else _reanalyzed(plpy, be, text, inner)
+        if deps is None:
+            return [_unknown(f'dynamic statement "{_trim(text)}" could not be analyzed (it takes parameters, '
+                             'or a function inside it changes the user or the search_path)')]
+        return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, True, nxt)
+    return []
+
+
+def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
+    """Everything after the session user, outermost first: the top-level statement's dependencies,
+    then each frame followed by the dependencies of the statement it runs."""
+    items = _stack_items(be, cat, plpy)
+    frames = [e for _, e, _ in items if e is not None]
+    listed = {("func", e["oid"]) for e in frames if "oid" in e}
+    if be.portal is None:
+        return [_unknown(f"statement plans of PostgreSQL {be.major} are not inspected")] + frames
+    out: list[dict] = []
+    outer = frames[0] if frames else None
+    active = be.active_portal()
+    cursor: list[dict] = []
+    if not active:
+        out.append(_unknown("the launch runs while a statement is planned, outside any portal"))
+    else:
+        name, deps = be.portal_deps(active)
+        top = active if name == "" else be.top_level_portal()
+        if top and top != active:
+            _, top_deps = be.portal_deps(top)
+            out += _dependency_entries(cat, top_deps, listed) + _utility_entries(top_deps.utility, False, outer)
+        here = _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, outer)
+        if top == active:
+            out += here
+        else:  # a cursor: run by the innermost function before the launch
+            cursor = here
+    for i, (kind, entry, f) in enumerate(items):
+        if i == len(items) - 1:
+            out += cursor
+        if entry is not None:
+            out.append(entry)
+        if f is not None:
+            inner = [e for _, e, _ in items[i + 1:] if e is not None]
+            out += _frame_statement(be, cat, plpy, kind, entry, f, inner, listed)
+    return out if items else out + cursor
 
 
 def mark_boundary(chain: list[dict], job_role_oid: int) -> None:
@@ -183,9 +321,7 @@ def capture_provenance(plpy, parent_job: dict | None = None) -> dict:
     cat.refresh()
     user = be.user_id()
     session = be.session_user_id()
-    frames = _stack_entries(be, cat)
-    on_stack = {e["oid"] for e in frames if "oid" in e}
-    portal, stmt_entries = _statement_entries(be, cat, on_stack)
+    body = _chain_body(be, cat, plpy)
     chain: list[dict] = []
     parent = None
     if parent_job:
@@ -195,13 +331,7 @@ def capture_provenance(plpy, parent_job: dict | None = None) -> dict:
                 chain.append({**e, "inherited": True, "effective": True})
         parent = {k: parent_job.get(k) for k in ("pid", "cookie", "role") if k in parent_job}
     chain.append(_role_entry(cat, "session", session))
-    if portal == "" or not frames:
-        chain.extend(stmt_entries)
-        chain.extend(frames)
-    else:  # a cursor opened by the innermost function: its statement belongs to that frame
-        chain.extend(frames[:-1])
-        chain.extend(stmt_entries)
-        chain.extend(frames[-1:])
+    chain.extend(body)
     mark_boundary(chain, user)
     auth = be.authenticated_user_id()
     cu = cat.role(user)

@@ -87,3 +87,14 @@ GRANT EXECUTE ON FUNCTION plpy_bg.trust_write() TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trust(pg_catalog.regrole) TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_distrust(pg_catalog.regrole) TO pgbackground_role;
 GRANT EXECUTE ON FUNCTION @extschema@.pg_background_trusted() TO pgbackground_role;
+
+-- Called once per backend through SPI by the provenance capture, to find SPI's frames on the stack.
+CREATE OR REPLACE FUNCTION plpy_bg.stack_probe()
+RETURNS pg_catalog.void LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg.policy import native
+native.note_spi_callback(plpy)
+$python$;
+GRANT EXECUTE ON FUNCTION plpy_bg.stack_probe() TO PUBLIC;

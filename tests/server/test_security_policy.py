@@ -5,6 +5,8 @@ planted code launches a job meant to run as the victim. Each test attempts the d
 marker role made SUPERUSER, a secret copied out, a table dropped) and asserts it did not
 happen. The cluster is the module's own.
 """
+import time
+
 import psycopg
 import pytest
 
@@ -197,3 +199,159 @@ def test_a_plain_table_of_another_role_does_not_taint_a_launch(no_frame):
     with no_frame.connect("admin") as c:
         h = c.execute("SELECT h.* FROM trapm.plain, LATERAL pg_background_launch_v2('SELECT 7') h").fetchone()
         assert result(c, h) == [("7",)]
+
+
+# ---- statements below the top level, and utility statements that run a query ---------------
+
+NESTED = """
+-- a view whose column launches as whoever reads it
+CREATE VIEW trapm.v AS SELECT (public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets')).pid;
+GRANT SELECT ON trapm.v TO PUBLIC;
+-- a table whose rule launches as whoever writes to it
+CREATE TABLE trapm.ruled (x int);
+GRANT INSERT ON trapm.ruled TO PUBLIC;
+CREATE RULE r AS ON INSERT TO trapm.ruled
+    DO ALSO SELECT public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets');
+-- an inlinable SQL function (no frame of its own at run time)
+CREATE FUNCTION trapm.fmt(x int) RETURNS int LANGUAGE sql VOLATILE
+    AS $$ SELECT (public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets')).pid + x $$;
+GRANT EXECUTE ON FUNCTION trapm.fmt(int) TO PUBLIC;
+-- a view that hands its text to the victim's own trusted helper
+CREATE VIEW trapm.via_helper AS SELECT public.admin_launch('INSERT INTO trapm.loot SELECT s FROM vault.secrets') AS h;
+GRANT SELECT ON trapm.via_helper TO PUBLIC;
+"""
+
+HELPERS = """
+SET check_function_bodies = off;  -- the planted view comes after the helper it calls
+CREATE FUNCTION public.admin_launch(q text) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN RETURN (public.pg_background_submit_v2(q)).pid; END $$;
+GRANT EXECUTE ON FUNCTION public.admin_launch(text) TO PUBLIC;
+CREATE FUNCTION public.admin_count(q text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN EXECUTE 'SELECT count(*) FROM ' || q INTO n; RETURN n; END $$;
+CREATE FUNCTION public.admin_sql_count() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM trapm.v $$;
+CREATE FUNCTION public.admin_perform() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN PERFORM * FROM trapm.v; END $$;
+CREATE FUNCTION public.admin_loop() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE r record; n int := 0;
+BEGIN FOR r IN SELECT * FROM trapm.v LOOP n := n + 1; END LOOP; RETURN n; END $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def nested(no_frame):
+    no_frame.sql(HELPERS, user="admin")
+    no_frame.sql(NESTED, user="mallory")
+    return no_frame
+
+
+ATTACKS_ON_ADMIN = [
+    "DO $$ BEGIN INSERT INTO trapm.ruled VALUES (1); END $$",
+    "DO $$ BEGIN PERFORM * FROM trapm.v; END $$",
+    "DO $$ DECLARE n int; BEGIN n := trapm.fmt(1); END $$",
+    "DO $$ BEGIN EXECUTE 'SELECT * FROM trapm.v'; END $$",
+    "DO $$ BEGIN PERFORM * FROM trapm.via_helper; END $$",
+    "CREATE TEMP TABLE t1 AS SELECT * FROM trapm.v",
+    "SELECT * INTO TEMP t2 FROM trapm.v",
+    "EXPLAIN ANALYZE SELECT * FROM trapm.v",
+    "SELECT public.admin_count('trapm.v')",
+    "SELECT public.admin_sql_count()",
+    "SELECT public.admin_perform()",
+    "SELECT public.admin_loop()",
+    "SELECT * FROM trapm.via_helper",
+    "INSERT INTO trapm.ruled VALUES (1)",
+    "SELECT trapm.fmt(1)",
+]
+
+
+@pytest.mark.parametrize("sql", ATTACKS_ON_ADMIN)
+def test_planted_code_below_the_top_level_launches_nothing(nested, sql):
+    with nested.connect("admin") as c:
+        c.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as e:
+            c.execute(sql)
+        assert e.value.sqlstate == "42501", e.value
+        assert "may not induce" in str(e.value)
+        c.execute("ROLLBACK")
+    assert loot(nested) == []
+
+
+def test_a_view_copied_out_launches_nothing(nested):
+    with nested.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not induce"):
+            with c.cursor().copy("COPY (SELECT * FROM trapm.v) TO STDOUT") as cp:
+                for _ in cp:
+                    pass
+    assert loot(nested) == []
+
+
+def test_a_superuser_doing_maintenance_in_a_planted_table_makes_nobody_superuser(nested):
+    nested.sql("CREATE ROLE marker_nested NOLOGIN")
+    nested.sql("""CREATE TABLE trapm.maint (x int);
+        CREATE FUNCTION trapm.mk() RETURNS int LANGUAGE sql VOLATILE
+            AS $$ SELECT (public.pg_background_submit_v2('ALTER ROLE marker_nested SUPERUSER')).pid $$;
+        CREATE RULE r AS ON INSERT TO trapm.maint DO ALSO SELECT trapm.mk();
+        GRANT INSERT ON trapm.maint TO PUBLIC""", user="mallory")
+    for sql in ("DO $$ BEGIN INSERT INTO trapm.maint VALUES (1); END $$",
+                "DO LANGUAGE plpython3u $$ plpy.execute('INSERT INTO trapm.maint VALUES (1)') $$",
+                "DO LANGUAGE plpython3u $$ plpy.execute(plpy.prepare('INSERT INTO trapm.maint VALUES ($1)', ['int']), [1]) $$",
+                "EXPLAIN ANALYZE INSERT INTO trapm.maint VALUES (1)"):
+        with nested.connect("postgres") as c:
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(sql)
+            assert e.value.sqlstate == "42501", (sql, e.value)
+    time.sleep(0.5)
+    assert nested.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_nested'") == [(False,)]
+
+
+LEGIT = """
+CREATE FUNCTION public.own_perform() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE h record;
+BEGIN SELECT * INTO h FROM public.pg_background_launch_v2('SELECT 1'); RETURN h.pid; END $$;
+CREATE FUNCTION public.own_assign() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE p int;
+BEGIN p := (public.pg_background_launch_v2('SELECT 2')).pid; RETURN p; END $$;
+CREATE FUNCTION public.own_dynamic_text() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE p int;
+BEGIN EXECUTE format('SELECT (public.pg_background_launch_v2(%L)).pid', 'SELECT 4') INTO p; RETURN p; END $$;
+CREATE FUNCTION public.own_sql(q text) RETURNS int LANGUAGE sql AS $$ SELECT (public.pg_background_launch_v2(q)).pid $$;
+CREATE PROCEDURE public.own_proc() LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.pg_background_submit_v2('SELECT 6'); END $$;
+CREATE FUNCTION public.own_loop() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE r record; n int := 0;
+BEGIN FOR r IN SELECT (public.pg_background_launch_v2('SELECT 7')).pid LOOP n := r.pid; END LOOP; RETURN n; END $$;
+"""
+
+
+def test_launches_from_the_victims_own_code_still_work(nested):
+    nested.sql(LEGIT, user="admin")
+    calls = ["SELECT public.own_perform()", "SELECT public.own_assign()", "SELECT public.own_dynamic_text()", "SELECT public.own_sql('SELECT 5')", "SELECT public.own_loop()",
+             "DO $$ DECLARE p int; BEGIN p := (public.pg_background_launch_v2('SELECT 8')).pid; END $$",
+             "DO $$ BEGIN PERFORM public.pg_background_submit_v2('SELECT 9'); END $$"]
+    with nested.connect("admin") as c:
+        for sql in calls:
+            c.execute(sql)
+        c.execute("CALL public.own_proc()")
+        c.execute("PREPARE p AS SELECT (public.pg_background_launch_v2('SELECT 10')).pid")
+        c.execute("EXECUTE p")
+        c.execute("BEGIN")
+        c.execute("DECLARE cur CURSOR FOR SELECT (public.pg_background_launch_v2('SELECT 11')).pid")
+        c.execute("FETCH ALL FROM cur")
+        c.execute("COMMIT")
+    with nested.connect("postgres") as c:
+        c.execute("DO LANGUAGE plpython3u $$ plpy.execute(\"SELECT public.pg_background_submit_v2('SELECT 12')\") $$")
+        c.execute("DO LANGUAGE plpython3u $$ plpy.execute(plpy.prepare("
+                  "'SELECT public.pg_background_submit_v2($1)', ['text']), ['SELECT 13']) $$")
+
+
+@pytest.mark.parametrize("sql, what", [
+    ("CREATE TEMP TABLE t3 AS SELECT (public.pg_background_launch_v2('SELECT 1')).pid", "CREATE TABLE AS (or SELECT INTO)"),
+    ("DO $$ DECLARE p int; BEGIN EXECUTE 'SELECT (public.pg_background_launch_v2($1)).pid' INTO p USING 'SELECT 1'; END $$",
+     "takes parameters")])
+def test_what_the_policy_cannot_read_is_refused_with_a_hint(nested, sql, what):
+    """Fail closed: a query run by a utility statement, a dynamic statement with parameters."""
+    with nested.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute(sql)
+        assert what in e.value.diag.message_detail
+        assert "format()" in e.value.diag.message_hint

@@ -68,9 +68,10 @@ _PORTAL_LAYOUT = {
          "cplan_magic": 953717834, "cplan_stmt_list": 8,
          "aset_keeper": 208, "alloc_block_header": 40, "alloc_chunk_header": 16,
          "spiplan_magic": 569278163, "spiplan_list": 8, "plyplan_plan": 16,
-         # PL/pgSQL: PLpgSQL_execstate.err_stmt, PLpgSQL_expr.plan and .func, the cond/expr of
+         # PL/pgSQL: PLpgSQL_execstate.err_stmt and .err_var, PLpgSQL_variable.default_val,
+         # PLpgSQL_expr.plan and .func, the cond/expr of
          # PLpgSQL_if_elsif, PLpgSQL_case_when and PLpgSQL_raise_option (plpgsql.h)
-         "plpgsql_err_stmt": 216, "plpgsql_expr_plan": 16, "plpgsql_expr_func": 32, "plpgsql_item_expr": 8,
+         "plpgsql_err_stmt": 216, "plpgsql_err_var": 224, "plpgsql_var_default": 24, "plpgsql_expr_plan": 16, "plpgsql_expr_func": 32, "plpgsql_item_expr": 8,
          # SQL functions: FmgrInfo.fn_extra -> SQLFunctionCache.fname/func_state -> execution_state
          "fmgr_fn_extra": 24, "sqlfn_fname": 0, "sqlfn_func_state": 64,
          "es_next": 0, "es_status": 8, "es_running": 1, "es_stmt": 16},
@@ -373,17 +374,21 @@ class Backend:
         """Plan sources of every expression of the statement a PL/pgSQL frame is running (its
         current statement's expressions, found by their pointer back to the frame's function)."""
         lay = self.portal
-        head = self.read(estate, lay["plpgsql_err_stmt"] + 8)
+        head = self.read(estate, lay["plpgsql_err_var"] + 8)
         if head is None:
             return None
         func = _U64.unpack_from(head, self.frame["plpgsql_func"])[0]
         stmt = _U64.unpack_from(head, lay["plpgsql_err_stmt"])[0]
+        var = _U64.unpack_from(head, lay["plpgsql_err_var"])[0]
         words = self.read(stmt + 8, 8 * 8) if func and stmt else None  # at most 8 pointers after the header
         if words is None:
             return None
         f_off, list_tag, item_off = lay["plpgsql_expr_func"], lay["list_tag"], lay["plpgsql_item_expr"]
         exprs = []
-        for w in struct.unpack("<8Q", words):
+        pointers = struct.unpack("<8Q", words)
+        if var:  # a variable's initializer in a DECLARE section
+            pointers += (self.ptr(var + lay["plpgsql_var_default"]) or 0,)
+        for w in pointers:
             b = self.read(w, f_off + 8) if w else None  # as an expression (func at 32) or a List (tag, length)
             if b is None:
                 continue

@@ -249,6 +249,9 @@ ATTACKS_ON_ADMIN = [
     "DO $$ BEGIN INSERT INTO trapm.ruled VALUES (1); END $$",
     "DO $$ BEGIN PERFORM * FROM trapm.v; END $$",
     "DO $$ DECLARE n int; BEGIN n := trapm.fmt(1); END $$",
+    "DO $$ DECLARE n int := trapm.fmt(1); BEGIN END $$",
+    "DO $$ BEGIN IF false THEN NULL; ELSIF trapm.fmt(1) > 0 THEN NULL; END IF; END $$",
+    "DO $$ BEGIN RAISE NOTICE 'x' USING DETAIL = trapm.fmt(1)::text; END $$",
     "DO $$ BEGIN EXECUTE 'SELECT * FROM trapm.v'; END $$",
     "DO $$ BEGIN PERFORM * FROM trapm.via_helper; END $$",
     "CREATE TEMP TABLE t1 AS SELECT * FROM trapm.v",
@@ -328,6 +331,15 @@ def test_launches_from_the_victims_own_code_still_work(nested):
     calls = ["SELECT public.own_perform()", "SELECT public.own_assign()", "SELECT public.own_dynamic_text()", "SELECT public.own_sql('SELECT 5')", "SELECT public.own_loop()",
              "DO $$ DECLARE p int; BEGIN p := (public.pg_background_launch_v2('SELECT 8')).pid; END $$",
              "DO $$ BEGIN PERFORM public.pg_background_submit_v2('SELECT 9'); END $$"]
+    launch = "(public.pg_background_launch_v2('SELECT 1')).pid"  # in every place a PL/pgSQL expression goes
+    calls += [f"DO $$ DECLARE h int := {launch}; BEGIN END $$",
+              f"DO $$ BEGIN IF {launch} > 0 THEN NULL; END IF; END $$",
+              f"DO $$ BEGIN IF false THEN NULL; ELSIF {launch} > 0 THEN NULL; END IF; END $$",
+              f"DO $$ BEGIN RAISE NOTICE '%', {launch}; END $$",
+              f"DO $$ BEGIN CASE WHEN {launch} > 0 THEN NULL; END CASE; END $$",
+              f"DO $$ BEGIN FOR i IN 1..{launch} % 2 + 1 LOOP NULL; END LOOP; END $$",
+              f"DO $$ BEGIN RAISE NOTICE 'x' USING DETAIL = {launch}::text; END $$",
+              f"DO $$ BEGIN ASSERT {launch} > 0; END $$"]
     with nested.connect("admin") as c:
         for sql in calls:
             c.execute(sql)

@@ -2,7 +2,8 @@
 
 Measures, per call, inside one backend (the launch path's real conditions):
   check 1 stmt     classify + decide for a one-statement job (spec target < 100 us),
-                   with the text seen before (LRU hit) and new (full pglast parse)
+                   with the text seen before (LRU hit) and new (full pglast parse and the
+                   server's parse analysis of the statement)
   capture+check    the whole policy cost of a plain top-level launch
   check 20 stmts   a 20-statement migration (DDL, VACUUM, functions)
   N-frame chain    capture + check below N-1 distinct PL/pgSQL functions (each one's running
@@ -64,6 +65,10 @@ DO $$ BEGIN FOR i IN 1..19 LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION public.nest_%%s(text, text, int) TO admin', i);
 END LOOP; END $$;
 CREATE FUNCTION app.touch(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+-- the tables the jobs name exist, so the server's parse analysis resolves their statements
+CREATE TABLE public.accounts (id int PRIMARY KEY, balance numeric);
+CREATE TABLE app.orders (id bigint PRIMARY KEY, customer int, total numeric);
+GRANT ALL ON public.accounts, app.orders TO admin;
 CREATE FUNCTION public.bench(mode text, sql text, n int) RETURNS text LANGUAGE plpython3u AS $python$
 import sys
 if %(root)r not in sys.path: sys.path.insert(0, %(root)r)

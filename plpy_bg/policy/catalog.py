@@ -102,6 +102,8 @@ LEFT JOIN pg_catalog.pg_roles rp ON rp.oid {_EQ} p.proowner
 WHERE o.oprname {_EQ} $1 AND n.nspname {_EQ} ANY($2)
   AND NOT (coalesce(ro.rolsuper, false) AND coalesce(rp.rolsuper, false))""",
           ["pg_catalog.name", "pg_catalog.name[]"])
+_Q_ANALYSIS_SETTINGS = ("SELECT pg_catalog.set_config('search_path', $1, true), "
+                        "pg_catalog.set_config('lock_timeout', '50ms', true)", ["pg_catalog.text"])
 _Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", ["pg_catalog.oid"])
 _Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
 
@@ -188,6 +190,43 @@ class Catalog:
 
     def operators_named(self, name: str, schemas: tuple[str, ...]) -> list[dict]:
         return self._cached(("ops", name, schemas), _Q_OPS, name, list(schemas))
+
+    def analyzed(self, text: str, search_path: str) -> native.Deps | None:
+        """What one statement depends on, by the server's own parse analysis and rewriting under
+        `search_path` as the current user: views expanded, operators and overloads resolved as the
+        statement will resolve them. Nothing is planned or run (the planner would fold IMMUTABLE
+        calls), and a subtransaction that is rolled back releases the locks analysis takes; a
+        relation another session locks is waited for 50 ms at most. None when the statement does
+        not analyze now (an object it creates first, a parameter, a lock)."""
+        key = ("analyzed", text, search_path, self.be.user_id())
+        use = self._cacheable()
+        if use and key in self._cache:
+            return self._cache[key]
+        deps = self._analyze(text, search_path)
+        if use:
+            self._cache[key] = deps
+        return deps
+
+    def _analyze(self, text: str, search_path: str) -> native.Deps | None:
+        class Rollback(Exception):
+            pass
+
+        found: list = []
+        try:
+            with self.plpy.subtransaction():
+                self._run(_Q_ANALYSIS_SETTINGS, search_path)
+                plan = self.plpy.prepare(text)  # held: its plan sources die with it
+                sources = self.be.plpy_plan_sources(plan) or [0]
+                found.extend(self.be.plansource_deps(ps) if ps else None for ps in sources)
+                raise Rollback
+        except Rollback:
+            pass
+        except self.plpy.SPIError:
+            return None
+        if not found or any(d is None for d in found):
+            return None
+        return native.Deps([r for d in found for r in d.rels], [f for d in found for f in d.funcs],
+                           [u for d in found for u in d.utility])
 
     def declared_trustees(self, truster: int) -> set[int]:
         """Roles `truster` declared trust in; never cached (plain DML sends no invalidation)."""

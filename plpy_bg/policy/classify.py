@@ -314,16 +314,6 @@ def _parse(sql: str) -> list[dict]:
         raise ClassifyError(str(e)) from None
 
 
-def max_param(sql: str) -> int:
-    """The highest $n parameter the text refers to (0 when none)."""
-    n = 0
-    for raw in _parse(sql):
-        for t, b in _walk(raw):
-            if t == "ParamRef":
-                n = max(n, int(b.get("number", 0)))
-    return n
-
-
 _CACHE: OrderedDict[str, dict] = OrderedDict()
 _CACHE_SIZE = 512
 

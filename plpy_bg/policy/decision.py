@@ -5,9 +5,12 @@ Rules, in order:
    RESET ALL, DISCARD ALL) are refused in every job.
 2. A function or operator the job may call, owned by a role the job role
    does not trust and not SECURITY DEFINER, is refused: it would run that
-   role's code with the job role's privileges. Unqualified names are
-   resolved against the job's search_path, counting every visible overload
-   a better type match could pick, not only the first schema.
+   role's code with the job role's privileges. Which ones a statement calls
+   is the server's own answer: its parse analysis under the job's
+   search_path (views expanded, overloads and operators resolved), never
+   planned or run. Statements it cannot analyze at launch (utility
+   statements, objects an earlier statement creates) are resolved by name,
+   counting every visible overload a better type match could pick.
 3. When the effective chain (see `provenance`) holds a role the job role
    does not trust, the job is refused, whatever its statements: an
    autonomous job escapes the inducer's victim's ROLLBACK and READ ONLY, so
@@ -124,52 +127,87 @@ def _plausible(c: dict, nargs: int) -> bool:
     return lo <= nargs <= int(c["pronargs"]) or (bool(c["variadic"]) and nargs >= int(c["pronargs"]) - 1)
 
 
-def _risky_functions(cat, tc: TrustCache, job_oid: int, statements: list[dict], base_path: tuple[str, ...] | None,
-                     path_source, job_role: str) -> tuple[list[dict], list[dict]]:
-    """(functions/operators resolved with owners, the untrusted ones)."""
+# statements the server's parse analysis resolves completely (their functions, operators, views)
+_ANALYZABLE = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt",
+                         "CreateTableAsStmt", "ExplainStmt"})
+
+
+def _function_judged(c: dict, tc: TrustCache, job_oid: int, resolved: list, bad: list) -> None:
+    entry = {"kind": "function", "name": c["name"], "oid": c["oid"], "role_oid": c["owner_oid"],
+             "role": c["owner"], "language": c["language"], "security_definer": bool(c["security_definer"])}
+    resolved.append(entry)
+    if not c["security_definer"] and tc.reason(job_oid, c["owner_oid"]) is None:
+        bad.append(entry)
+
+
+def _analyzed_functions(cat, tc: TrustCache, job_oid: int, deps, resolved: list, bad: list) -> None:
+    """Functions (operators' included) the server resolved for one statement."""
+    for oid in dict.fromkeys(deps.funcs):
+        p = cat.proc(oid)
+        if p is not None:
+            _function_judged({**p, "name": f'{p["schema"]}.{p["name"]}({p["args"]})'}, tc, job_oid, resolved, bad)
+
+
+def _named_functions(cat, tc: TrustCache, job_oid: int, st: dict, path: tuple[str, ...],
+                     resolved: list, bad: list) -> None:
+    """Functions and operators a statement names, resolved by name against `path`, counting every
+    visible overload a better type match could pick: for statements the server cannot analyze now
+    (utility statements, or objects an earlier statement of the job creates)."""
+    refs = [("function", f["name"], f["nargs"]) for f in st["functions"]] + \
+           [("operator", o["name"], None) for o in st["operators"]]
+    for what, parts, nargs in refs:
+        if not parts:
+            continue
+        schemas = (parts[0],) if len(parts) > 1 else path
+        name = parts[-1]
+        if what == "function":
+            for c in cat.functions_named(name, schemas):
+                if _plausible(c, nargs):
+                    _function_judged({"name": f'{c["nspname"]}.{c["proname"]}({c["args"]})', "oid": int(c["oid"]),
+                                      "owner_oid": int(c["proowner"]), "owner": c["owner"], "language": c["lanname"],
+                                      "security_definer": c["prosecdef"]}, tc, job_oid, resolved, bad)
+            continue
+        for c in cat.operators_named(name, schemas):
+            builtin_types = int(c["oprleft"]) < FIRST_NORMAL_OID and int(c["oprright"]) < FIRST_NORMAL_OID
+            if len(parts) == 1 and not builtin_types:
+                continue  # only operands of the owner's own types can pick it
+            entry = {"kind": "operator", "name": f'{c["nspname"]}.{c["signature"]}',
+                     "oid": int(c["oid"]), "role_oid": int(c["proowner"]), "role": c["funcowner"],
+                     "operator_owner": c["opowner"], "security_definer": bool(c["prosecdef"])}
+            resolved.append(entry)
+            for owner, role in ((int(c["proowner"]), c["funcowner"]), (int(c["oprowner"]), c["opowner"])):
+                if (owner == int(c["proowner"]) and c["prosecdef"]) or tc.reason(job_oid, owner):
+                    continue
+                bad.append({**entry, "role_oid": owner, "role": role})
+                break
+
+
+def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: list[dict], start_path: str,
+                     job_role: str) -> tuple[list[dict], list[dict]]:
+    """(functions/operators the job's statements call, with owners; the untrusted ones). Each
+    statement under the search_path it will run with (a SET search_path earlier in the job
+    included): analyzed by the server when it can be, else resolved by name."""
     resolved: list[dict] = []
     bad: list[dict] = []
-    path = base_path
+    raw = sql.encode()
+    path = start_path
     for st in statements:
         if "sets_search_path" in st:
             p = st["sets_search_path"]
-            path = path_source() if p is None else parse_search_path(p, job_role)
+            path = start_path if p is None else p
             if p == "?":
                 bad.append({"name": "set_config('search_path')", "role": None, "role_oid": None,
                             "detail": "search_path set to a value computed at run time"})
-        refs = [("function", f["name"], f["nargs"]) for f in st["functions"]] + \
-               [("operator", o["name"], None) for o in st["operators"]]
-        for what, parts, nargs in refs:
-            if not parts:
-                continue
-            if path is None:
-                path = path_source()
-            schemas = (parts[0],) if len(parts) > 1 else path
-            name = parts[-1]
-            if what == "function":
-                cands = [c for c in cat.functions_named(name, schemas) if _plausible(c, nargs)]
-                for c in cands:
-                    owner = int(c["proowner"])
-                    entry = {"kind": "function", "name": f'{c["nspname"]}.{c["proname"]}({c["args"]})',
-                             "oid": int(c["oid"]), "role_oid": owner, "role": c["owner"],
-                             "language": c["lanname"], "security_definer": bool(c["prosecdef"])}
-                    resolved.append(entry)
-                    if not c["prosecdef"] and tc.reason(job_oid, owner) is None:
-                        bad.append(entry)
-            else:
-                for c in cat.operators_named(name, schemas):
-                    builtin_types = int(c["oprleft"]) < FIRST_NORMAL_OID and int(c["oprright"]) < FIRST_NORMAL_OID
-                    if len(parts) == 1 and not builtin_types:
-                        continue  # only operands of the owner's own types can pick it
-                    entry = {"kind": "operator", "name": f'{c["nspname"]}.{c["signature"]}',
-                             "oid": int(c["oid"]), "role_oid": int(c["proowner"]), "role": c["funcowner"],
-                             "operator_owner": c["opowner"], "security_definer": bool(c["prosecdef"])}
-                    resolved.append(entry)
-                    for owner, role in ((int(c["proowner"]), c["funcowner"]), (int(c["oprowner"]), c["opowner"])):
-                        if (owner == int(c["proowner"]) and c["prosecdef"]) or tc.reason(job_oid, owner):
-                            continue
-                        bad.append({**entry, "role_oid": owner, "role": role})
-                        break
+        if path == "?":
+            continue
+        deps = None
+        if st["node"] in _ANALYZABLE:
+            loc, ln = st["location"], st["length"]
+            deps = cat.analyzed((raw[loc:loc + ln] if ln else raw[loc:]).decode(), path)
+        if deps is not None and not deps.utility:
+            _analyzed_functions(cat, tc, job_oid, deps, resolved, bad)
+        elif st["functions"] or st["operators"]:
+            _named_functions(cat, tc, job_oid, st, parse_search_path(path, job_role), resolved, bad)
     return resolved, bad
 
 
@@ -215,10 +253,8 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
                 detail=f'A job runs as the role that launched it ("{job_role}") and may not change its identity.',
                 hint="Launch the job as the role it should run as.")
 
-    def path_source() -> tuple[str, ...]:
-        return parse_search_path(cat.be.search_path() if search_path is None else search_path, job_role)
-
-    resolved, bad = _risky_functions(cat, tc, job_oid, statements, None, path_source, job_role)
+    start_path = cat.be.search_path() if search_path is None else search_path
+    resolved, bad = _risky_functions(cat, tc, job_oid, sql, statements, start_path, job_role)
     if bad:
         b = bad[0]
         detail = (f'{_describe(b) if b["kind"] == "function" else "operator " + b["name"]} '

@@ -27,7 +27,6 @@ import struct
 
 from plpy_bg.policy import catalog as _catalog
 from plpy_bg.policy import native
-from plpy_bg.policy.classify import ClassifyError, max_param
 
 PROVENANCE_VERSION = 1
 _PYNAME_OID = re.compile(r"_(\d+)$")
@@ -154,38 +153,13 @@ def _utility_entries(utility: list[tuple[int, str]], analyzed: bool, inner: dict
     return out
 
 
-def _reanalyzed(plpy, be: native.Backend, text: str, inner: list[dict]) -> native.Deps | None:
+def _reanalyzed(be: native.Backend, cat, text: str, inner: list[dict]) -> native.Deps | None:
     """Dependencies of a one-shot statement (dynamic SQL, plpy.execute of a string) by the server's
-    own parse analysis in a subtransaction that is rolled back: nothing is planned or run. Only
-    when no frame inside it changed the user or the search_path its names were resolved under."""
+    own parse analysis (`Catalog.analyzed`), under the search_path and user it ran with: only when
+    no frame inside it changed either."""
     if any(e.get("security_definer") or e.get("sets_search_path") for e in inner):
         return None
-    try:
-        if max_param(text):
-            return None  # a parameter's type is the caller's to know: an unknown one resolves nothing
-    except ClassifyError:
-        return None
-
-    class Rollback(Exception):
-        pass
-
-    found: list = []
-    try:
-        with plpy.subtransaction():
-            plan = plpy.prepare(text)
-            sources = be.plpy_plan_sources(plan) or []
-            found.extend(be.plansource_deps(ps) for ps in sources)
-            if not sources:
-                found.append(None)
-            raise Rollback
-    except Rollback:
-        pass
-    except plpy.SPIError:
-        return None
-    if not found or any(d is None for d in found):
-        return None
-    return native.Deps([r for d in found for r in d.rels], [f for d in found for f in d.funcs],
-                       [u for d in found for u in d.utility])
+    return cat.analyzed(text, be.search_path())
 
 
 def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, native.RawFrame | None]]:
@@ -228,7 +202,7 @@ def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, 
     return items
 
 
-def _frame_statement(be: native.Backend, cat, plpy, kind: str, entry: dict | None, f: native.RawFrame,
+def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: native.RawFrame,
                      inner: list[dict], listed: set) -> list[dict]:
     """Entries for the statement a frame is running, the one that leads inwards to the launch."""
     nxt = inner[0] if inner else None
@@ -254,7 +228,7 @@ def _frame_statement(be: native.Backend, cat, plpy, kind: str, entry: dict | Non
             return [_unknown("a statement run through SPI is unreadable")]
         qs, text = got
         ps = be.plansource_of_text(qs)
-        deps = be.plansource_deps(ps) if ps is not None else _reanalyzed(plpy, be, text, inner)
+        deps = be.plansource_deps(ps) if ps is not None else _reanalyzed(be, cat, text, inner)
         if deps is None:
             return [_unknown(f'dynamic statement "{_trim(text)}" could not be analyzed (it takes parameters, '
                              'or a function inside it changes the user or the search_path)')]
@@ -294,7 +268,7 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
             out.append(entry)
         if f is not None:
             inner = [e for _, e, _ in items[i + 1:] if e is not None]
-            out += _frame_statement(be, cat, plpy, kind, entry, f, inner, listed)
+            out += _frame_statement(be, cat, kind, entry, f, inner, listed)
     return out if items else out + cursor
 
 

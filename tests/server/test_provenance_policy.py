@@ -205,13 +205,18 @@ def test_inlined_sql_function_trojan_is_refused(as_role):
 def test_search_path_hijack_is_refused(as_role):
     conn = as_role("admin")
     conn.execute("SET search_path = app, public")
-    err = refused(conn, "SELECT public.launch_check('SELECT cleanup(1)')")
+    # the server's own resolution: cleanup(1) is app.cleanup(integer), an exact match, and alice's
+    # public.cleanup(bigint) is never called; cleanup(1::bigint) is hers
+    out = run(conn, "SELECT public.launch_check('SELECT cleanup(1)')")
+    assert out["classification"]["decision"] == "allowed"
+    assert [f["name"] for f in out["classification"]["resolved"]] == ["app.cleanup(integer)"]
+    err = refused(conn, "SELECT public.launch_check('SELECT cleanup(1::bigint)')")
     assert primary(err) == 'user "alice" may not induce user "admin" to execute "public.cleanup(bigint)"'
     out = run(conn, "SELECT public.launch_check('SELECT app.cleanup(1)')")
     assert out["classification"]["decision"] == "allowed"
     conn.execute("SET search_path = app")
-    run(conn, "SELECT public.launch_check('SELECT cleanup(1)')")
-    err = refused(conn, "SELECT public.launch_check('SET search_path = public, app; SELECT cleanup(1)')")
+    run(conn, "SELECT public.launch_check('SELECT cleanup(1::bigint)')")
+    err = refused(conn, "SELECT public.launch_check('SET search_path = public, app; SELECT cleanup(1::bigint)')")
     assert "public.cleanup(bigint)" in primary(err)
 
 

@@ -367,3 +367,67 @@ def test_what_the_policy_cannot_read_is_refused_with_a_hint(nested, sql, what):
             c.execute(sql)
         assert what in e.value.diag.message_detail
         assert "format()" in e.value.diag.message_hint
+
+
+# ---- which functions a job calls is the server's answer -------------------------------------
+
+RESOLUTION_VICTIM = """
+CREATE DOMAIN public.dtext AS text;
+CREATE TABLE public.acct (c varchar, n name, d public.dtext);
+INSERT INTO public.acct VALUES ('ABC', 'nm', 'dd');
+"""
+# planted in a public schema anyone may create in (the pre-15 default): each copies the secrets
+RESOLUTION_TRAPS = """
+SET check_function_bodies = off;  -- mallory cannot read the secrets; the victim running them can
+CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql
+    AS $$ INSERT INTO trapm.loot SELECT s FROM vault.secrets; SELECT 'trojan'::text $$;
+CREATE FUNCTION public.concat_ws(text, VARIADIC text[]) RETURNS text LANGUAGE sql
+    AS $$ INSERT INTO trapm.loot SELECT s FROM vault.secrets; SELECT 'trojan'::text $$;
+CREATE FUNCTION public.eq_trap(text, public.dtext) RETURNS bool LANGUAGE sql
+    AS $$ INSERT INTO trapm.loot SELECT s FROM vault.secrets; SELECT true $$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = public.dtext, FUNCTION = public.eq_trap);
+CREATE FUNCTION public.length(anyelement) RETURNS int LANGUAGE sql
+    AS $$ INSERT INTO trapm.loot SELECT s FROM vault.secrets; SELECT 42 $$;
+CREATE FUNCTION public.lower(integer) RETURNS text LANGUAGE sql
+    AS $$ INSERT INTO trapm.loot SELECT s FROM vault.secrets; SELECT 'trojan'::text $$;
+"""
+
+
+@pytest.fixture
+def resolution(scene):
+    scene.sql("GRANT CREATE ON SCHEMA public TO mallory")
+    try:
+        scene.sql(RESOLUTION_VICTIM, user="admin")
+        scene.sql(RESOLUTION_TRAPS, user="mallory")
+        yield scene
+    finally:
+        scene.sql("DROP FUNCTION IF EXISTS public.lower(varchar), public.concat_ws(text, text[]), "
+                  "public.length(anyelement), public.lower(integer), public.eq_trap(text, public.dtext) CASCADE",
+                  user="mallory")
+        scene.sql("DROP TABLE IF EXISTS public.acct; DROP DOMAIN IF EXISTS public.dtext CASCADE; "
+                  "REVOKE CREATE ON SCHEMA public FROM mallory")
+
+
+@pytest.mark.parametrize("job, picked", [
+    ("SELECT lower(c) FROM public.acct", "public.lower(character varying)"),       # an exact type match
+    ("SELECT concat_ws(',', 'a', 'b')", "public.concat_ws(text, VARIADIC text[])"),  # variadic
+    ("SELECT count(*) FROM public.acct WHERE 'x'::text = d", "public.eq_trap(text, dtext)"),  # a domain operand
+])
+def test_a_planted_overload_the_server_would_pick_is_refused(resolution, job, picked):
+    with resolution.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            launch(c, job)
+        assert picked in e.value.diag.message_primary
+    time.sleep(0.3)
+    assert loot(resolution) == []
+
+
+@pytest.mark.parametrize("job, expected", [
+    ("SELECT length(n) FROM public.acct", [("2",)]),  # polymorphic: pg_catalog.length(text) wins
+    ("SELECT lower('ABC'::text)", [("abc",)]),          # an overload for another type
+])
+def test_a_planted_overload_the_server_would_not_pick_does_not_refuse(resolution, job, expected):
+    with resolution.connect("admin") as c:
+        h = launch(c, job)
+        assert result(c, h) == expected
+    assert loot(resolution) == []

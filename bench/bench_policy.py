@@ -8,6 +8,8 @@ Measures, per call, inside one backend (the launch path's real conditions):
   check 20 stmts   a 20-statement migration (DDL, VACUUM, functions)
   N-frame chain    capture + check below N-1 distinct PL/pgSQL functions (each one's running
                    statement read from its plan)
+  taint            capture + check when an untrusted role calls a SECURITY DEFINER wrapper
+                   (two frames; the job text checked against the wrapper's own constants)
   cold             the first call in a fresh session (catalog cache empty)
 Prints a table and appends it, dated, to bench/RESULTS.md under "## policy".
 
@@ -102,6 +104,13 @@ return time.perf_counter() - t
 $python$;
 GRANT EXECUTE ON FUNCTION public.bench(text, text, int), public.cold(text) TO admin;
 GRANT USAGE ON SCHEMA plpy_bg TO admin;
+GRANT pgbackground_role TO admin;
+-- a SECURITY DEFINER wrapper of admin called by a role admin does not trust: taint inference runs
+CREATE ROLE caller LOGIN;
+CREATE FUNCTION public.bench_sd(n int) RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN public.bench('full', 'UPDATE accounts SET balance = balance + 1 WHERE id = 42', n); END $$;
+ALTER FUNCTION public.bench_sd(int) OWNER TO admin;
+GRANT EXECUTE ON FUNCTION public.bench_sd(int) TO caller;
 GRANT USAGE ON SCHEMA app TO admin;
 """
 
@@ -136,6 +145,10 @@ def main() -> None:
                                             (ONE, args.iterations)).fetchone()[0])
                 rows.append((f"capture + check, 1 statement, {depth}-frame chain", us(r["median"]),
                              us(r["p90"]), us(r["min"])))
+        with psycopg.connect(c.dsn("caller"), autocommit=True) as conn:
+            r = json.loads(conn.execute("SELECT public.bench_sd(%s)", (args.iterations,)).fetchone()[0])
+            rows.append(("capture + check + taint, untrusted caller of a definer wrapper", us(r["median"]),
+                         us(r["p90"]), us(r["min"])))
         for label, sql in (("cold session, 1 statement", ONE), ("cold session, 20 statements", MIGRATION)):
             with psycopg.connect(c.dsn("admin"), autocommit=True) as conn:
                 t = conn.execute("SELECT public.cold(%s)", (sql,)).fetchone()[0]

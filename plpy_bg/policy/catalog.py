@@ -31,6 +31,9 @@ JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} p.proowner
 WHERE p.oid {_EQ} $1""", ["pg_catalog.oid"])
+_Q_SOURCE = (f"""
+SELECT p.prosrc, l.lanname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
+WHERE p.oid {_EQ} $1""", ["pg_catalog.oid"])
 _Q_RELS = (f"""
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules, c.relowner, r.rolname AS owner
 FROM pg_catalog.pg_class c
@@ -169,6 +172,11 @@ class Catalog:
                 "security_definer": r["prosecdef"], "prokind": r["prokind"],
                 "sets_search_path": r["sets_search_path"],
                 "xmin": int(r["xmin"]), "ctid": (int(block), int(off))}
+
+    def source(self, oid: int) -> tuple[str, str] | None:
+        """(source text, language) of a function."""
+        rows = self._cached(("source", oid), _Q_SOURCE, oid)
+        return (rows[0]["prosrc"], rows[0]["lanname"]) if rows else None
 
     def relations(self, oids: list[int]) -> list[dict]:
         key = ("rels", tuple(sorted(set(oids))))

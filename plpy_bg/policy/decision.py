@@ -19,6 +19,10 @@ Rules, in order:
    escalation. Callers outside the innermost SECURITY DEFINER frame owned by
    the job role are not effective (`provenance.mark_boundary`): the wrapper's
    author chose to act for them.
+4. ... but only with their data: when such a caller is not trusted by the job
+   role, the job text must be the trusted side's own constants plus single
+   quoted values, numbers or names (`taint`); otherwise the caller's text
+   changed the statement and the job is refused.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import re
 
 from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
 from plpy_bg.policy import catalog as _catalog
+from plpy_bg.policy import taint
 from plpy_bg.policy.classify import KINDS_ALWAYS_REFUSED, ClassifyError, classify, worst_statement
 from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
 
@@ -64,6 +69,17 @@ def _parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
     if "pg_catalog" not in out:
         out.insert(0, "pg_catalog")
     return tuple(dict.fromkeys(out))
+
+
+def _without_our_temp(path: str) -> str:
+    """The path for analyzing a job's statement here: the job's session has temporary tables of its
+    own, so ours are searched last (where the path does not place pg_temp itself) and cannot hide
+    a relation the job will find."""
+    for m in _PATH_ITEM.finditer(path or ""):
+        item = m.group(1).strip().strip('"').lower()
+        if item == "pg_temp" or item.startswith("pg_temp_"):
+            return path
+    return f"{path}, pg_temp" if path and path.strip() else "pg_temp"
 
 
 def _lit(s: str) -> str:
@@ -203,7 +219,7 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: li
         deps = None
         if st["node"] in _ANALYZABLE:
             loc, ln = st["location"], st["length"]
-            deps = cat.analyzed((raw[loc:loc + ln] if ln else raw[loc:]).decode(), path)
+            deps = cat.analyzed((raw[loc:loc + ln] if ln else raw[loc:]).decode(), _without_our_temp(path))
         if deps is not None and not deps.utility:
             _analyzed_functions(cat, tc, job_oid, deps, resolved, bad)
         elif st["functions"] or st["operators"]:
@@ -265,6 +281,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
         worst = worst_statement(statements)
         who = chain[culprit].get("role")
         raise _induce(who, job_role, worst["command"], lazy_detail(), _trust_hint(job_role, who))
+    _require_data_only(cat, tc, job_oid, job_role, sql, chain)
     return {
         **cls,
         "job_role": job_role,
@@ -275,6 +292,35 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
         "resolved": resolved,
         "decision": "allowed",
     }
+
+
+def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: str, chain: list[dict]) -> None:
+    """Below a SECURITY DEFINER wrapper of the job role, a caller it does not trust may pass data
+    only: the job text must be the trusted side's code plus single quoted values (`taint`)."""
+    caller = next((i for i, e in enumerate(chain) if not e.get("effective", True) and not e.get("inherited")
+                   and e["kind"] != "inline" and tc.reason(job_oid, e.get("role_oid")) is None), None)
+    if caller is None:
+        return
+    pieces: list[str] = []
+    for e in chain[:-1]:  # the last entry is the launch function itself
+        if e.get("effective", True) and e["kind"] in ("function", "trigger", "statement function") and "oid" in e:
+            src = cat.source(e["oid"])
+            if src:
+                pieces += taint.fragments(*src)
+    region = taint.offending_region(sql, pieces)
+    if region is None:
+        return
+    who = chain[caller].get("role")
+    raw = sql.encode()
+    piece = raw[region[0]:region[1]].decode("utf-8", "replace")
+    shown = piece if len(piece) <= 80 else piece[:77] + "..."
+    raise InsufficientPrivilege(
+        f'text supplied by user "{who}" changes the statement launched by "{job_role}"',
+        detail=(f'The job text has {shown!r} at byte {region[0]}: it is no text of the code "{job_role}" '
+                f'trusts and not one quoted value or number.\n' + chain_detail(chain, job_role, caller)),
+        hint=(f'Build the statement with format() and %L (values) or %I (names), or quote_literal() and '
+              f'quote_ident(); or, if "{job_role}" trusts "{who}", run SELECT {TRUST_FUNCTION}({_lit(who or "")}) '
+              f'as "{job_role}".'))
 
 
 def require_trusted_chain(plpy, provenance: dict, role: str, command: str, hint: str | None = None) -> None:

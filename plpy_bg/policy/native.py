@@ -36,6 +36,7 @@ import struct
 from typing import NamedTuple
 
 _U64 = struct.Struct("<Q")
+_INLINE_CELLS = 6
 _U32 = struct.Struct("<I")
 _ECB = struct.Struct("<QQQ")  # ErrorContextCallback: previous, callback, arg
 
@@ -261,12 +262,20 @@ class Backend:
             ctx = self.peek_ptr(ctx + nxt)
         return out
 
-    # -- plans of statements run below the top level (read with pread: pointers are guesses) --
-    def _list_safe(self, lst: int | None, tag: int, limit: int = 100_000) -> list[int] | None:
+    # -- plans of statements (read with pread where pointers are guesses) --------------------
+    def _get(self, addr: int, size: int, sure: bool) -> bytes | None:
+        """`size` bytes at `addr`: read directly when the backend handed us the structure (`sure`),
+        with pread otherwise."""
+        if sure:
+            return ctypes.string_at(addr, size) if addr else None
+        return self.read(addr, size)
+
+    def _list_safe(self, lst: int | None, tag: int, limit: int = 100_000, sure: bool = False) -> list[int] | None:
         """A List's cells as 64-bit words, or None when `lst` is not a List of that tag."""
         if not lst:
             return []
-        head = self.read(lst, 24)
+        # a short List keeps its cells right after its head: one pread for both
+        head = self._get(lst, 24, True) if sure else (self.read(lst, 24 + 8 * _INLINE_CELLS) or self.read(lst, 24))
         if head is None:
             return None
         t, n = struct.unpack_from("<iI", head)
@@ -274,14 +283,17 @@ class Backend:
             return None
         if n == 0:
             return []
-        cells = self.read(_U64.unpack_from(head, 16)[0], 8 * n)
+        elements = _U64.unpack_from(head, 16)[0]
+        if elements == lst + 24 and n <= _INLINE_CELLS and len(head) > 24:
+            return list(struct.unpack_from(f"<{n}Q", head, 24))
+        cells = self._get(elements, 8 * n, sure)
         return list(struct.unpack(f"<{n}Q", cells)) if cells else None
 
-    def _funcs_of(self, items: list[int]) -> list[int] | None:
+    def _funcs_of(self, items: list[int], sure: bool = False) -> list[int] | None:
         lay = self.portal
         out = []
         for item in items:
-            b = self.read(item, 12)
+            b = self._get(item, 12, sure)
             if b is None:
                 return None
             tag, cache_id, hash_value = struct.unpack("<iiI", b)
@@ -295,19 +307,19 @@ class Backend:
         """GetCommandTagName() of a CommandTag read from a verified structure."""
         return (self._command_name(tag) or b"?").decode() if tag is not None and 0 <= tag < 1000 else "?"
 
-    def _deps_of_lists(self, rel_list: int, item_list: int) -> Deps | None:
+    def _deps_of_lists(self, rel_list: int, item_list: int, sure: bool = False) -> Deps | None:
         lay = self.portal
-        rels = self._list_safe(rel_list, lay["oid_list_tag"])
-        items = self._list_safe(item_list, lay["list_tag"])
-        funcs = None if items is None else self._funcs_of(items)
+        rels = self._list_safe(rel_list, lay["oid_list_tag"], sure=sure)
+        items = self._list_safe(item_list, lay["list_tag"], sure=sure)
+        funcs = None if items is None else self._funcs_of(items, sure)
         if rels is None or funcs is None:
             return None
         return Deps([r & 0xFFFFFFFF for r in rels], funcs, [])
 
-    def planned_deps(self, stmt: int, command: str = "?") -> Deps | None:
+    def planned_deps(self, stmt: int, command: str = "?", sure: bool = False) -> Deps | None:
         """Dependencies of one PlannedStmt (one read of its head)."""
         lay = self.portal
-        head = self.read(stmt, lay["plannedstmt_utility"] + 8)
+        head = self._get(stmt, lay["plannedstmt_utility"] + 8, sure)
         if head is None or _U32.unpack_from(head)[0] != lay["plannedstmt_tag"]:
             return None
         if _U32.unpack_from(head, 4)[0] == lay["cmd_utility"]:
@@ -315,7 +327,7 @@ class Backend:
             tag = self.u32(node) if node else None
             return None if tag is None else Deps([], [], [(tag, ANALYZED_UTILITY_TAGS.get(tag, command))])
         return self._deps_of_lists(_U64.unpack_from(head, lay["plannedstmt_relation_oids"])[0],
-                                   _U64.unpack_from(head, lay["plannedstmt_inval_items"])[0])
+                                   _U64.unpack_from(head, lay["plannedstmt_inval_items"])[0], sure)
 
     def plansource_deps(self, ps: int) -> Deps | None:
         """Dependencies of a CachedPlanSource found by parse analysis (views and rules expanded,
@@ -465,7 +477,7 @@ class Backend:
         command = self.command_name(self.peek_u32(portal + lay["portal_command_tag"]))
         deps = Deps([], [], [])
         for stmt in self._list_ptrs(self.peek_ptr(portal + lay["portal_stmts"])):
-            d = self.planned_deps(stmt, command)
+            d = self.planned_deps(stmt, command, sure=True)  # an active portal's plans are real
             if d is None:
                 deps.utility.append((-1, command))
                 continue

@@ -431,3 +431,119 @@ def test_a_planted_overload_the_server_would_not_pick_does_not_refuse(resolution
         h = launch(c, job)
         assert result(c, h) == expected
     assert loot(resolution) == []
+
+
+# ---- SECURITY DEFINER wrappers: what an untrusted caller passes stays data ------------------
+
+WRAPPERS = """
+CREATE TABLE public.keep (x int);
+CREATE TABLE public.reports (owner text, n int);
+INSERT INTO public.reports VALUES ('alice', 1), ('o''brien', 2);
+CREATE FUNCTION public.report_concat(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM public.reports WHERE owner = ''' || p || '''')).pid; END $$;
+CREATE FUNCTION public.report_dollar(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT $d$' || p || '$d$')).pid; END $$;
+CREATE FUNCTION public.report_comment(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT 1 -- note: ' || p)).pid; END $$;
+CREATE FUNCTION public.run_sql(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2(p)).pid; END $$;
+CREATE FUNCTION public.report_n_text(p text) RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE h record;
+BEGIN
+    SELECT * INTO h FROM public.pg_background_launch_v2('SELECT owner FROM public.reports WHERE n = ' || p);
+    RETURN QUERY SELECT r FROM public.pg_background_result_v2(h.pid, h.cookie) AS (r text);
+END $$;
+CREATE FUNCTION public.report_format(p text, t text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2(format('SELECT count(*) FROM public.%I WHERE owner = %L', t, p))).pid; END $$;
+CREATE FUNCTION public.report_quote(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM public.reports WHERE owner = ' || quote_literal(p))).pid; END $$;
+CREATE FUNCTION public.report_const() RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM public.reports')).pid; END $$;
+CREATE FUNCTION public.report_n(n int) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM public.reports WHERE n > ' || n)).pid; END $$;
+CREATE FUNCTION public.report_sql(p text) RETURNS int LANGUAGE sql SECURITY DEFINER
+    AS $$ SELECT (public.pg_background_submit_v2(format('SELECT count(*) FROM public.reports WHERE owner = %L', p))).pid $$;
+"""
+PY_WRAPPER = """
+CREATE FUNCTION public.report_py(p text) RETURNS int LANGUAGE plpython3u SECURITY DEFINER AS $py$
+q = "SELECT count(*) FROM public.reports WHERE owner = %s" % plpy.quote_literal(p)
+return plpy.execute(plpy.prepare("SELECT (public.pg_background_submit_v2($1)).pid AS pid", ["text"]), [q])[0]["pid"]
+$py$;
+ALTER FUNCTION public.report_py(text) OWNER TO admin;
+"""
+
+
+@pytest.fixture(scope="module")
+def wrappers(scene):
+    scene.sql(WRAPPERS, user="admin")
+    scene.sql(PY_WRAPPER)
+    return scene
+
+
+def intact(server) -> bool:
+    time.sleep(0.3)  # a job that slipped through would have run by now
+    return loot(server) == [] and server.sql("SELECT to_regclass('public.keep') IS NOT NULL") == [(True,)]
+
+
+INJECTIONS = [
+    ("SELECT public.report_concat(%s)", "x'; INSERT INTO trapm.loot SELECT s FROM vault.secrets; --"),
+    ("SELECT public.report_concat(%s)", "x' OR owner IN (SELECT s FROM vault.secrets) OR 'a' = 'b"),
+    ("SELECT public.report_dollar(%s)", "x$d$; DROP TABLE public.keep; SELECT $d$"),
+    ("SELECT public.report_comment(%s)", "x\n; INSERT INTO trapm.loot SELECT s FROM vault.secrets"),
+    ("SELECT public.run_sql(%s)", "SELECT 1; INSERT INTO trapm.loot SELECT s FROM vault.secrets"),
+    ("SELECT public.run_sql(%s)", "DO $$ BEGIN EXECUTE 'DROP TABLE public.keep'; END $$"),
+    ("SELECT public.report_n_text(%s)", "0 UNION SELECT s FROM vault.secrets"),
+]
+
+
+@pytest.mark.parametrize("call, arg", INJECTIONS)
+def test_an_untrusted_caller_cannot_inject_into_a_wrapper(wrappers, call, arg):
+    with wrappers.connect("mallory") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute(call, (arg,))
+        assert e.value.diag.message_primary == \
+            'plpy_bg: text supplied by user "mallory" changes the statement launched by "admin"'
+        assert "format()" in e.value.diag.message_hint
+    assert intact(wrappers)
+
+
+@pytest.mark.parametrize("call, args", [
+    ("SELECT public.report_format(%s, %s)", ("o'brien; DROP TABLE public.keep", "reports")),
+    ("SELECT public.report_format(%s, %s)", ("alice", "Odd Name; DROP")),
+    ("SELECT public.report_quote(%s)", ("x'; DROP TABLE public.keep; --",)),
+    ("SELECT public.report_const()", ()),
+    ("SELECT public.report_n(%s)", (5,)),
+    ("SELECT public.report_n(%s)", (-3,)),
+    ("SELECT public.report_sql(%s)", ("$$; DROP TABLE public.keep; --",)),
+    ("SELECT public.report_py(%s)", ("x'; DROP TABLE public.keep; --",)),
+])
+def test_wrappers_that_quote_their_input_keep_working_for_untrusted_callers(wrappers, call, args):
+    with wrappers.connect("mallory") as c:
+        pid = c.execute(call, args).fetchone()[0]
+        assert pid
+    assert intact(wrappers)
+
+
+def test_a_trusted_caller_may_pass_a_whole_statement(wrappers):
+    wrappers.sql("SELECT pg_background_trust('alice')", user="admin")
+    try:
+        with wrappers.connect("alice") as c:
+            assert c.execute("SELECT public.run_sql('SELECT 1; SELECT 2')").fetchone()[0]
+    finally:
+        wrappers.sql("SELECT pg_background_distrust('alice')", user="admin")
+    with wrappers.connect("alice") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="changes the statement"):
+            c.execute("SELECT public.run_sql('SELECT 1; SELECT 2')")
+
+
+def test_a_superusers_wrapper_makes_nobody_superuser(wrappers):
+    wrappers.sql("""CREATE ROLE marker_wrap NOLOGIN;
+        CREATE FUNCTION public.su_report(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
+        BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM pg_roles WHERE rolname = ''' || p || '''')).pid; END $$""")
+    with wrappers.connect("mallory") as c:
+        assert c.execute("SELECT public.su_report('marker_wrap')").fetchone()[0]  # data: allowed
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="changes the statement launched by"):
+            c.execute("SELECT public.su_report(%s)", ("x'; ALTER ROLE marker_wrap SUPERUSER; CREATE ROLE x2 SUPERUSER; --",))
+    time.sleep(0.5)
+    assert wrappers.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_wrap'") == [(False,)]
+    assert wrappers.sql("SELECT 1 FROM pg_roles WHERE rolname = 'x2'") == []

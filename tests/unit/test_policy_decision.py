@@ -43,3 +43,11 @@ def test_detail_marks_where_the_untrusted_role_enters():
     assert lines[3] == ('  3. function public.helper() owned by "alice" (plpgsql, SECURITY INVOKER)'
                         '   <-- not trusted by "admin": it enters here')
     assert lines[-1] == 'The job would run as "admin".'
+
+
+def test_our_temporary_schema_is_searched_last_when_analyzing_a_job():
+    from plpy_bg.policy.decision import _without_our_temp
+    assert _without_our_temp('"$user", public') == '"$user", public, pg_temp'
+    assert _without_our_temp("pg_temp, public") == "pg_temp, public"
+    assert _without_our_temp('public, "pg_temp_3"') == 'public, "pg_temp_3"'
+    assert _without_our_temp("") == "pg_temp"

@@ -91,6 +91,10 @@ class WrongState(PgError):
     sqlstate = "55000"
 
 
+class LockNotAvailable(PgError):
+    sqlstate = "55P03"
+
+
 class TooManyWorkers(PgError):
     sqlstate = "53400"
 

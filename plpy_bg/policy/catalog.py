@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plpy_bg.errors import LockNotAvailable
 from plpy_bg.policy import native
 
 _EQ = "OPERATOR(pg_catalog.=)"
@@ -205,7 +206,8 @@ class Catalog:
         statement will resolve them. Nothing is planned or run (the planner would fold IMMUTABLE
         calls), and a subtransaction that is rolled back releases the locks analysis takes; a
         relation another session locks is waited for 50 ms at most. None when the statement does
-        not analyze now (an object it creates first, a parameter, a lock)."""
+        not analyze (an object an earlier statement creates, a parameter); LockNotAvailable when a
+        relation it names is locked by another session (the caller must not guess instead)."""
         key = ("analyzed", text, search_path, self.be.user_id())
         use = self._cacheable()
         if use and key in self._cache:
@@ -229,7 +231,12 @@ class Catalog:
                 raise Rollback
         except Rollback:
             pass
-        except self.plpy.SPIError:
+        except self.plpy.SPIError as e:
+            if getattr(e, "sqlstate", None) == "55P03":
+                raise LockNotAvailable(
+                    "could not check a background job's statement: a relation it names is locked by another session",
+                    detail=f"Statement: {text[:200]}",
+                    hint="Launch again once the other session's lock is released.") from None
             return None
         if not found or any(d is None for d in found):
             return None

@@ -547,3 +547,18 @@ def test_a_superusers_wrapper_makes_nobody_superuser(wrappers):
     time.sleep(0.5)
     assert wrappers.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_wrap'") == [(False,)]
     assert wrappers.sql("SELECT 1 FROM pg_roles WHERE rolname = 'x2'") == []
+
+
+def test_a_locked_relation_makes_the_launch_fail_not_guess(scene):
+    """Analysis that cannot lock a relation the job names is not replaced by a guess by name: a
+    session holding the lock must not downgrade how the victim's job is checked."""
+    scene.sql("CREATE TABLE public.locked_t (x int); GRANT SELECT ON public.locked_t TO admin", user="admin")
+    with scene.connect("admin", autocommit=False) as holder, scene.connect("admin") as c:
+        holder.execute("LOCK TABLE public.locked_t IN ACCESS EXCLUSIVE MODE")
+        t = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="locked by another session"):
+            launch(c, "SELECT * FROM public.locked_t")
+        assert time.monotonic() - t < 5
+        holder.rollback()
+        h = launch(c, "SELECT count(*) FROM public.locked_t")
+        assert result(c, h) == [("0",)]

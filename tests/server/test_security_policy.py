@@ -216,6 +216,12 @@ CREATE RULE r AS ON INSERT TO trapm.ruled
 CREATE FUNCTION trapm.fmt(x int) RETURNS int LANGUAGE sql VOLATILE
     AS $$ SELECT (public.pg_background_submit_v2('INSERT INTO trapm.loot SELECT s FROM vault.secrets')).pid + x $$;
 GRANT EXECUTE ON FUNCTION trapm.fmt(int) TO PUBLIC;
+-- a CHECK constraint and a domain CHECK calling that inlinable function
+CREATE TABLE trapm.chk (x int CHECK (trapm.fmt(x) > 0));
+GRANT INSERT ON trapm.chk TO PUBLIC;
+CREATE DOMAIN trapm.dfmt AS int CHECK (trapm.fmt(VALUE) > 0);
+CREATE TABLE trapm.dchk (x trapm.dfmt);
+GRANT INSERT ON trapm.dchk TO PUBLIC;
 -- a view that hands its text to the victim's own trusted helper
 CREATE VIEW trapm.via_helper AS SELECT public.admin_launch('INSERT INTO trapm.loot SELECT s FROM vault.secrets') AS h;
 GRANT SELECT ON trapm.via_helper TO PUBLIC;
@@ -264,6 +270,9 @@ ATTACKS_ON_ADMIN = [
     "SELECT * FROM trapm.via_helper",
     "INSERT INTO trapm.ruled VALUES (1)",
     "SELECT trapm.fmt(1)",
+    "INSERT INTO trapm.chk VALUES (1)",
+    "INSERT INTO trapm.dchk VALUES (1)",
+    "DO $$ BEGIN INSERT INTO trapm.chk VALUES (1); END $$",
 ]
 
 

@@ -237,6 +237,8 @@ class Catalog:
                     "could not check a background job's statement: a relation it names is locked by another session",
                     detail=f"Statement: {text[:200]}",
                     hint="Launch again once the other session's lock is released.") from None
+            if not native.analysis_error(e):
+                raise  # a cancel or a statement_timeout stops the launch
             return None
         if not found or any(d is None for d in found):
             return None

@@ -281,7 +281,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
         worst = worst_statement(statements)
         who = chain[culprit].get("role")
         raise _induce(who, job_role, worst["command"], lazy_detail(), _trust_hint(job_role, who))
-    _require_data_only(cat, tc, job_oid, job_role, sql, chain)
+    _require_data_only(cat, tc, job_oid, job_role, sql, chain, statements)
     return {
         **cls,
         "job_role": job_role,
@@ -294,7 +294,12 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
     }
 
 
-def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: str, chain: list[dict]) -> None:
+# statements that run a string as code: a caller's value inside one is no data
+_RUNS_STRINGS = frozenset({"DoStmt", "CreateFunctionStmt"})
+
+
+def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: str, chain: list[dict],
+                       statements: list[dict]) -> None:
     """Below a SECURITY DEFINER wrapper of the job role, a caller it does not trust may pass data
     only: the job text must be the trusted side's code plus single quoted values (`taint`)."""
     caller = next((i for i, e in enumerate(chain) if not e.get("effective", True) and not e.get("inherited")
@@ -307,17 +312,19 @@ def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: st
             src = cat.source(e["oid"])
             if src:
                 pieces += taint.fragments(*src)
-    region = taint.offending_region(sql, pieces)
+    strings_are_data = not any(st["kind"] in ("opaque", "server") or st["node"] in _RUNS_STRINGS
+                               for st in statements)
+    region = taint.offending_region(sql, pieces, strings_are_data)
     if region is None:
         return
     who = chain[caller].get("role")
-    raw = sql.encode()
-    piece = raw[region[0]:region[1]].decode("utf-8", "replace")
+    piece = sql[region[0]:region[1]]
     shown = piece if len(piece) <= 80 else piece[:77] + "..."
+    runs = "" if strings_are_data else " (the job runs strings as code: DO, EXECUTE, dblink or a function body)"
     raise InsufficientPrivilege(
         f'text supplied by user "{who}" changes the statement launched by "{job_role}"',
-        detail=(f'The job text has {shown!r} at byte {region[0]}: it is no text of the code "{job_role}" '
-                f'trusts and not one quoted value or number.\n' + chain_detail(chain, job_role, caller)),
+        detail=(f'The job text has {shown!r} at character {region[0]}: it is no text of the code "{job_role}" '
+                f'trusts and not one quoted value, number or name{runs}.\n' + chain_detail(chain, job_role, caller)),
         hint=(f'Build the statement with format() and %L (values) or %I (names), or quote_literal() and '
               f'quote_ident(); or, if "{job_role}" trusts "{who}", run SELECT {TRUST_FUNCTION}({_lit(who or "")}) '
               f'as "{job_role}".'))

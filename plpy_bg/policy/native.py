@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 _U64 = struct.Struct("<Q")
 _INLINE_CELLS = 6
+_USER_SPACE_END = 1 << 57  # x86-64 user addresses end below (5-level paging); pread takes a signed offset
 _U32 = struct.Struct("<I")
 _ECB = struct.Struct("<QQQ")  # ErrorContextCallback: previous, callback, arg
 
@@ -143,7 +144,7 @@ class Backend:
 
     # -- safe memory access -------------------------------------------------
     def read(self, addr: int, size: int) -> bytes | None:
-        if not addr or addr < 4096:
+        if not addr or addr < 4096 or addr >= _USER_SPACE_END:  # a guessed word may be any number
             return None
         try:
             data = os.pread(self._mem, size, addr)
@@ -238,7 +239,7 @@ class Backend:
             self._libraries[addr] = lib
         return lib
 
-    def error_context_frames(self, limit: int = 256) -> list[RawFrame] | None:
+    def error_context_frames(self, limit: int = 100_000) -> list[RawFrame] | None:
         """Callbacks on error_context_stack, innermost first; None when the walk broke."""
         out = []
         addr = self._ecs.value or 0
@@ -250,7 +251,7 @@ class Backend:
             addr = previous
         return out
 
-    def plpython_contexts(self, limit: int = 256) -> list[int]:
+    def plpython_contexts(self, limit: int = 100_000) -> list[int]:
         """PL/Python execution contexts, innermost first."""
         if self._ply_current is None:
             return []
@@ -529,9 +530,18 @@ def learn_spi_callback(plpy, be: Backend) -> int | None:
         be.spi_probed = True  # once per backend, found or not
         try:
             plpy.execute(PROBE_SQL)
-        except plpy.SPIError:
+        except plpy.SPIError as e:
+            if not analysis_error(e):
+                raise  # a cancel or a shutdown is not ours to swallow
             return None  # no USAGE on schema plpy_bg: SPI frames stay unidentified (fail closed)
     return be.spi_callback
+
+
+def analysis_error(e) -> bool:
+    """An SPI error that says the statement does not analyze or may not be read (syntax,
+    undefined or forbidden objects, unsupported features, bad literals, limits), as opposed to a
+    cancel, a timeout, a shutdown or a lack of resources, which must reach the caller."""
+    return (getattr(e, "sqlstate", None) or "XX")[:2] in ("42", "0A", "22", "3F", "3D", "54")
 
 
 def note_spi_callback(plpy) -> None:

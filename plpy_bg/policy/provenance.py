@@ -203,11 +203,14 @@ def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, 
 
 
 def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: native.RawFrame,
-                     inner: list[dict], listed: set) -> list[dict]:
-    """Entries for the statement a frame is running, the one that leads inwards to the launch."""
+                     inner: list[dict], listed: set, cursor_running: bool) -> list[dict] | None:
+    """Entries for the statement a frame is running, the one that leads inwards to the launch;
+    None for a PL/pgSQL statement that only fetches from a cursor."""
     nxt = inner[0] if inner else None
     if kind == "plpgsql" and entry["kind"] in ("function", "trigger", "inline"):
         sources = be.plpgsql_statement_plan_sources(f.arg)
+        if sources is not None and not sources and cursor_running:
+            return None  # FETCH or FOR over a cursor: the running cursor's plan, if it is this one's
         if not sources:
             return [_unknown(f'the running statement of {entry.get("name") or "a DO block"} is unreadable')]
         out = []
@@ -248,6 +251,7 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
     outer = frames[0] if frames else None
     active = be.active_portal()
     cursor: list[dict] = []
+    cursor_running = False
     if not active:
         out.append(_unknown("the launch runs while a statement is planned, outside any portal"))
     else:
@@ -261,14 +265,24 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
             out += here
         else:  # a cursor: run by the innermost function before the launch
             cursor = here
+            cursor_running = True
+    parts: list = []
     for i, (kind, entry, f) in enumerate(items):
         if i == len(items) - 1:
-            out += cursor
+            parts.append(cursor)
         if entry is not None:
-            out.append(entry)
+            parts.append([entry])
         if f is not None:
             inner = [e for _, e, _ in items[i + 1:] if e is not None]
-            out += _frame_statement(be, cat, kind, entry, f, inner, listed)
+            parts.append(_frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running))
+    # the running cursor is the innermost fetch's: an outer frame's fetch is of a portal not active
+    fetches = [i for i, p in enumerate(parts) if p is None]
+    for i in fetches[:-1]:
+        parts[i] = [_unknown("a cursor fetched by an outer PL/pgSQL frame is not inspected")]
+    for i in fetches[-1:]:
+        parts[i] = []
+    for p in parts:
+        out += p
     return out if items else out + cursor
 
 

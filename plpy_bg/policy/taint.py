@@ -7,9 +7,14 @@ the trusted side of the chain: string constants (SQL, PL/pgSQL: the server's
 own lexer through pglast's scanner; PL/Python: Python's own parser),
 split at format()/printf/str.format placeholders. Occurrences of those
 fragments in the job text are its code; every other stretch of the job text
-must lie inside one constant or identifier of the job's token stream (what
-format('%L'/'%I'), quote_literal(), quote_ident() and a number produce); a
-keyword, even one %I would leave unquoted, is no data: it may start a statement.
+must lie inside one data token of the job's token stream: a string constant,
+a number, a quoted identifier, or a bare name where the statement expects a
+name (what format('%L'/'%I'), quote_literal(), quote_ident() and a number
+produce). A bare name in an expression is a column (WHERE x = x), a keyword
+may start a statement, and a string the job runs as code (DO, EXECUTE,
+dblink, a function body) is no data. A statement separator must come from a
+fragment that holds words, so a lone ';' of the wrapper's cannot join a
+second statement the caller wrote.
 Anything else changed the statement.
 """
 from __future__ import annotations
@@ -29,17 +34,14 @@ _NUMBERS = frozenset({"ICONST", "FCONST"})
 
 def _sql_constants(source: str) -> list[str]:
     """String constants of SQL or PL/pgSQL source, as the server's lexer reads them."""
-    raw = source.encode()
     out = []
     try:
         tokens = _parser.scan(source)
     except _parser.ParseError:
         return []
-    for t in tokens:
-        if t.name not in ("SCONST", "USCONST"):
-            continue
-        text = raw[t.start:t.end + 1].decode("utf-8", "replace")
-        out.append(_sql_string_value(text))
+    for t in tokens:  # the scanner's offsets count characters
+        if t.name in ("SCONST", "USCONST"):
+            out.append(_sql_string_value(source[t.start:t.end + 1]))
     return out
 
 
@@ -96,51 +98,77 @@ def _fragments(source: str, language: str | None) -> list[str]:
     return out
 
 
-def _covered(text: bytes, pieces: list[str]) -> bytearray:
-    """0 for each byte of `text` no fragment covers, 1 for the others."""
+def _covered(text: str, pieces: list[str]) -> tuple[bytearray, bytearray]:
+    """Per character of `text`: covered by a fragment (1) or not (0), and covered by a fragment
+    holding a letter or digit (so more than punctuation)."""
     mark = bytearray(len(text))
+    strong = bytearray(len(text))
     for piece in set(pieces):
-        p = piece.encode()
-        start = text.find(p)
+        words = any(ch.isalnum() for ch in piece)
+        start = text.find(piece)
         while start >= 0:
-            mark[start:start + len(p)] = b"\1" * len(p)
-            start = text.find(p, start + 1)
-    return mark
+            mark[start:start + len(piece)] = b"\1" * len(piece)
+            if words:
+                strong[start:start + len(piece)] = b"\1" * len(piece)
+            start = text.find(piece, start + 1)
+    return mark, strong
 
 
-def _data_spans(sql: str, raw: bytes) -> list[tuple[int, int]] | None:
-    """[start, end) of each token that holds data: a constant, or an identifier that is no keyword
-    of any kind (what %I leaves unquoted); a minus sign written against a number is part of it."""
-    try:
-        tokens = list(_parser.scan(sql))
-    except _parser.ParseError:
-        return None
+# a bare name is data only where the statement expects a name, not an expression (where it would
+# be a column: WHERE x = x): after these keywords, or after a dot
+_NAME_BEFORE = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "ONLY", "BY", "INDEX", "VIEW",
+                          "SEQUENCE", "SCHEMA", "TRUNCATE", "ANALYZE", "VACUUM", "ASCII_46"})
+_STRINGS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST"})
+
+
+def _data_spans(sql: str, tokens: list, strings_are_data: bool) -> list[tuple[int, int]]:
+    """[start, end) (characters) of each token that holds data: a string constant (unless the job
+    runs strings as code), a number with its minus sign, a quoted identifier, a bare name where a
+    name is expected (what %I leaves unquoted, unreserved keywords included)."""
     spans = []
     for i, t in enumerate(tokens):
-        if t.name in _DATA_TOKENS or t.name == "IDENT":
-            start = t.start
-            if t.name in _NUMBERS and i and tokens[i - 1].name == "ASCII_45" and tokens[i - 1].end + 1 == t.start:
-                start = tokens[i - 1].start
-            spans.append((start, t.end + 1))
+        prev = tokens[i - 1] if i else None
+        if t.name in _STRINGS:
+            data = strings_are_data
+        elif t.name in _NUMBERS:
+            data = True
+            if prev is not None and prev.name == "ASCII_45" and prev.end + 1 == t.start:
+                spans.append((prev.start, t.end + 1))
+                continue
+        elif t.name == "UIDENT" or (t.name == "IDENT" and sql[t.start] == '"'):
+            data = True
+        elif t.name == "IDENT" or t.kind == "UNRESERVED_KEYWORD":
+            data = prev is not None and prev.name in _NAME_BEFORE
+        else:
+            data = False
+        if data:
+            spans.append((t.start, t.end + 1))
     return spans
 
 
 _UNCOVERED = re.compile(b"\0+")
 
 
-def offending_region(sql: str, pieces: list[str]) -> tuple[int, int] | None:
-    """The first stretch of `sql` (byte offsets) covered by no fragment and not inside one data
-    token, or None when the text is the wrapper's code plus data."""
-    raw = sql.encode()
-    runs = [(m.start(), m.end()) for m in _UNCOVERED.finditer(_covered(raw, pieces))]
+def offending_region(sql: str, pieces: list[str], strings_are_data: bool = True) -> tuple[int, int] | None:
+    """The first stretch of `sql` (character offsets) that is the caller's and changes the
+    statement, or None when the text is the wrapper's code plus data: a stretch covered by no
+    fragment must lie inside one data token, and a statement separator the caller may have
+    supplied must be part of a fragment holding words (or end the text)."""
+    mark, strong = _covered(sql, pieces)
+    runs = [(m.start(), m.end()) for m in _UNCOVERED.finditer(mark)]
     if not runs:
         return None
-    spans = _data_spans(sql, raw)
-    if spans is None:
+    try:
+        tokens = list(_parser.scan(sql))
+    except _parser.ParseError:
         return runs[0]
+    spans = _data_spans(sql, tokens, strings_are_data)
     starts = [s for s, _ in spans]
     for i, j in runs:
         k = bisect.bisect_right(starts, i) - 1
         if k < 0 or spans[k][1] < j:
             return i, j
+    for t in tokens:
+        if t.name == "ASCII_59" and not strong[t.start] and sql[t.end + 1:].strip():
+            return t.start, t.end + 1
     return None

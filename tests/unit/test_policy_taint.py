@@ -54,8 +54,45 @@ def test_fragments_split_at_placeholders():
     assert taint.fragments("anything", "c") == []
 
 
-def test_a_bare_name_is_data_a_keyword_is_not():
+def test_a_name_or_keyword_where_a_statement_starts_is_no_data():
     src = "BEGIN PERFORM pg_background_submit_v2('SELECT 1; ' || p); END"
-    assert region(src, "plpgsql", "SELECT 1; reports") is None  # a syntax error, not a statement
+    assert region(src, "plpgsql", "SELECT 1; reports") is not None
     assert region(src, "plpgsql", "SELECT 1; commit") is not None
     assert region(src, "plpgsql", "SELECT 1; checkpoint") is not None
+
+
+ADD_NOTE = "BEGIN RETURN pg_background_launch_v2('INSERT INTO public.notes(s) VALUES (''' || msg || ''')'); END"
+
+
+def test_offsets_are_characters_not_bytes():
+    """Multi-byte characters before a literal must not shift which text counts as inside it."""
+    t = "INSERT INTO public.notes(s) VALUES ('')"
+    msg = "é'')" * 40 + t + "'); DROP TABLE public.keep; SELECT ('" + t
+    job = "INSERT INTO public.notes(s) VALUES ('" + msg + "')"
+    assert region(ADD_NOTE, "plpgsql", job) is not None
+    assert region(ADD_NOTE, "plpgsql", "INSERT INTO public.notes(s) VALUES ('Müller 日本語')") is None
+    assert taint.fragments("BEGIN RAISE NOTICE 'Größe'; PERFORM f('SELECT 1'); END", "plpgsql") == ["Größe", "SELECT 1"]
+
+
+def test_a_string_the_job_runs_as_code_is_no_data():
+    src = "BEGIN PERFORM f('DO $d$ BEGIN INSERT INTO public.notes(s) VALUES (' || id || '); END $d$'); END"
+    job = "DO $d$ BEGIN INSERT INTO public.notes(s) VALUES (1); DROP TABLE public.keep; END $d$"
+    assert taint.offending_region(job, taint.fragments(src, "plpgsql"), strings_are_data=False) is not None
+
+
+def test_a_bare_name_in_an_expression_is_no_data():
+    src = "BEGIN PERFORM f('DELETE FROM public.keep WHERE x = ' || id); END"
+    assert region(src, "plpgsql", "DELETE FROM public.keep WHERE x = x") is not None
+    assert region(src, "plpgsql", "DELETE FROM public.keep WHERE x = 3") is None
+    fmt = "BEGIN PERFORM f(format('SELECT count(*) FROM public.%I ORDER BY %I', t, c)); END"
+    for name in ("reports", "name", "type", "keep", '"Odd"'):
+        assert region(fmt, "plpgsql", f"SELECT count(*) FROM public.{name} ORDER BY {name}") is None, name
+
+
+def test_a_lone_separator_of_the_wrapper_joins_no_second_statement():
+    src = ("BEGIN IF purge THEN PERFORM f('DELETE FROM public.keep'); END IF; "
+           "PERFORM f(format('SELECT count(*) FROM public.notes WHERE length(s) > %s;', v)); END")
+    pieces = taint.fragments(src, "plpgsql")
+    assert taint.offending_region("SELECT count(*) FROM public.notes WHERE length(s) > 0;DELETE FROM public.keep",
+                                  pieces) is not None
+    assert taint.offending_region("SELECT count(*) FROM public.notes WHERE length(s) > 0;", pieces) is None

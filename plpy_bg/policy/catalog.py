@@ -16,6 +16,7 @@ from typing import Any
 
 from plpy_bg.errors import LockNotAvailable
 from plpy_bg.policy import native
+from plpy_bg.policy.classify import SQL_TEXT_BUILTINS
 
 _EQ = "OPERATOR(pg_catalog.=)"
 _Q_ROLE = (f"SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid {_EQ} $1", ["pg_catalog.oid"])
@@ -43,10 +44,19 @@ LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
 WHERE c.oid {_EQ} ANY($1)""", ["pg_catalog.oid[]"])
 # Code a statement on these relations may run with no frame of its author: expressions of row-
 # level security policies, column defaults and generated columns, CHECK constraints, index
-# expressions, rules and trigger conditions, and CHECK constraints of the columns' domains, when
-# they call a function that is not built in (the extension's launch and trust functions included).
-# A trigger's own function is not counted: it runs as a frame of its owner, seen on the stack.
-_USER_FN = f"d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid OPERATOR(pg_catalog.>=) 16384"
+# expressions, rules and trigger conditions of the relations and of their partitions and
+# inheritance children, and the CHECKs and defaults of every domain their columns reach (through
+# base domains, arrays and composite types), when they call code that is not built in: a function
+# or an operator's function of a user (the extension's launch and trust functions included), or a
+# built-in that runs SQL text. A trigger's own function runs as a frame of its owner, on the stack.
+_SQL_TEXT_BUILTINS = "{" + ",".join(sorted(SQL_TEXT_BUILTINS)) + "}"
+_CODE_FN = f"""(p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+        OR (p.pronamespace {_EQ} 'pg_catalog'::pg_catalog.regnamespace
+            AND p.proname {_EQ} ANY('{_SQL_TEXT_BUILTINS}'::pg_catalog.name[])))"""
+_USER_FN = f"""EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE {_CODE_FN} AND (
+        (d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid {_EQ} d.refobjid)
+        OR (d.refclassid {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass AND p.oid {_EQ} ANY(
+            ARRAY(SELECT op.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator op WHERE op.oid {_EQ} d.refobjid)))))"""
 # (what a refusal calls it, the catalog, the class its pg_depend rows name, its object and
 # relation columns, a further condition)
 _CODE_SOURCES = (
@@ -64,22 +74,42 @@ _CODE_KINDS = "\n    UNION ALL ".join(
     f"      WHERE o.{rel} {_EQ} c.oid AND {_USER_FN}{extra}"
     for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
 _Q_CODE = (f"""
+WITH RECURSIVE rels(oid) AS (
+    SELECT pg_catalog.unnest($1::pg_catalog.oid[])
+    UNION
+    SELECT i.inhrelid FROM rels JOIN pg_catalog.pg_inherits i ON i.inhparent {_EQ} rels.oid
+), types(oid) AS (
+    SELECT a.atttypid FROM rels JOIN pg_catalog.pg_attribute a ON a.attrelid {_EQ} rels.oid
+    WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+    UNION
+    SELECT x.child FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype {_EQ} 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
+        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
+            WHERE t.typtype {_EQ} 'c' AND a.attrelid {_EQ} t.typrelid
+              AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) x(child)
+)
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
   ARRAY(SELECT DISTINCT x.k FROM (
     {_CODE_KINDS}) x) AS kinds
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
-WHERE c.oid {_EQ} ANY($1)
+WHERE c.oid {_EQ} ANY(ARRAY(SELECT rels.oid FROM rels))
 UNION ALL
-SELECT DISTINCT t.oid, n.nspname, t.typname, t.typowner, r.rolname, 'domain', ARRAY['domain constraint']
-FROM pg_catalog.pg_attribute a
-JOIN pg_catalog.pg_type t ON t.oid {_EQ} a.atttypid AND t.typtype {_EQ} 'd'
+SELECT t.oid, n.nspname, t.typname, t.typowner, r.rolname, 'domain',
+  ARRAY(SELECT DISTINCT x.k FROM (
+    SELECT 'domain constraint' AS k FROM pg_catalog.pg_constraint o JOIN pg_catalog.pg_depend d
+      ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+      WHERE o.contypid {_EQ} t.oid AND {_USER_FN}
+    UNION ALL
+    SELECT 'domain default' FROM pg_catalog.pg_depend d
+      WHERE d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} t.oid AND {_USER_FN}) x)
+FROM pg_catalog.pg_type t
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} t.typnamespace
-JOIN pg_catalog.pg_constraint k ON k.contypid {_EQ} t.oid
-JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} k.oid
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} t.typowner
-WHERE a.attrelid {_EQ} ANY($1) AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND {_USER_FN}
+WHERE t.oid {_EQ} ANY(ARRAY(SELECT types.oid FROM types)) AND t.typtype {_EQ} 'd'
 """, ["pg_catalog.oid[]"])
 _Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["pg_catalog.oid", "pg_catalog.oid"])
 _Q_FUNCS = (f"""

@@ -45,12 +45,13 @@ SERVER_FUNCTIONS = frozenset({
     "pg_create_logical_replication_slot", "pg_drop_replication_slot", "pg_wal_replay_pause",
     "pg_wal_replay_resume", "dblink_connect_u", "seccomp_filter", "set_client_filter",
 })
+# Built-in functions that run SQL text given to them
+SQL_TEXT_BUILTINS = frozenset({"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+                               "cursor_to_xml", "cursor_to_xmlschema", "ts_stat"})
 # Functions that run SQL text we cannot see at launch
-OPAQUE_FUNCTIONS = frozenset({
+OPAQUE_FUNCTIONS = SQL_TEXT_BUILTINS | frozenset({
     "dblink", "dblink_exec", "dblink_send_query", "dblink_open", "dblink_fetch",
-    "dblink_connect", "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
-    "cursor_to_xml", "cursor_to_xmlschema", "ts_stat", "pg_background_launch",
-    "pg_background_launch_v2", "pg_background_submit_v2",
+    "dblink_connect", "pg_background_launch", "pg_background_launch_v2", "pg_background_submit_v2",
 })
 
 _TAGS = {

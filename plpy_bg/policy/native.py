@@ -59,7 +59,7 @@ _FRAME_LAYOUT = {
 }
 _PORTAL_LAYOUT = {
     15: {"portal_name": 0, "portal_stmts": 88, "portal_status": 132, "portal_active": 3,
-         "portal_command_tag": 64, "ps_command_tag": 24,
+         "portal_command_tag": 64, "portal_source": 56, "ps_command_tag": 24,
          "plannedstmt_tag": 237, "plannedstmt_command": 4, "cmd_utility": 6, "plannedstmt_utility": 112,
          "plannedstmt_relation_oids": 88, "plannedstmt_inval_items": 96,
          "planinvalitem_tag": 61, "procoid_cache": 45, "list_length": 4, "list_elements": 16,
@@ -486,6 +486,11 @@ class Backend:
             deps.funcs.extend(d.funcs)
             deps.utility.extend(d.utility)
         return name, deps
+
+    def portal_text(self, portal: int, limit: int = 1 << 20) -> str:
+        """The query text a portal was made from (a cursor's, a prepared statement's)."""
+        addr = self.peek_ptr(portal + self.portal["portal_source"])
+        return ctypes.string_at(addr).decode("utf-8", "replace")[:limit] if addr else ""
 
     def active_portal(self) -> int | None:
         return self._portal.value

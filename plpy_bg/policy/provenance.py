@@ -203,7 +203,7 @@ def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, 
 
 
 def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: native.RawFrame,
-                     inner: list[dict], listed: set, cursor_running: bool) -> list[dict] | None:
+                     inner: list[dict], listed: set, cursor_running: bool, outer_kind: str | None) -> list[dict] | None:
     """Entries for the statement a frame is running, the one that leads inwards to the launch;
     None for a PL/pgSQL statement that only fetches from a cursor."""
     nxt = inner[0] if inner else None
@@ -226,6 +226,9 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
             return [_unknown(f'the running statement of SQL function {entry["name"]} is unreadable')]
         return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, nxt)
     if kind == "spi":
+        if outer_kind not in ("plpgsql", "plpython"):
+            return [_unknown("a statement run through SPI by built-in code (query_to_xml, ts_stat ...) "
+                             "has no author on the stack")]
         got = be.spi_statement_text(f.arg)
         if got is None:
             return [_unknown("a statement run through SPI is unreadable")]
@@ -237,6 +240,23 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
                              'or a function inside it changes the user or the search_path)')]
         return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, True, nxt)
     return []
+
+
+def _stored_query_author(be: native.Backend, cat, portal: int, top: int | None, frames: list[dict]) -> list[dict]:
+    """A cursor or prepared statement may have been made earlier by anyone's code in this session
+    (a function returning a refcursor, an EXECUTE 'PREPARE ...'): its query counts as written by
+    the frames on the stack only when it is text of one of them or of the top-level statement."""
+    text = be.portal_text(portal).strip().rstrip(";").strip()
+    if not text:
+        return [_unknown("a cursor or prepared statement without text")]
+    if top and text in be.portal_text(top):
+        return []
+    for e in frames:
+        src = cat.source(e["oid"]) if e.get("kind") in ("function", "trigger") and "oid" in e else None
+        if src and text in src[0]:
+            return []
+    return [_unknown(f'a cursor or prepared statement made earlier, "{_trim(text)}", whose query is no code '
+                     f'on the stack')]
 
 
 def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
@@ -263,8 +283,8 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
         here = _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, outer)
         if top == active:
             out += here
-        else:  # a cursor: run by the innermost function before the launch
-            cursor = here
+        else:  # a cursor or a prepared statement: run by the innermost function before the launch
+            cursor = here + _stored_query_author(be, cat, active, top, frames)
             cursor_running = True
     parts: list = []
     for i, (kind, entry, f) in enumerate(items):
@@ -274,7 +294,8 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
             parts.append([entry])
         if f is not None:
             inner = [e for _, e, _ in items[i + 1:] if e is not None]
-            parts.append(_frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running))
+            outer_kind = items[i - 1][0] if i else None
+            parts.append(_frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running, outer_kind))
     # the running cursor is the innermost fetch's: an outer frame's fetch is of a portal not active
     fetches = [i for i, p in enumerate(parts) if p is None]
     for i in fetches[:-1]:

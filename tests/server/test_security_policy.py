@@ -353,12 +353,6 @@ def test_launches_from_the_victims_own_code_still_work(nested):
         for sql in calls:
             c.execute(sql)
         c.execute("CALL public.own_proc()")
-        c.execute("PREPARE p AS SELECT (public.pg_background_launch_v2('SELECT 10')).pid")
-        c.execute("EXECUTE p")
-        c.execute("BEGIN")
-        c.execute("DECLARE cur CURSOR FOR SELECT (public.pg_background_launch_v2('SELECT 11')).pid")
-        c.execute("FETCH ALL FROM cur")
-        c.execute("COMMIT")
     with nested.connect("postgres") as c:
         c.execute("DO LANGUAGE plpython3u $$ plpy.execute(\"SELECT public.pg_background_submit_v2('SELECT 12')\") $$")
         c.execute("DO LANGUAGE plpython3u $$ plpy.execute(plpy.prepare("
@@ -571,3 +565,46 @@ def test_a_locked_relation_makes_the_launch_fail_not_guess(scene):
         holder.rollback()
         h = launch(c, "SELECT count(*) FROM public.locked_t")
         assert result(c, h) == [("0",)]
+
+
+STORED = """
+CREATE FUNCTION trapm.report_cursor() RETURNS refcursor LANGUAGE plpgsql AS $$
+DECLARE c refcursor;
+BEGIN OPEN c FOR SELECT 'ok' WHERE public.pg_background_submit_v2('ALTER ROLE marker_stored SUPERUSER') IS NOT NULL;
+      RETURN c; END $$;
+CREATE FUNCTION trapm.hello() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'PREPARE planted AS SELECT 1 WHERE public.pg_background_submit_v2(''ALTER ROLE marker_stored SUPERUSER'') IS NOT NULL';
+      RETURN 1; END $$;
+"""
+
+
+def test_a_cursor_or_prepared_statement_planted_earlier_launches_nothing(scene):
+    """Mallory's function leaves a cursor or a prepared statement in the victim's session; the
+    victim fetches or executes it later, with nothing of mallory's on the stack."""
+    scene.sql("CREATE ROLE marker_stored NOLOGIN")
+    scene.sql(STORED, user="mallory")
+    with scene.connect("postgres") as c:
+        c.execute("BEGIN")
+        name = c.execute("SELECT trapm.report_cursor()").fetchone()[0]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="made earlier"):
+            c.execute(f'FETCH ALL FROM "{name}"')
+        c.execute("ROLLBACK")
+        c.execute("BEGIN READ ONLY")
+        c.execute("SELECT trapm.hello()")
+        c.execute("ROLLBACK")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="made earlier"):
+            c.execute("EXECUTE planted")
+    time.sleep(0.5)
+    assert scene.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_stored'") == [(False,)]
+
+
+def test_a_launch_in_a_cursor_declared_at_the_top_level_is_refused_with_the_reason(scene):
+    """Fail closed: a cursor or prepared statement of an earlier top-level statement is not
+    told apart from one a function made (documented; launch from the statement itself)."""
+    with scene.connect("admin") as c:
+        c.execute("BEGIN")
+        c.execute("DECLARE cur CURSOR FOR SELECT (public.pg_background_launch_v2('SELECT 11')).pid")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute("FETCH ALL FROM cur")
+        assert "no code on the stack" in e.value.diag.message_detail
+        c.execute("ROLLBACK")

@@ -339,10 +339,12 @@ def classify(sql: str) -> dict:
                  "row_text": _row_text_ok(node_type, body)}
         if node_type == "VariableSetStmt" and (body.get("name") or "").lower() == "search_path":
             if body.get("kind") == "VAR_SET_VALUE":
-                vals = [_const_str(a) or "" for a in body.get("args", ())]
+                # the server quotes each value as an identifier (GUC_LIST_QUOTE): "Tools" stays Tools
+                vals = ['"' + (_const_str(a) or "").replace('"', '""') + '"' for a in body.get("args", ())]
                 entry["sets_search_path"] = ", ".join(vals)
             else:
                 entry["sets_search_path"] = None  # RESET / DEFAULT: back to the inherited path
+            entry["local"] = bool(body.get("is_local"))
         if node_type == "CallStmt":
             call = body.get("funccall") or {}
             entry["functions"].append({"name": _names(call.get("funcname")),

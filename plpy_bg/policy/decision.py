@@ -207,14 +207,26 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: li
     bad: list[dict] = []
     raw = sql.encode()
     path = start_path
+    in_block = changed_in_block = False
     for st in statements:
+        if st["node"] == "TransactionStmt":
+            if st["command"] in ("BEGIN", "START TRANSACTION"):
+                in_block, changed_in_block = True, False
+            elif st["command"] not in ("SAVEPOINT", "RELEASE"):
+                if changed_in_block:  # a ROLLBACK undoes the change, a COMMIT ends a SET LOCAL
+                    path = "?"
+                in_block = changed_in_block = False
+            continue
         if "sets_search_path" in st:
             p = st["sets_search_path"]
             path = start_path if p is None else p
-            if p == "?":
-                bad.append({"name": "set_config('search_path')", "role": None, "role_oid": None,
-                            "detail": "search_path set to a value computed at run time"})
+            changed_in_block = changed_in_block or in_block or st.get("local", False)
         if path == "?":
+            if st["node"] in _ANALYZABLE or st["functions"] or st["operators"]:
+                bad.append({"name": "search_path", "role": None, "role_oid": None,
+                            "detail": "The job sets search_path to a value computed at run time, or changes it "
+                                      "inside a transaction block it then ends"})
+                break
             continue
         deps = None
         if st["node"] in _ANALYZABLE:
@@ -271,6 +283,12 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
 
     start_path = cat.be.search_path() if search_path is None else search_path
     resolved, bad = _risky_functions(cat, tc, job_oid, sql, statements, start_path, job_role)
+    if bad and "kind" not in bad[0]:
+        raise InsufficientPrivilege(
+            "background job calls functions under a search_path the policy cannot know",
+            detail=bad[0]["detail"] + ".",
+            hint="Set search_path to a constant with SET outside a transaction block the job ends, or "
+                 "qualify the functions and operators with their schema.")
     if bad:
         b = bad[0]
         detail = (f'{_describe(b) if b["kind"] == "function" else "operator " + b["name"]} '

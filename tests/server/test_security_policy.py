@@ -608,3 +608,25 @@ def test_a_launch_in_a_cursor_declared_at_the_top_level_is_refused_with_the_reas
             c.execute("FETCH ALL FROM cur")
         assert "no code on the stack" in e.value.diag.message_detail
         c.execute("ROLLBACK")
+
+
+def test_the_job_path_is_the_path_the_server_will_use(scene):
+    """A quoted schema name keeps its case, and a path a transaction block of the job sets and
+    then ends is unknown: neither hides mallory's function from the job's own check."""
+    scene.sql("""CREATE SCHEMA "Tools"; GRANT USAGE ON SCHEMA "Tools" TO PUBLIC;
+        CREATE FUNCTION "Tools".report() RETURNS int LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN 1; END $$;
+        CREATE FUNCTION trapm.summary() RETURNS int LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN 1; END $$""", user="mallory")
+    with scene.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='may not induce user "admin"'):
+            launch(c, 'SET search_path = "Tools"; SELECT report()')
+        c.execute("SET search_path = trapm, public")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="search_path the policy cannot know"):
+            launch(c, "BEGIN; SET LOCAL search_path = public; COMMIT; SELECT summary()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="search_path the policy cannot know"):
+            launch(c, "BEGIN; SET search_path = public; ROLLBACK; SELECT summary()")
+        h = launch(c, "BEGIN; SET LOCAL search_path = public; SELECT lower('A'); COMMIT")
+        assert result(c, h) == [("a",)]
+    time.sleep(0.3)
+    assert loot(scene) == []

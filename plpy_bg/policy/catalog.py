@@ -73,8 +73,7 @@ _CODE_KINDS = "\n    UNION ALL ".join(
     f"      ON d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} o.{obj}\n"
     f"      WHERE o.{rel} {_EQ} c.oid AND {_USER_FN}{extra}"
     for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
-_Q_CODE = (f"""
-WITH RECURSIVE rels(oid) AS (
+_REACH = f"""rels(oid) AS (
     SELECT pg_catalog.unnest($1::pg_catalog.oid[])
     UNION
     SELECT i.inhrelid FROM rels JOIN pg_catalog.pg_inherits i ON i.inhparent {_EQ} rels.oid
@@ -89,7 +88,9 @@ WITH RECURSIVE rels(oid) AS (
         UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
             WHERE t.typtype {_EQ} 'c' AND a.attrelid {_EQ} t.typrelid
               AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) x(child)
-)
+)"""
+_Q_CODE = (f"""
+WITH RECURSIVE {_REACH}
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
   ARRAY(SELECT DISTINCT x.k FROM (
     {_CODE_KINDS}) x) AS kinds
@@ -111,6 +112,33 @@ JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} t.typnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} t.typowner
 WHERE t.oid {_EQ} ANY(ARRAY(SELECT types.oid FROM types)) AND t.typtype {_EQ} 'd'
 """, ["pg_catalog.oid[]"])
+# The user functions that code runs (the same sources, the domains' too) and, for a statement that
+# writes, the relations' triggers: what a job's statement calls beyond what its plan names.
+_IN_RELS = "ANY(ARRAY(SELECT rels.oid FROM rels))"
+_IN_DOMAINS = (f"ANY(ARRAY(SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid "
+               f"WHERE t.typtype {_EQ} 'd'))")
+_CODE_DEPS = " OR ".join(
+    [f"(d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
+     f"SELECT o.{obj} FROM pg_catalog.{cat} o WHERE o.{rel} {_EQ} {_IN_RELS})))"
+     for _, cat, cls, obj, rel, _ in _CODE_SOURCES]
+    + [f"(d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
+       f"SELECT o.oid FROM pg_catalog.pg_constraint o WHERE o.contypid {_EQ} {_IN_DOMAINS})))",
+       f"(d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} {_IN_DOMAINS})"])
+_Q_CODE_FUNCS = (f"""
+WITH RECURSIVE {_REACH}, deps AS (
+    SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d WHERE {_CODE_DEPS}
+)
+SELECT p.oid FROM pg_catalog.pg_proc p
+WHERE p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND (
+    p.oid {_EQ} ANY(ARRAY(SELECT deps.refobjid FROM deps
+                          WHERE deps.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass))
+    OR p.oid {_EQ} ANY(ARRAY(SELECT op.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator op
+                             WHERE op.oid {_EQ} ANY(ARRAY(SELECT deps.refobjid FROM deps WHERE deps.refclassid
+                                                          {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass))))
+    OR ($2 AND p.oid {_EQ} ANY(ARRAY(SELECT g.tgfoid FROM pg_catalog.pg_trigger g
+                                    WHERE g.tgrelid {_EQ} {_IN_RELS} AND NOT g.tgisinternal
+                                      AND g.tgenabled OPERATOR(pg_catalog.<>) 'D'))))
+""", ["pg_catalog.oid[]", "pg_catalog.bool"])
 _Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["pg_catalog.oid", "pg_catalog.oid"])
 _Q_FUNCS = (f"""
 SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args,
@@ -218,6 +246,12 @@ class Catalog:
         that are not built in: (oid, name, owner, what, kinds) for those that do."""
         key = ("code", tuple(sorted(set(oids))))
         return [r for r in self._cached(key, _Q_CODE, list(key[1])) if r["kinds"]]
+
+    def code_functions(self, oids: list[int], writes: bool) -> list[int]:
+        """User functions that frame-less code of these relations (their partitions and children,
+        and the domains of their columns) calls, and, for a statement that writes, their triggers'."""
+        key = ("codefns", tuple(sorted(set(oids))), writes)
+        return [int(r["oid"]) for r in self._cached(key, _Q_CODE_FUNCS, list(key[1]), writes)]
 
     def can_become(self, member: int, role: int) -> bool:
         """True when `member` may SET ROLE to `role` (superusers may become anyone)."""

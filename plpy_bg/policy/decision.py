@@ -234,6 +234,9 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: li
             deps = cat.analyzed((raw[loc:loc + ln] if ln else raw[loc:]).decode(), _without_our_temp(path))
         if deps is not None and not deps.utility:
             _analyzed_functions(cat, tc, job_oid, deps, resolved, bad)
+            if deps.rels:  # defaults, constraints, policies, triggers of the relations it touches
+                more = cat.code_functions(deps.rels, st["kind"] != "read")
+                _analyzed_functions(cat, tc, job_oid, deps._replace(funcs=more), resolved, bad)
         elif st["functions"] or st["operators"]:
             _named_functions(cat, tc, job_oid, st, parse_search_path(path, job_role), resolved, bad)
     return resolved, bad

@@ -630,3 +630,31 @@ def test_the_job_path_is_the_path_the_server_will_use(scene):
         assert result(c, h) == [("a",)]
     time.sleep(0.3)
     assert loot(scene) == []
+
+
+def test_a_job_does_not_run_code_of_a_role_its_owner_does_not_trust_through_a_table(scene):
+    """Rule 2 for what a job's statement runs beyond its plan: triggers of the relations it writes,
+    and defaults, constraints and policies of the relations it touches."""
+    scene.sql("""CREATE TABLE trapm.guestbook (s text); GRANT INSERT ON trapm.guestbook TO PUBLIC;
+        CREATE FUNCTION trapm.gb() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN NEW; END $$;
+        CREATE TRIGGER t AFTER INSERT ON trapm.guestbook FOR EACH ROW EXECUTE FUNCTION trapm.gb();
+        CREATE FUNCTION trapm.visible(text) RETURNS bool LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN true; END $$;
+        CREATE TABLE trapm.board (s text); INSERT INTO trapm.board VALUES ('hello');
+        ALTER TABLE trapm.board ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY p ON trapm.board USING (trapm.visible(s)); GRANT SELECT ON trapm.board TO PUBLIC""",
+              user="mallory")
+    scene.sql("""CREATE TABLE public.own_log (s text);
+        CREATE FUNCTION public.own_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+        CREATE TRIGGER t BEFORE INSERT ON public.own_log FOR EACH ROW EXECUTE FUNCTION public.own_trg()""",
+              user="admin")
+    with scene.connect("admin") as c:
+        for job in ("INSERT INTO trapm.guestbook VALUES ('hi')", "SELECT count(*) FROM trapm.board"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match='may not induce user "admin"'):
+                launch(c, job)
+        h = launch(c, "INSERT INTO public.own_log VALUES ('fine')")
+        wait_for(lambda: job_row(scene, h[1])["state"] != "running")
+        assert job_row(scene, h[1])["state"] == "completed"
+    time.sleep(0.3)
+    assert loot(scene) == []

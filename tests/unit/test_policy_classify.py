@@ -119,10 +119,11 @@ def test_call_statement_names_its_procedure():
 
 
 def test_search_path_changes_are_tracked():
-    c = classify("SET search_path = alice, public; SELECT f(); RESET search_path; "
-                 "SELECT set_config('search_path', 'x', false)")
+    c = classify('SET search_path = alice, "Bob", public; SELECT f(); RESET search_path; '
+                 "SELECT set_config('search_path', 'x', false); SET LOCAL search_path = y")
     paths = [s.get("sets_search_path", "-") for s in c["statements"]]
-    assert paths == ["alice, public", "-", None, "x"]
+    assert paths == ['"alice", "Bob", "public"', "-", None, "x", '"y"']  # each value an identifier, as the server has it
+    assert [s.get("local") for s in c["statements"]] == [False, None, False, None, True]
 
 
 def test_syntax_error_raises():

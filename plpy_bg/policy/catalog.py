@@ -34,7 +34,8 @@ JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} p.proowner
 WHERE p.oid {_EQ} $1""", ["pg_catalog.oid"])
 _Q_SOURCE = (f"""
-SELECT p.prosrc, l.lanname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
+SELECT CASE WHEN p.prosqlbody IS NULL THEN p.prosrc ELSE pg_catalog.pg_get_functiondef(p.oid) END AS prosrc,
+       l.lanname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid {_EQ} p.prolang
 WHERE p.oid {_EQ} $1""", ["pg_catalog.oid"])
 _Q_RELS = (f"""
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules, c.relowner, r.rolname AS owner

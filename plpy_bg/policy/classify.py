@@ -47,7 +47,10 @@ SERVER_FUNCTIONS = frozenset({
 })
 # Built-in functions that run SQL text given to them
 SQL_TEXT_BUILTINS = frozenset({"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
-                               "cursor_to_xml", "cursor_to_xmlschema", "ts_stat"})
+                               "cursor_to_xml", "cursor_to_xmlschema", "ts_stat", "ts_rewrite"})
+# Functions of common extensions that run SQL text given to them (whatever their schema)
+SQL_TEXT_EXTENSION_FUNCTIONS = frozenset({"crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby",
+                                          "xpath_table"})
 # Functions that run SQL text we cannot see at launch
 OPAQUE_FUNCTIONS = SQL_TEXT_BUILTINS | frozenset({
     "dblink", "dblink_exec", "dblink_send_query", "dblink_open", "dblink_fetch",

@@ -31,7 +31,8 @@ import re
 from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
 from plpy_bg.policy import catalog as _catalog
 from plpy_bg.policy import taint
-from plpy_bg.policy.classify import KINDS_ALWAYS_REFUSED, ClassifyError, classify, worst_statement
+from plpy_bg.policy.classify import (KINDS_ALWAYS_REFUSED, OPAQUE_FUNCTIONS, SQL_TEXT_EXTENSION_FUNCTIONS,
+                                    ClassifyError, classify, worst_statement)
 from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
 
 FIRST_NORMAL_OID = 16384
@@ -302,7 +303,7 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
         worst = worst_statement(statements)
         who = chain[culprit].get("role")
         raise _induce(who, job_role, worst["command"], lazy_detail(), _trust_hint(job_role, who))
-    _require_data_only(cat, tc, job_oid, job_role, sql, chain, statements)
+    _require_data_only(cat, tc, job_oid, job_role, sql, chain, statements, resolved)
     return {
         **cls,
         "job_role": job_role,
@@ -315,12 +316,26 @@ def check(plpy, sql: str, provenance: dict, job_role: str, search_path: str | No
     }
 
 
-# statements that run a string as code: a caller's value inside one is no data
+# statements and functions that run a string as code: a caller's value inside one is no data
 _RUNS_STRINGS = frozenset({"DoStmt", "CreateFunctionStmt"})
+_SQL_TEXT_RUNNERS = OPAQUE_FUNCTIONS | SQL_TEXT_EXTENSION_FUNCTIONS
+
+
+def _runs_strings(statements: list[dict], resolved: list[dict]) -> bool:
+    """Whether the job may run a string constant of its text as code: a DO block, a function
+    body, a function known to run SQL text (named in any schema), or a function of an extension
+    written in C (it may, and we cannot read it)."""
+    for st in statements:
+        if st["kind"] in ("opaque", "server") or st["node"] in _RUNS_STRINGS:
+            return True
+        for f in st["functions"]:
+            if f["name"] and f["name"][-1] in _SQL_TEXT_RUNNERS:
+                return True
+    return any(r.get("language") in ("c", "internal") for r in resolved)
 
 
 def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: str, chain: list[dict],
-                       statements: list[dict]) -> None:
+                       statements: list[dict], resolved: list[dict]) -> None:
     """Below a SECURITY DEFINER wrapper of the job role, a caller it does not trust may pass data
     only: the job text must be the trusted side's code plus single quoted values (`taint`)."""
     caller = next((i for i, e in enumerate(chain) if not e.get("effective", True) and not e.get("inherited")
@@ -333,8 +348,7 @@ def _require_data_only(cat, tc: TrustCache, job_oid: int, job_role: str, sql: st
             src = cat.source(e["oid"])
             if src:
                 pieces += taint.fragments(*src)
-    strings_are_data = not any(st["kind"] in ("opaque", "server") or st["node"] in _RUNS_STRINGS
-                               for st in statements)
+    strings_are_data = not _runs_strings(statements, resolved)
     region = taint.offending_region(sql, pieces, strings_are_data)
     if region is None:
         return

@@ -165,6 +165,12 @@ def offending_region(sql: str, pieces: list[str], strings_are_data: bool = True)
     spans = _data_spans(sql, tokens, strings_are_data)
     starts = [s for s, _ in spans]
     for i, j in runs:
+        while i < j and sql[i].isspace():  # spacing around a value changes nothing
+            i += 1
+        while j > i and sql[j - 1].isspace():
+            j -= 1
+        if i == j:
+            continue
         k = bisect.bisect_right(starts, i) - 1
         if k < 0 or spans[k][1] < j:
             return i, j

@@ -658,3 +658,25 @@ def test_a_job_does_not_run_code_of_a_role_its_owner_does_not_trust_through_a_ta
         assert job_row(scene, h[1])["state"] == "completed"
     time.sleep(0.3)
     assert loot(scene) == []
+
+
+def test_caller_data_in_a_string_the_job_runs_as_sql_is_refused(wrappers):
+    """ts_rewrite (built in) and crosstab (tablefunc, any schema) run a string argument as SQL:
+    a quoted value there is code."""
+    wrappers.sql("CREATE EXTENSION IF NOT EXISTS tablefunc SCHEMA public")
+    wrappers.sql("""CREATE TABLE public.synonyms (target tsquery, substitute tsquery, grp text);
+        CREATE FUNCTION public.expand(grp text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $f$
+        BEGIN RETURN (public.pg_background_submit_v2('SELECT ts_rewrite(to_tsquery(''simple'', ''foo''), '
+            || '''SELECT target, substitute FROM public.synonyms WHERE grp = ''''' || grp || ''''''')::text')).pid; END $f$;
+        CREATE FUNCTION public.pivot(region text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $f$
+        BEGIN RETURN (public.pg_background_submit_v2('SELECT * FROM public.crosstab(''SELECT owner, owner, n::text '
+            || 'FROM public.reports WHERE owner = ''''' || region || ''''' ORDER BY 1'') AS ct(a text, b text)')).pid; END $f$;
+        CREATE FUNCTION public.atomic_note(v text) RETURNS int LANGUAGE sql SECURITY DEFINER
+        BEGIN ATOMIC SELECT (public.pg_background_submit_v2(format('SELECT count(*) FROM public.reports WHERE owner = %L', v))).pid; END""",
+                 user="admin")
+    with wrappers.connect("mallory") as c:
+        for call in ("SELECT public.expand(%s)", "SELECT public.pivot(%s)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="changes the statement"):
+                c.execute(call, ("x'' UNION ALL SELECT s, s, s FROM vault.secrets --",))
+        assert c.execute("SELECT public.atomic_note(%s)", ("o'brien; DROP TABLE public.keep",)).fetchone()[0]
+    assert intact(wrappers)

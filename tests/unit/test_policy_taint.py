@@ -96,3 +96,9 @@ def test_a_lone_separator_of_the_wrapper_joins_no_second_statement():
     assert taint.offending_region("SELECT count(*) FROM public.notes WHERE length(s) > 0;DELETE FROM public.keep",
                                   pieces) is not None
     assert taint.offending_region("SELECT count(*) FROM public.notes WHERE length(s) > 0;", pieces) is None
+
+
+def test_spacing_around_a_value_is_no_statement():
+    src = "BEGIN PERFORM f('SELECT count(*) FROM reports LIMIT ' || n); END"
+    assert region(src, "plpgsql", "SELECT count(*) FROM reports LIMIT 5\n") is None
+    assert region(src, "plpgsql", "SELECT count(*) FROM reports LIMIT 5\n; DROP TABLE reports") is not None

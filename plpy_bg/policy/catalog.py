@@ -68,7 +68,14 @@ _CODE_SOURCES = (
     ("rule", "pg_rewrite", "pg_rewrite", "oid", "ev_class", ""),
     ("trigger", "pg_trigger", "pg_trigger", "oid", "tgrelid",
      " AND NOT o.tgisinternal AND d.refobjid OPERATOR(pg_catalog.<>) o.tgfoid"),
+    ("partition key", "pg_class", "pg_class", "oid", "oid", " AND d.objsubid OPERATOR(pg_catalog.=) 0"),
 )
+_IN_RELS = "ANY(ARRAY(SELECT rels.oid FROM rels))"
+# pg_depend rows of the relations' stored expressions (the relations' own: partition keys, column types)
+_SOURCE_DEPS = " OR ".join(
+    [f"(d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
+     f"SELECT o.{obj} FROM pg_catalog.{cat} o WHERE o.{rel} {_EQ} {_IN_RELS})))"
+     for _, cat, cls, obj, rel, _ in _CODE_SOURCES])
 _CODE_KINDS = "\n    UNION ALL ".join(
     f"SELECT '{kind}' AS k FROM pg_catalog.{cat} o JOIN pg_catalog.pg_depend d\n"
     f"      ON d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} o.{obj}\n"
@@ -82,13 +89,18 @@ _REACH = f"""rels(oid) AS (
     SELECT a.atttypid FROM rels JOIN pg_catalog.pg_attribute a ON a.attrelid {_EQ} rels.oid
     WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
     UNION
+    SELECT d.refobjid FROM pg_catalog.pg_depend d  -- types the stored expressions cast to
+    WHERE d.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND ({_SOURCE_DEPS})
+    UNION
     SELECT x.child FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid
     CROSS JOIN LATERAL (
         SELECT t.typbasetype WHERE t.typtype {_EQ} 'd'
         UNION ALL SELECT t.typelem WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
         UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
             WHERE t.typtype {_EQ} 'c' AND a.attrelid {_EQ} t.typrelid
-              AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) x(child)
+              AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+        UNION ALL SELECT g.rngsubtype FROM pg_catalog.pg_range g WHERE g.rngtypid {_EQ} t.oid
+        UNION ALL SELECT g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngmultitypid {_EQ} t.oid) x(child)
 )"""
 _Q_CODE = (f"""
 WITH RECURSIVE {_REACH}
@@ -115,13 +127,10 @@ WHERE t.oid {_EQ} ANY(ARRAY(SELECT types.oid FROM types)) AND t.typtype {_EQ} 'd
 """, ["pg_catalog.oid[]"])
 # The user functions that code runs (the same sources, the domains' too) and, for a statement that
 # writes, the relations' triggers: what a job's statement calls beyond what its plan names.
-_IN_RELS = "ANY(ARRAY(SELECT rels.oid FROM rels))"
 _IN_DOMAINS = (f"ANY(ARRAY(SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid "
                f"WHERE t.typtype {_EQ} 'd'))")
 _CODE_DEPS = " OR ".join(
-    [f"(d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
-     f"SELECT o.{obj} FROM pg_catalog.{cat} o WHERE o.{rel} {_EQ} {_IN_RELS})))"
-     for _, cat, cls, obj, rel, _ in _CODE_SOURCES]
+    [_SOURCE_DEPS]
     + [f"(d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
        f"SELECT o.oid FROM pg_catalog.pg_constraint o WHERE o.contypid {_EQ} {_IN_DOMAINS})))",
        f"(d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} {_IN_DOMAINS})"])

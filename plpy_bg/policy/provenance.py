@@ -101,14 +101,32 @@ def _trim(text: str, n: int = 60) -> str:
     return one if len(one) <= n else one[:n - 3] + "..."
 
 
-def _dependency_entries(cat, deps: native.Deps, listed: set) -> list[dict]:
+class _Level:
+    """What one statement on the way to the launch names: its functions, and whether it holds code
+    of an author we attributed (a view, a rule, frame-less code of a relation or domain, an SQL
+    function the planner may have inlined)."""
+
+    def __init__(self):
+        self.funcs: set[int] = set()
+        self.attributed = False
+        self.read = False  # a statement was read at this level
+
+
+def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | None = None) -> list[dict]:
     """Views, rule-bearing tables, relations and domains with frame-less code, and user functions
     a statement depends on; each object once in a chain (`listed`)."""
     out = []
     rels = sorted(set(deps.rels))
     named = set()
+    if level is not None:
+        level.read = True
+        level.funcs.update(deps.funcs)
+        level.attributed = level.attributed or any(
+            (cat.proc(f) or {}).get("language") == "sql" for f in deps.funcs)
     for r in cat.relations(rels) if rels else ():
         if r["relkind"] == "v" or r["relhasrules"]:
+            if level is not None:
+                level.attributed = True
             named.add(int(r["oid"]))
             if ("rel", int(r["oid"])) not in listed:
                 listed.add(("rel", int(r["oid"])))
@@ -118,6 +136,8 @@ def _dependency_entries(cat, deps: native.Deps, listed: set) -> list[dict]:
     # expressions that run with no frame of their author (a policy, a default, a domain's CHECK
     # calling the launch or trust function): the relation's or domain's owner wrote them
     for r in cat.code_of(rels) if rels else ():
+        if level is not None:
+            level.attributed = True
         key = (r["what"], int(r["oid"]))
         if (r["what"] == "relation" and int(r["oid"]) in named) or key in listed:
             continue
@@ -203,7 +223,8 @@ def _stack_items(be: native.Backend, cat, plpy) -> list[tuple[str, dict | None, 
 
 
 def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: native.RawFrame,
-                     inner: list[dict], listed: set, cursor_running: bool, outer_kind: str | None) -> list[dict] | None:
+                     inner: list[dict], listed: set, cursor_running: bool, outer_kind: str | None,
+                     level: _Level) -> list[dict] | None:
     """Entries for the statement a frame is running, the one that leads inwards to the launch;
     None for a PL/pgSQL statement that only fetches from a cursor."""
     nxt = inner[0] if inner else None
@@ -218,13 +239,13 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
             deps = be.plansource_deps(ps)
             if deps is None:
                 return [_unknown(f'a plan of {entry.get("name") or "a DO block"} is unreadable')]
-            out += _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, True, nxt)
+            out += _dependency_entries(cat, deps, listed, level) + _utility_entries(deps.utility, True, nxt)
         return out
     if kind == "sql" and entry["kind"] == "function":
         deps = be.sql_function_statement(f.arg, entry["proname"])
         if deps is None:
             return [_unknown(f'the running statement of SQL function {entry["name"]} is unreadable')]
-        return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, nxt)
+        return _dependency_entries(cat, deps, listed, level) + _utility_entries(deps.utility, False, nxt)
     if kind == "spi":
         if outer_kind not in ("plpgsql", "plpython"):
             return [_unknown("a statement run through SPI by built-in code (query_to_xml, ts_stat ...) "
@@ -238,7 +259,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
         if deps is None:
             return [_unknown(f'dynamic statement "{_trim(text)}" could not be analyzed (it takes parameters, '
                              'or a function inside it changes the user or the search_path)')]
-        return _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, True, nxt)
+        return _dependency_entries(cat, deps, listed, level) + _utility_entries(deps.utility, True, nxt)
     return []
 
 
@@ -272,6 +293,8 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
     active = be.active_portal()
     cursor: list[dict] = []
     cursor_running = False
+    levels: list[_Level] = []  # the statements on the way to the launch, outermost first
+    cursor_level = _Level()
     if not active:
         out.append(_unknown("the launch runs while a statement is planned, outside any portal"))
     else:
@@ -279,8 +302,11 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
         top = active if name == "" else be.top_level_portal()
         if top and top != active:
             _, top_deps = be.portal_deps(top)
-            out += _dependency_entries(cat, top_deps, listed) + _utility_entries(top_deps.utility, False, outer)
-        here = _dependency_entries(cat, deps, listed) + _utility_entries(deps.utility, False, outer)
+            levels.append(_Level())
+            out += _dependency_entries(cat, top_deps, listed, levels[-1]) + _utility_entries(top_deps.utility, False, outer)
+        if top == active:
+            levels.append(cursor_level)
+        here = _dependency_entries(cat, deps, listed, cursor_level) + _utility_entries(deps.utility, False, outer)
         if top == active:
             out += here
         else:  # a cursor or a prepared statement: run by the innermost function before the launch
@@ -290,12 +316,25 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
     for i, (kind, entry, f) in enumerate(items):
         if i == len(items) - 1:
             parts.append(cursor)
+            if cursor_running:
+                levels.append(cursor_level)
         if entry is not None:
             parts.append([entry])
         if f is not None:
             inner = [e for _, e, _ in items[i + 1:] if e is not None]
             outer_kind = items[i - 1][0] if i else None
-            parts.append(_frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running, outer_kind))
+            level = _Level()
+            part = _frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running, outer_kind, level)
+            if level.read:
+                levels.append(level)
+            parts.append(part)
+    caller = frames[-1] if frames else None
+    if levels and caller is not None and "oid" in caller:
+        last = levels[-1]
+        if caller["oid"] not in last.funcs and not last.attributed:
+            parts.insert(len(parts) - 2, [_unknown(
+                "the statement that calls the launch does not name it, nor any object whose code we "
+                "attributed (a domain's CHECK reached through a cast or a record's input ...)")])
     # the running cursor is the innermost fetch's: an outer frame's fetch is of a portal not active
     fetches = [i for i, p in enumerate(parts) if p is None]
     for i in fetches[:-1]:

@@ -680,3 +680,39 @@ def test_caller_data_in_a_string_the_job_runs_as_sql_is_refused(wrappers):
                 c.execute(call, ("x'' UNION ALL SELECT s, s, s FROM vault.secrets --",))
         assert c.execute("SELECT public.atomic_note(%s)", ("o'brien; DROP TABLE public.keep",)).fetchone()[0]
     assert intact(wrappers)
+
+
+DOMAIN_TRAPS = """
+CREATE DOMAIN trapm.dd AS text CHECK ((public.pg_background_submit_v2('ALTER ROLE marker_dom SUPERUSER')).pid IS NOT NULL);
+CREATE TABLE trapm.dchk2 (e text CHECK ((e::trapm.dd) IS NOT NULL));
+CREATE TABLE trapm.didx (e text); CREATE INDEX ON trapm.didx ((e::trapm.dd));
+CREATE TABLE trapm.dpart (e text) PARTITION BY LIST ((e::trapm.dd));
+CREATE TABLE trapm.dpart_d PARTITION OF trapm.dpart DEFAULT;
+CREATE TYPE trapm.dr AS RANGE (subtype = trapm.dd);
+CREATE TABLE trapm.drange (r trapm.dr);
+CREATE TABLE trapm.dsrc (e text); INSERT INTO trapm.dsrc VALUES ('a');
+CREATE TYPE trapm.dc AS (e trapm.dd);
+GRANT ALL ON trapm.dchk2, trapm.didx, trapm.dpart, trapm.dpart_d, trapm.drange TO PUBLIC;
+GRANT SELECT ON trapm.dsrc TO PUBLIC;
+"""
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO trapm.dchk2 VALUES ('x')",
+    "INSERT INTO trapm.didx VALUES ('x')",
+    "INSERT INTO trapm.dpart VALUES ('x')",
+    "INSERT INTO trapm.drange SELECT pg_catalog.format('[%s,%s]', 'a', 'b')::trapm.dr",
+    "SELECT e::trapm.dd FROM trapm.dsrc",
+    "SELECT * FROM json_populate_record(NULL::trapm.dc, json_build_object('e', current_user))",
+])
+def test_a_domain_check_reached_without_a_frame_makes_nobody_superuser(scene, sql):
+    """A domain's CHECK runs as whoever makes a value of it: through a cast in a stored
+    expression, a partition key, a range's bounds, the victim's own cast or a record's input."""
+    if not scene.sql("SELECT 1 FROM pg_roles WHERE rolname = 'marker_dom'"):
+        scene.sql("CREATE ROLE marker_dom NOLOGIN")
+        scene.sql(DOMAIN_TRAPS, user="mallory")
+    with scene.connect("postgres") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not induce"):
+            c.execute(sql)
+    time.sleep(0.3)
+    assert scene.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_dom'") == [(False,)]

@@ -44,20 +44,22 @@ JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
 WHERE c.oid {_EQ} ANY($1)""", ["pg_catalog.oid[]"])
 # Code a statement on these relations may run with no frame of its author: expressions of row-
-# level security policies, column defaults and generated columns, CHECK constraints, index
-# expressions, rules and trigger conditions of the relations and of their partitions and
-# inheritance children, and the CHECKs and defaults of every domain their columns reach (through
-# base domains, arrays and composite types), when they call code that is not built in: a function
-# or an operator's function of a user (the extension's launch and trust functions included), or a
-# built-in that runs SQL text. A trigger's own function runs as a frame of its owner, on the stack.
+# level security policies, column defaults and generated columns, constraints, index expressions,
+# rules, trigger conditions and partition keys of the relations, their partitions and inheritance
+# children, and the CHECKs and defaults of every domain their columns or those expressions reach
+# (through base domains, arrays, composite and range types), when they call code that is not
+# built in: a function or an operator's function of a user (the extension's launch and trust
+# functions included), or a built-in that runs SQL text. A trigger's own function runs as a frame
+# of its owner, on the stack. Every join below goes through an index of the catalogs.
 _SQL_TEXT_BUILTINS = "{" + ",".join(sorted(SQL_TEXT_BUILTINS)) + "}"
 _CODE_FN = f"""(p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
         OR (p.pronamespace {_EQ} 'pg_catalog'::pg_catalog.regnamespace
             AND p.proname {_EQ} ANY('{_SQL_TEXT_BUILTINS}'::pg_catalog.name[])))"""
-_USER_FN = f"""EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE {_CODE_FN} AND (
-        (d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid {_EQ} d.refobjid)
-        OR (d.refclassid {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass AND p.oid {_EQ} ANY(
-            ARRAY(SELECT op.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator op WHERE op.oid {_EQ} d.refobjid)))))"""
+_USER_FN = f"""((d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND EXISTS (
+            SELECT FROM pg_catalog.pg_proc p WHERE p.oid {_EQ} d.refobjid AND {_CODE_FN}))
+        OR (d.refclassid {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass AND EXISTS (
+            SELECT FROM pg_catalog.pg_operator op JOIN pg_catalog.pg_proc p ON p.oid {_EQ} op.oprcode::pg_catalog.oid
+            WHERE op.oid {_EQ} d.refobjid AND {_CODE_FN})))"""
 # (what a refusal calls it, the catalog, the class its pg_depend rows name, its object and
 # relation columns, a further condition)
 _CODE_SOURCES = (
@@ -70,27 +72,29 @@ _CODE_SOURCES = (
      " AND NOT o.tgisinternal AND d.refobjid OPERATOR(pg_catalog.<>) o.tgfoid"),
     ("partition key", "pg_class", "pg_class", "oid", "oid", " AND d.objsubid OPERATOR(pg_catalog.=) 0"),
 )
-_IN_RELS = "ANY(ARRAY(SELECT rels.oid FROM rels))"
-# pg_depend rows of the relations' stored expressions (the relations' own: partition keys, column types)
-_SOURCE_DEPS = " OR ".join(
-    [f"(d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
-     f"SELECT o.{obj} FROM pg_catalog.{cat} o WHERE o.{rel} {_EQ} {_IN_RELS})))"
-     for _, cat, cls, obj, rel, _ in _CODE_SOURCES])
-_CODE_KINDS = "\n    UNION ALL ".join(
-    f"SELECT '{kind}' AS k FROM pg_catalog.{cat} o JOIN pg_catalog.pg_depend d\n"
-    f"      ON d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} o.{obj}\n"
-    f"      WHERE o.{rel} {_EQ} c.oid AND {_USER_FN}{extra}"
-    for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
+
+
+def _source_deps(where_rel: str, columns: str) -> str:
+    """pg_depend rows (`columns` of o and d) of the sources whose relation column matches `where_rel`."""
+    return "\n    UNION ALL ".join(
+        f"SELECT {columns.format(kind=kind)} FROM pg_catalog.{cat} o JOIN pg_catalog.pg_depend d\n"
+        f"      ON d.classid {_EQ} 'pg_catalog.{cls}'::pg_catalog.regclass AND d.objid {_EQ} o.{obj}\n"
+        f"      WHERE o.{rel} {where_rel}{extra}"
+        for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
+
+
+_CODE_KINDS = _source_deps(f"{_EQ} c.oid AND {_USER_FN}", "'{kind}' AS k")
 _REACH = f"""rels(oid) AS (
     SELECT pg_catalog.unnest($1::pg_catalog.oid[])
     UNION
     SELECT i.inhrelid FROM rels JOIN pg_catalog.pg_inherits i ON i.inhparent {_EQ} rels.oid
+), srcdeps(refclassid, refobjid) AS (
+    {_source_deps(f"{_EQ} ANY(ARRAY(SELECT rels.oid FROM rels))", "d.refclassid, d.refobjid")}
 ), types(oid) AS (
     SELECT a.atttypid FROM rels JOIN pg_catalog.pg_attribute a ON a.attrelid {_EQ} rels.oid
     WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
-    UNION
-    SELECT d.refobjid FROM pg_catalog.pg_depend d  -- types the stored expressions cast to
-    WHERE d.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND ({_SOURCE_DEPS})
+    UNION  -- types the stored expressions cast to
+    SELECT srcdeps.refobjid FROM srcdeps WHERE srcdeps.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass
     UNION
     SELECT x.child FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid
     CROSS JOIN LATERAL (
@@ -101,53 +105,47 @@ _REACH = f"""rels(oid) AS (
               AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
         UNION ALL SELECT g.rngsubtype FROM pg_catalog.pg_range g WHERE g.rngtypid {_EQ} t.oid
         UNION ALL SELECT g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngmultitypid {_EQ} t.oid) x(child)
+), domains(oid) AS (
+    SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid WHERE t.typtype {_EQ} 'd'
+), domdeps(dom, kind, refclassid, refobjid) AS (
+    SELECT domains.oid, 'domain constraint', d.refclassid, d.refobjid FROM domains
+    JOIN pg_catalog.pg_constraint o ON o.contypid {_EQ} domains.oid
+    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+    UNION ALL
+    SELECT domains.oid, 'domain default', d.refclassid, d.refobjid FROM domains
+    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} domains.oid
 )"""
 _Q_CODE = (f"""
 WITH RECURSIVE {_REACH}
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
   ARRAY(SELECT DISTINCT x.k FROM (
     {_CODE_KINDS}) x) AS kinds
-FROM pg_catalog.pg_class c
+FROM rels JOIN pg_catalog.pg_class c ON c.oid {_EQ} rels.oid
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
-WHERE c.oid {_EQ} ANY(ARRAY(SELECT rels.oid FROM rels))
 UNION ALL
 SELECT t.oid, n.nspname, t.typname, t.typowner, r.rolname, 'domain',
-  ARRAY(SELECT DISTINCT x.k FROM (
-    SELECT 'domain constraint' AS k FROM pg_catalog.pg_constraint o JOIN pg_catalog.pg_depend d
-      ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-      WHERE o.contypid {_EQ} t.oid AND {_USER_FN}
-    UNION ALL
-    SELECT 'domain default' FROM pg_catalog.pg_depend d
-      WHERE d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} t.oid AND {_USER_FN}) x)
-FROM pg_catalog.pg_type t
+  ARRAY(SELECT DISTINCT d.kind FROM domdeps d WHERE d.dom {_EQ} t.oid AND {_USER_FN})
+FROM domains JOIN pg_catalog.pg_type t ON t.oid {_EQ} domains.oid
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} t.typnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} t.typowner
-WHERE t.oid {_EQ} ANY(ARRAY(SELECT types.oid FROM types)) AND t.typtype {_EQ} 'd'
 """, ["pg_catalog.oid[]"])
 # The user functions that code runs (the same sources, the domains' too) and, for a statement that
 # writes, the relations' triggers: what a job's statement calls beyond what its plan names.
-_IN_DOMAINS = (f"ANY(ARRAY(SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid "
-               f"WHERE t.typtype {_EQ} 'd'))")
-_CODE_DEPS = " OR ".join(
-    [_SOURCE_DEPS]
-    + [f"(d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} ANY(ARRAY("
-       f"SELECT o.oid FROM pg_catalog.pg_constraint o WHERE o.contypid {_EQ} {_IN_DOMAINS})))",
-       f"(d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} {_IN_DOMAINS})"])
 _Q_CODE_FUNCS = (f"""
-WITH RECURSIVE {_REACH}, deps AS (
-    SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d WHERE {_CODE_DEPS}
+WITH RECURSIVE {_REACH}, deps(refclassid, refobjid) AS (
+    SELECT srcdeps.refclassid, srcdeps.refobjid FROM srcdeps
+    UNION ALL SELECT domdeps.refclassid, domdeps.refobjid FROM domdeps
 )
-SELECT p.oid FROM pg_catalog.pg_proc p
-WHERE p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND (
-    p.oid {_EQ} ANY(ARRAY(SELECT deps.refobjid FROM deps
-                          WHERE deps.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass))
-    OR p.oid {_EQ} ANY(ARRAY(SELECT op.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator op
-                             WHERE op.oid {_EQ} ANY(ARRAY(SELECT deps.refobjid FROM deps WHERE deps.refclassid
-                                                          {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass))))
-    OR ($2 AND p.oid {_EQ} ANY(ARRAY(SELECT g.tgfoid FROM pg_catalog.pg_trigger g
-                                    WHERE g.tgrelid {_EQ} {_IN_RELS} AND NOT g.tgisinternal
-                                      AND g.tgenabled OPERATOR(pg_catalog.<>) 'D'))))
+SELECT p.oid FROM deps JOIN pg_catalog.pg_proc p ON p.oid {_EQ} deps.refobjid
+WHERE deps.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+UNION
+SELECT p.oid FROM deps JOIN pg_catalog.pg_operator op ON op.oid {_EQ} deps.refobjid
+JOIN pg_catalog.pg_proc p ON p.oid {_EQ} op.oprcode::pg_catalog.oid
+WHERE deps.refclassid {_EQ} 'pg_catalog.pg_operator'::pg_catalog.regclass AND p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+UNION
+SELECT g.tgfoid FROM rels JOIN pg_catalog.pg_trigger g ON g.tgrelid {_EQ} rels.oid
+WHERE $2 AND NOT g.tgisinternal AND g.tgenabled OPERATOR(pg_catalog.<>) 'D'
 """, ["pg_catalog.oid[]", "pg_catalog.bool"])
 _Q_MEMBER = ("SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER') AS m", ["pg_catalog.oid", "pg_catalog.oid"])
 _Q_FUNCS = (f"""
@@ -174,6 +172,8 @@ LEFT JOIN pg_catalog.pg_roles rp ON rp.oid {_EQ} p.proowner
 WHERE o.oprname {_EQ} $1 AND n.nspname {_EQ} ANY($2)
   AND NOT (coalesce(ro.rolsuper, false) AND coalesce(rp.rolsuper, false))""",
           ["pg_catalog.name", "pg_catalog.name[]"])
+_Q_NO_JIT = ("SELECT pg_catalog.set_config('jit', 'off', true), "
+             "pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)", [])
 _Q_ANALYSIS_SETTINGS = ("SELECT pg_catalog.set_config('search_path', $1, true), "
                         "pg_catalog.set_config('lock_timeout', '50ms', true)", ["pg_catalog.text"])
 _Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", ["pg_catalog.oid"])
@@ -213,13 +213,30 @@ class Catalog:
         self.queries += 1
         return list(self.plpy.execute(plan, list(args)))
 
-    def _cached(self, key: tuple, q: tuple[str, list[str]], *args) -> list:
+    def _cached(self, key: tuple, q: tuple[str, list[str]], *args, heavy: bool = False) -> list:
         use = self._cacheable()
         if use and key in self._cache:
             return self._cache[key]
-        rows = [dict(r) for r in self._run(q, *args)]
+        rows = self._run_without_jit(q, *args) if heavy else [dict(r) for r in self._run(q, *args)]
         if use:
             self._cache[key] = rows
+        return rows
+
+    def _run_without_jit(self, q: tuple[str, list[str]], *args) -> list[dict]:
+        """A query whose many subplans the planner costs high enough to JIT-compile (a second spent
+        compiling a 10 ms query), planned once: run with jit off and a generic plan, in a
+        subtransaction rolled back to restore both settings."""
+        class Rollback(Exception):
+            pass
+
+        rows: list[dict] = []
+        try:
+            with self.plpy.subtransaction():
+                self._run(_Q_NO_JIT)
+                rows = [dict(r) for r in self._run(q, *args)]
+                raise Rollback
+        except Rollback:
+            pass
         return rows
 
     def role(self, oid: int) -> dict | None:
@@ -255,13 +272,13 @@ class Catalog:
         """Relations among `oids`, and domains of their columns, whose expressions call functions
         that are not built in: (oid, name, owner, what, kinds) for those that do."""
         key = ("code", tuple(sorted(set(oids))))
-        return [r for r in self._cached(key, _Q_CODE, list(key[1])) if r["kinds"]]
+        return [r for r in self._cached(key, _Q_CODE, list(key[1]), heavy=True) if r["kinds"]]
 
     def code_functions(self, oids: list[int], writes: bool) -> list[int]:
         """User functions that frame-less code of these relations (their partitions and children,
         and the domains of their columns) calls, and, for a statement that writes, their triggers'."""
         key = ("codefns", tuple(sorted(set(oids))), writes)
-        return [int(r["oid"]) for r in self._cached(key, _Q_CODE_FUNCS, list(key[1]), writes)]
+        return [int(r["oid"]) for r in self._cached(key, _Q_CODE_FUNCS, list(key[1]), writes, heavy=True)]
 
     def can_become(self, member: int, role: int) -> bool:
         """True when `member` may SET ROLE to `role` (superusers may become anyone)."""

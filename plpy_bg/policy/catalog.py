@@ -222,22 +222,27 @@ class Catalog:
             self._cache[key] = rows
         return rows
 
-    def _run_without_jit(self, q: tuple[str, list[str]], *args) -> list[dict]:
-        """A query whose many subplans the planner costs high enough to JIT-compile (a second spent
-        compiling a 10 ms query), planned once: run with jit off and a generic plan, in a
-        subtransaction rolled back to restore both settings."""
+    def _rolled_back(self, work):
+        """What `work()` returns, computed in a subtransaction that is then rolled back: the
+        settings it changed and the locks it took go with it."""
         class Rollback(Exception):
             pass
 
-        rows: list[dict] = []
+        out: list = []
         try:
             with self.plpy.subtransaction():
-                self._run(_Q_NO_JIT)
-                rows = [dict(r) for r in self._run(q, *args)]
+                out.append(work())
                 raise Rollback
         except Rollback:
-            pass
-        return rows
+            return out[0]
+
+    def _run_without_jit(self, q: tuple[str, list[str]], *args) -> list[dict]:
+        """A query whose many subplans the planner costs high enough to JIT-compile (a second spent
+        compiling a 10 ms query), planned once: run with jit off and a generic plan."""
+        def work():
+            self._run(_Q_NO_JIT)
+            return [dict(r) for r in self._run(q, *args)]
+        return self._rolled_back(work)
 
     def role(self, oid: int) -> dict | None:
         rows = self._cached(("role", oid), _Q_ROLE, oid)
@@ -309,19 +314,13 @@ class Catalog:
         return deps
 
     def _analyze(self, text: str, search_path: str) -> native.Deps | None:
-        class Rollback(Exception):
-            pass
+        def work():
+            self._run(_Q_ANALYSIS_SETTINGS, search_path)
+            plan = self.plpy.prepare(text)  # held: its plan sources die with it
+            return [self.be.plansource_deps(ps) for ps in self.be.plpy_plan_sources(plan) or [0] if ps] or [None]
 
-        found: list = []
         try:
-            with self.plpy.subtransaction():
-                self._run(_Q_ANALYSIS_SETTINGS, search_path)
-                plan = self.plpy.prepare(text)  # held: its plan sources die with it
-                sources = self.be.plpy_plan_sources(plan) or [0]
-                found.extend(self.be.plansource_deps(ps) if ps else None for ps in sources)
-                raise Rollback
-        except Rollback:
-            pass
+            found = self._rolled_back(work)
         except self.plpy.SPIError as e:
             if getattr(e, "sqlstate", None) == "55P03":
                 raise LockNotAvailable(
@@ -331,7 +330,7 @@ class Catalog:
             if not native.analysis_error(e):
                 raise  # a cancel or a statement_timeout stops the launch
             return None
-        if not found or any(d is None for d in found):
+        if any(d is None for d in found):
             return None
         return native.Deps([r for d in found for r in d.rels], [f for d in found for f in d.funcs],
                            [u for d in found for u in d.utility])

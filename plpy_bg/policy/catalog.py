@@ -83,7 +83,38 @@ def _source_deps(where_rel: str, columns: str) -> str:
         for kind, cat, cls, obj, rel, extra in _CODE_SOURCES)
 
 
-_CODE_KINDS = _source_deps(f"{_EQ} c.oid AND {_USER_FN}", "'{kind}' AS k")
+# the function a code dependency runs: the function itself, or the operator's
+_FN_OF_DEP = (f"CASE WHEN d.refclassid {_EQ} 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid ELSE ("
+              f"SELECT op.oprcode::pg_catalog.oid FROM pg_catalog.pg_operator op WHERE op.oid {_EQ} d.refobjid) END")
+_CODE_KINDS = _source_deps(f"{_EQ} c.oid AND {_USER_FN}", "'{kind}' AS k, " + _FN_OF_DEP + " AS fn")
+# what a type reaches: its base domain, element, fields, range subtype, and the types its domain
+# CHECKs and default cast to (a recursive term over `types`)
+_TYPE_CHILDREN = f"""SELECT x.child FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype {_EQ} 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
+        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
+            WHERE t.typtype {_EQ} 'c' AND a.attrelid {_EQ} t.typrelid
+              AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+        UNION ALL SELECT g.rngsubtype FROM pg_catalog.pg_range g WHERE g.rngtypid {_EQ} t.oid
+        UNION ALL SELECT g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngmultitypid {_EQ} t.oid
+        UNION ALL SELECT d.refobjid FROM pg_catalog.pg_constraint k  -- types a domain's CHECK casts to
+            JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass
+             AND d.objid {_EQ} k.oid AND d.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass
+            WHERE k.contypid {_EQ} t.oid
+        UNION ALL SELECT d.refobjid FROM pg_catalog.pg_depend d  -- and its default
+            WHERE t.typtype {_EQ} 'd' AND d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass
+              AND d.objid {_EQ} t.oid AND d.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass) x(child)"""
+_DOMAIN_CTES = f"""domains(oid) AS (
+    SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid WHERE t.typtype {_EQ} 'd'
+), domdeps(dom, kind, refclassid, refobjid) AS (
+    SELECT domains.oid, 'domain constraint', d.refclassid, d.refobjid FROM domains
+    JOIN pg_catalog.pg_constraint o ON o.contypid {_EQ} domains.oid
+    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
+    UNION ALL
+    SELECT domains.oid, 'domain default', d.refclassid, d.refobjid FROM domains
+    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} domains.oid
+)"""
 _REACH = f"""rels(oid) AS (
     SELECT pg_catalog.unnest($1::pg_catalog.oid[])
     UNION
@@ -96,39 +127,36 @@ _REACH = f"""rels(oid) AS (
     UNION  -- types the stored expressions cast to
     SELECT srcdeps.refobjid FROM srcdeps WHERE srcdeps.refclassid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass
     UNION
-    SELECT x.child FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid
-    CROSS JOIN LATERAL (
-        SELECT t.typbasetype WHERE t.typtype {_EQ} 'd'
-        UNION ALL SELECT t.typelem WHERE t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
-        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
-            WHERE t.typtype {_EQ} 'c' AND a.attrelid {_EQ} t.typrelid
-              AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
-        UNION ALL SELECT g.rngsubtype FROM pg_catalog.pg_range g WHERE g.rngtypid {_EQ} t.oid
-        UNION ALL SELECT g.rngtypid FROM pg_catalog.pg_range g WHERE g.rngmultitypid {_EQ} t.oid) x(child)
-), domains(oid) AS (
-    SELECT t.oid FROM types JOIN pg_catalog.pg_type t ON t.oid {_EQ} types.oid WHERE t.typtype {_EQ} 'd'
-), domdeps(dom, kind, refclassid, refobjid) AS (
-    SELECT domains.oid, 'domain constraint', d.refclassid, d.refobjid FROM domains
-    JOIN pg_catalog.pg_constraint o ON o.contypid {_EQ} domains.oid
-    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid {_EQ} o.oid
-    UNION ALL
-    SELECT domains.oid, 'domain default', d.refclassid, d.refobjid FROM domains
-    JOIN pg_catalog.pg_depend d ON d.classid {_EQ} 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid {_EQ} domains.oid
-)"""
-_Q_CODE = (f"""
-WITH RECURSIVE {_REACH}
-SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what,
-  ARRAY(SELECT DISTINCT x.k FROM (
-    {_CODE_KINDS}) x) AS kinds
-FROM rels JOIN pg_catalog.pg_class c ON c.oid {_EQ} rels.oid
-JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
-LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
-UNION ALL
-SELECT t.oid, n.nspname, t.typname, t.typowner, r.rolname, 'domain',
-  ARRAY(SELECT DISTINCT d.kind FROM domdeps d WHERE d.dom {_EQ} t.oid AND {_USER_FN})
+    {_TYPE_CHILDREN}
+), {_DOMAIN_CTES}"""
+_DOMAIN_ROWS = f"""SELECT t.oid, n.nspname, t.typname AS relname, t.typowner AS relowner, r.rolname AS owner,
+    'domain' AS what, x.kinds, x.fns
 FROM domains JOIN pg_catalog.pg_type t ON t.oid {_EQ} domains.oid
 JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} t.typnamespace
 LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} t.typowner
+CROSS JOIN LATERAL (SELECT pg_catalog.array_agg(DISTINCT d.kind) AS kinds, pg_catalog.array_agg(DISTINCT {_FN_OF_DEP}) AS fns
+                    FROM domdeps d WHERE d.dom {_EQ} t.oid AND {_USER_FN}) x"""
+# Domains whose code calls functions that are not built in, reached from type names a statement
+# writes (a cast, CAST ... AS, a record's type): their CHECKs run with no frame as the caller.
+_Q_TYPE_DOMAINS = (f"""
+WITH RECURSIVE types(oid) AS (
+    SELECT t.oid FROM pg_catalog.unnest($1::pg_catalog.text[]) n
+    CROSS JOIN LATERAL (SELECT pg_catalog.to_regtype(n)::pg_catalog.oid AS oid) t
+    WHERE t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    UNION
+    {_TYPE_CHILDREN}
+), {_DOMAIN_CTES}
+{_DOMAIN_ROWS}""", ["pg_catalog.text[]"])
+_Q_CODE = (f"""
+WITH RECURSIVE {_REACH}
+SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what, x.kinds, x.fns
+FROM rels JOIN pg_catalog.pg_class c ON c.oid {_EQ} rels.oid
+JOIN pg_catalog.pg_namespace n ON n.oid {_EQ} c.relnamespace
+LEFT JOIN pg_catalog.pg_roles r ON r.oid {_EQ} c.relowner
+CROSS JOIN LATERAL (SELECT pg_catalog.array_agg(DISTINCT y.k) AS kinds, pg_catalog.array_agg(DISTINCT y.fn) AS fns
+                    FROM ({_CODE_KINDS}) y) x
+UNION ALL
+{_DOMAIN_ROWS}
 """, ["pg_catalog.oid[]"])
 # The user functions that code runs (the same sources, the domains' too) and, for a statement that
 # writes, the relations' triggers: what a job's statement calls beyond what its plan names.
@@ -278,6 +306,12 @@ class Catalog:
         that are not built in: (oid, name, owner, what, kinds) for those that do."""
         key = ("code", tuple(sorted(set(oids))))
         return [r for r in self._cached(key, _Q_CODE, list(key[1]), heavy=True) if r["kinds"]]
+
+    def domains_named(self, names: tuple[tuple[str, ...], ...]) -> list[dict]:
+        """Domains with code that the type names reach (resolved under the current search_path)."""
+        quoted = sorted({".".join('"' + p.replace('"', '""') + '"' for p in n) for n in names})
+        key = ("typedoms", tuple(quoted), self.be.search_path())
+        return [r for r in self._cached(key, _Q_TYPE_DOMAINS, quoted, heavy=True) if r["kinds"]]
 
     def code_functions(self, oids: list[int], writes: bool) -> list[int]:
         """User functions that frame-less code of these relations (their partitions and children,

@@ -318,6 +318,53 @@ def _parse(sql: str) -> list[dict]:
         raise ClassifyError(str(e)) from None
 
 
+_TYPE_NAMES: OrderedDict[str, tuple] = OrderedDict()
+_TYPE_FIELDS = frozenset({"typeName", "TypeName", "returnType", "argType"})
+
+
+def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
+    """The type names a text writes (casts, CAST ... AS, column definitions), as name parts. A text
+    that does not parse alone (a PL/pgSQL expression) is read with the scanner: names after '::'."""
+    hit = _TYPE_NAMES.get(sql)
+    if hit is not None:
+        return hit
+    found: set[tuple[str, ...]] = set()
+    try:
+        stack: list = [_parse(sql)]
+        while stack:  # TypeName bodies sit under field names (typeName, returnType ...), not node tags
+            n = stack.pop()
+            if isinstance(n, dict):
+                for k, v in n.items():
+                    if isinstance(v, dict) and k in _TYPE_FIELDS and "names" in v:
+                        found.add(tuple(_names(v["names"])))
+                    if isinstance(v, (dict, list)):
+                        stack.append(v)
+            elif isinstance(n, list):
+                stack.extend(n)
+    except ClassifyError:
+        try:
+            tokens = list(_parser.scan(sql))
+        except _parser.ParseError:
+            tokens = []
+        for i, tok in enumerate(tokens):
+            if tok.name != "TYPECAST":
+                continue
+            parts, j = [], i + 1
+            while j < len(tokens) and (tokens[j].name == "IDENT" or tokens[j].kind != "NO_KEYWORD"):
+                text = sql[tokens[j].start:tokens[j].end + 1]
+                parts.append(text[1:-1].replace('""', '"') if text.startswith('"') else text.lower())
+                if j + 1 < len(tokens) and tokens[j + 1].name == "ASCII_46":
+                    j += 2
+                    continue
+                break
+            if parts:
+                found.add(tuple(parts))
+    hit = _TYPE_NAMES[sql] = tuple(sorted(found))
+    if len(_TYPE_NAMES) > _CACHE_SIZE:
+        _TYPE_NAMES.popitem(last=False)
+    return hit
+
+
 _CACHE: OrderedDict[str, dict] = OrderedDict()
 _CACHE_SIZE = 512
 

@@ -363,6 +363,10 @@ class Backend:
                         deps.funcs.extend(d.funcs)
         return deps
 
+    def plansource_text(self, ps: int, limit: int = 1 << 16) -> str:
+        """The query text of a verified CachedPlanSource."""
+        return self.cstring(self.ptr(ps + self.portal["ps_query_string"]) or 0, limit) or ""
+
     def plansource_of_text(self, qs: int) -> int | None:
         """The CachedPlanSource whose query_string is `qs`: CreateCachedPlan makes it the first
         chunk of its own memory context and copies the text into that context, so the text's chunk

@@ -27,6 +27,7 @@ import struct
 
 from plpy_bg.policy import catalog as _catalog
 from plpy_bg.policy import native
+from plpy_bg.policy.classify import type_names
 
 PROVENANCE_VERSION = 1
 _PYNAME_OID = re.compile(r"_(\d+)$")
@@ -102,14 +103,16 @@ def _trim(text: str, n: int = 60) -> str:
 
 
 class _Level:
-    """What one statement on the way to the launch names: its functions, and whether it holds code
-    of an author we attributed (a view, a rule, frame-less code of a relation or domain, an SQL
-    function the planner may have inlined)."""
+    """What one statement on the way to the launch names: the functions its plans call, and
+    whether frame-less code of its relations or domains (attributed to their owners) calls
+    `caller`, the function whose frame is innermost (the launch)."""
 
-    def __init__(self):
+    def __init__(self, caller: int | None):
+        self.caller = caller
         self.funcs: set[int] = set()
         self.attributed = False
         self.read = False  # a statement was read at this level
+        self.texts: list[str] = []  # its text, for the type names it writes
 
 
 def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | None = None) -> list[dict]:
@@ -121,12 +124,8 @@ def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | Non
     if level is not None:
         level.read = True
         level.funcs.update(deps.funcs)
-        level.attributed = level.attributed or any(
-            (cat.proc(f) or {}).get("language") == "sql" for f in deps.funcs)
     for r in cat.relations(rels) if rels else ():
         if r["relkind"] == "v" or r["relhasrules"]:
-            if level is not None:
-                level.attributed = True
             named.add(int(r["oid"]))
             if ("rel", int(r["oid"])) not in listed:
                 listed.add(("rel", int(r["oid"])))
@@ -136,7 +135,7 @@ def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | Non
     # expressions that run with no frame of their author (a policy, a default, a domain's CHECK
     # calling the launch or trust function): the relation's or domain's owner wrote them
     for r in cat.code_of(rels) if rels else ():
-        if level is not None:
+        if level is not None and level.caller in (r["fns"] or ()):
             level.attributed = True
         key = (r["what"], int(r["oid"]))
         if (r["what"] == "relation" and int(r["oid"]) in named) or key in listed:
@@ -236,6 +235,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
             return [_unknown(f'the running statement of {entry.get("name") or "a DO block"} is unreadable')]
         out = []
         for ps in sources:
+            level.texts.append(be.plansource_text(ps))
             deps = be.plansource_deps(ps)
             if deps is None:
                 return [_unknown(f'a plan of {entry.get("name") or "a DO block"} is unreadable')]
@@ -243,6 +243,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
         return out
     if kind == "sql" and entry["kind"] == "function":
         deps = be.sql_function_statement(f.arg, entry["proname"])
+        level.texts.append((cat.source(entry["oid"]) or ("", ""))[0])
         if deps is None:
             return [_unknown(f'the running statement of SQL function {entry["name"]} is unreadable')]
         return _dependency_entries(cat, deps, listed, level) + _utility_entries(deps.utility, False, nxt)
@@ -254,6 +255,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
         if got is None:
             return [_unknown("a statement run through SPI is unreadable")]
         qs, text = got
+        level.texts.append(text)
         ps = be.plansource_of_text(qs)
         deps = be.plansource_deps(ps) if ps is not None else _reanalyzed(be, cat, text, inner)
         if deps is None:
@@ -294,7 +296,9 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
     cursor: list[dict] = []
     cursor_running = False
     levels: list[_Level] = []  # the statements on the way to the launch, outermost first
-    cursor_level = _Level()
+    caller = frames[-1] if frames else None
+    caller_oid = caller.get("oid") if caller else None
+    cursor_level = _Level(caller_oid)
     if not active:
         out.append(_unknown("the launch runs while a statement is planned, outside any portal"))
     else:
@@ -302,10 +306,12 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
         top = active if name == "" else be.top_level_portal()
         if top and top != active:
             _, top_deps = be.portal_deps(top)
-            levels.append(_Level())
+            levels.append(_Level(caller_oid))
+            levels[-1].texts.append(be.portal_text(top))
             out += _dependency_entries(cat, top_deps, listed, levels[-1]) + _utility_entries(top_deps.utility, False, outer)
         if top == active:
             levels.append(cursor_level)
+        cursor_level.texts.append(be.portal_text(active))
         here = _dependency_entries(cat, deps, listed, cursor_level) + _utility_entries(deps.utility, False, outer)
         if top == active:
             out += here
@@ -323,18 +329,29 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
         if f is not None:
             inner = [e for _, e, _ in items[i + 1:] if e is not None]
             outer_kind = items[i - 1][0] if i else None
-            level = _Level()
+            level = _Level(caller_oid)
             part = _frame_statement(be, cat, kind, entry, f, inner, listed, cursor_running, outer_kind, level)
             if level.read:
                 levels.append(level)
             parts.append(part)
-    caller = frames[-1] if frames else None
-    if levels and caller is not None and "oid" in caller:
+    if levels and caller_oid is not None:
         last = levels[-1]
-        if caller["oid"] not in last.funcs and not last.attributed:
+        # domains the statement makes values of by name (a cast, a record's type): their CHECKs run
+        # with no frame, as the caller
+        names = {n for t in last.texts for n in type_names(t) if n[0] != "pg_catalog"}
+        domains = []
+        for r in cat.domains_named(tuple(sorted(names))) if names else ():
+            last.attributed = last.attributed or caller_oid in (r["fns"] or ())
+            if ("domain", int(r["oid"])) not in listed:
+                listed.add(("domain", int(r["oid"])))
+                domains.append({"kind": "domain", "oid": int(r["oid"]), "name": f'{r["nspname"]}.{r["relname"]}',
+                                "role_oid": int(r["relowner"]), "role": r["owner"], "code": list(r["kinds"])})
+        if domains:
+            parts.insert(len(parts) - 2, domains)
+        if caller_oid not in last.funcs and not last.attributed:
             parts.insert(len(parts) - 2, [_unknown(
-                "the statement that calls the launch does not name it, nor any object whose code we "
-                "attributed (a domain's CHECK reached through a cast or a record's input ...)")])
+                "the statement that calls the launch does not name it, and no code of its relations or "
+                "domains we know of does (a domain's CHECK reached through a cast or a record's input ...)")])
     # the running cursor is the innermost fetch's: an outer frame's fetch is of a portal not active
     fetches = [i for i, p in enumerate(parts) if p is None]
     for i in fetches[:-1]:

@@ -716,3 +716,49 @@ def test_a_domain_check_reached_without_a_frame_makes_nobody_superuser(scene, sq
             c.execute(sql)
     time.sleep(0.3)
     assert scene.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_dom'") == [(False,)]
+
+
+ROUND3_TRAPS = """
+CREATE DOMAIN trapm.dom3 AS text CHECK (public.pg_background_submit_v2('ALTER ROLE marker_r3 SUPERUSER') IS NOT NULL);
+CREATE TYPE trapm.comp3 AS (a trapm.dom3);
+CREATE DOMAIN trapm.inner3 AS text CHECK (public.pg_background_submit_v2('ALTER ROLE marker_r3 SUPERUSER') IS NOT NULL);
+CREATE DOMAIN trapm.outer3 AS text CHECK ((VALUE::trapm.inner3) IS NOT NULL);
+CREATE TABLE trapm.inbox3 (msg trapm.outer3); GRANT INSERT, SELECT ON trapm.inbox3 TO PUBLIC;
+CREATE FUNCTION trapm.evil3(t text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN true; EXCEPTION WHEN others THEN RETURN true; END $$;
+CREATE DOMAIN trapm.inner4 AS text CHECK (trapm.evil3(VALUE));
+CREATE DOMAIN trapm.outer4 AS text CHECK ((VALUE::trapm.inner4) IS NOT NULL);
+CREATE TABLE trapm.inbox4 (msg trapm.outer4); GRANT INSERT ON trapm.inbox4 TO PUBLIC;
+"""
+
+
+@pytest.fixture(scope="module")
+def round3(scene):
+    scene.sql("CREATE ROLE marker_r3 NOLOGIN")
+    scene.sql(ROUND3_TRAPS, user="mallory")
+    scene.sql("""CREATE FUNCTION public.helper3(int) RETURNS int LANGUAGE sql AS $$ SELECT $1 + 1 $$;
+                 CREATE VIEW public.inbox3_v AS SELECT * FROM trapm.inbox3""")
+    return scene
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'x'::trapm.dom3, r.rolname FROM pg_roles r WHERE r.rolname = 'postgres'",  # a trusted view beside
+    "SELECT (json_populate_record(NULL::trapm.comp3, '{\"a\": \"x\"}')).a, public.helper3(1)",  # a trusted function
+    "SELECT public.pg_background_submit_v2('SELECT 1') IS NOT NULL, 'x'::trapm.dom3",  # the victim's own launch
+    "SELECT public.pg_background_submit_v2('SELECT 1') IS NOT NULL, CAST('x' AS trapm.dom3)",
+    "INSERT INTO public.inbox3_v VALUES ('via a view')",  # a cast inside a domain's CHECK
+])
+def test_a_domain_check_cannot_hide_behind_trusted_code_in_the_same_statement(round3, sql):
+    with round3.connect("postgres") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not induce"):
+            c.execute(sql)
+    time.sleep(0.3)
+    assert round3.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_r3'") == [(False,)]
+
+
+def test_a_jobs_table_reaching_a_function_through_a_cast_in_a_domain_check(round3):
+    with round3.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="trapm.evil3"):
+            launch(c, "INSERT INTO trapm.inbox4 VALUES ('hi')")
+    time.sleep(0.3)
+    assert loot(round3) == []

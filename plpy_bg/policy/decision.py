@@ -26,6 +26,7 @@ Rules, in order:
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
@@ -72,6 +73,7 @@ def _parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+@functools.lru_cache(maxsize=256)
 def _without_our_temp(path: str) -> str:
     """The path for analyzing a job's statement here: the job's session has temporary tables of its
     own, so ours are searched last (where the path does not place pg_temp itself) and cannot hide

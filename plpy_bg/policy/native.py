@@ -86,6 +86,9 @@ UTILITY_TAGS = {CALL_TAG: "CALL", 264: "DO", 304: "EXECUTE", 260: "FETCH", 270: 
 ANALYZED_UTILITY_TAGS = {278: "CREATE TABLE AS (or SELECT INTO)", 277: "EXPLAIN"}
 # raw statements that are planned: INSERT, DELETE, UPDATE, MERGE, SELECT, PL/pgSQL assignment
 PLANNABLE_TAGS = frozenset({238, 239, 240, 241, 242, 244})
+# command tags of plan sources that are no utility statement (SELECT INTO is one, but parse analysis
+# lists what its query depends on)
+_PLANNABLE_COMMANDS = frozenset({"SELECT", "INSERT", "DELETE", "UPDATE", "MERGE"})
 
 
 class Deps(NamedTuple):
@@ -342,7 +345,8 @@ class Backend:
         if deps is None:
             return None
         raw = word(lay["ps_raw_parse_tree"])
-        if raw:
+        command = self.command_name(_U32.unpack_from(head, lay["ps_command_tag"])[0])
+        if raw and command not in _PLANNABLE_COMMANDS:
             node = self.read(raw, lay["rawstmt_stmt"] + 8)
             if node is None or _U32.unpack_from(node)[0] != lay["rawstmt_tag"]:
                 return None
@@ -351,7 +355,7 @@ class Backend:
             if tag is None:
                 return None
             if tag not in PLANNABLE_TAGS:
-                deps.utility.append((tag, self.command_name(_U32.unpack_from(head, lay["ps_command_tag"])[0])))
+                deps.utility.append((tag, command))
         gplan = word(lay["ps_gplan"])
         if gplan:
             cplan = self.read(gplan, lay["cplan_stmt_list"] + 8)

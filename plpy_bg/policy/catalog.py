@@ -143,10 +143,13 @@ WITH RECURSIVE types(oid) AS (
     SELECT t.oid FROM pg_catalog.unnest($1::pg_catalog.text[]) n
     CROSS JOIN LATERAL (SELECT pg_catalog.to_regtype(n)::pg_catalog.oid AS oid) t
     WHERE t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    UNION  -- an unqualified name, in any schema: the statement may have been parsed under another path
+    SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typname {_EQ} ANY($2::pg_catalog.name[])
+      AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
     UNION
     {_TYPE_CHILDREN}
 ), {_DOMAIN_CTES}
-{_DOMAIN_ROWS}""", ["pg_catalog.text[]"])
+{_DOMAIN_ROWS}""", ["pg_catalog.text[]", "pg_catalog.name[]"])
 _Q_CODE = (f"""
 WITH RECURSIVE {_REACH}
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what, x.kinds, x.fns
@@ -308,10 +311,12 @@ class Catalog:
         return [r for r in self._cached(key, _Q_CODE, list(key[1]), heavy=True) if r["kinds"]]
 
     def domains_named(self, names: tuple[tuple[str, ...], ...]) -> list[dict]:
-        """Domains with code that the type names reach (resolved under the current search_path)."""
-        quoted = sorted({".".join('"' + p.replace('"', '""') + '"' for p in n) for n in names})
-        key = ("typedoms", tuple(quoted), self.be.search_path())
-        return [r for r in self._cached(key, _Q_TYPE_DOMAINS, quoted, heavy=True) if r["kinds"]]
+        """Domains with code that the named types reach: a qualified name, an unqualified one in
+        any schema (the statement may have been parsed under another search_path)."""
+        quoted = sorted({".".join('"' + p.replace('"', '""') + '"' for p in n) for n in names if len(n) > 1})
+        bare = sorted({n[0] for n in names if len(n) == 1})
+        key = ("typedoms", tuple(quoted), tuple(bare))
+        return [r for r in self._cached(key, _Q_TYPE_DOMAINS, quoted, bare, heavy=True) if r["kinds"]]
 
     def code_functions(self, oids: list[int], writes: bool) -> list[int]:
         """User functions that frame-less code of these relations (their partitions and children,

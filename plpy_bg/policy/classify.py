@@ -318,13 +318,20 @@ def _parse(sql: str) -> list[dict]:
         raise ClassifyError(str(e)) from None
 
 
+def _token_name(sql: str, tok) -> str:
+    text = sql[tok.start:tok.end + 1]
+    return text[1:-1].replace('""', '"') if text.startswith('"') else text.lower()
+
+
 _TYPE_NAMES: OrderedDict[str, tuple] = OrderedDict()
 _TYPE_FIELDS = frozenset({"typeName", "TypeName", "returnType", "argType"})
 
 
 def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
-    """The type names a text writes (casts, CAST ... AS, column definitions), as name parts. A text
-    that does not parse alone (a PL/pgSQL expression) is read with the scanner: names after '::'."""
+    """The type names a text writes (casts, CAST ... AS, column definitions), as name parts, and the
+    names of one-argument calls, which the server reads as a cast when a type is named so and no
+    function fits. A text that does not parse alone (a PL/pgSQL expression) is read with the
+    scanner: names after '::' and names before '('."""
     hit = _TYPE_NAMES.get(sql)
     if hit is not None:
         return hit
@@ -341,18 +348,26 @@ def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
                         stack.append(v)
             elif isinstance(n, list):
                 stack.extend(n)
+        for t, b in _walk(_parse(sql)):
+            if t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
+                found.add(tuple(_names(b.get("funcname"))))
     except ClassifyError:
         try:
             tokens = list(_parser.scan(sql))
         except _parser.ParseError:
             tokens = []
         for i, tok in enumerate(tokens):
+            if tok.name == "ASCII_40" and i and (tokens[i - 1].name == "IDENT" or tokens[i - 1].kind != "NO_KEYWORD"):
+                k = i - 1  # a call: its name, qualified or not
+                while k >= 2 and tokens[k - 1].name == "ASCII_46":
+                    k -= 2
+                found.add(tuple(_token_name(sql, tokens[m]) for m in range(k, i, 2)))
+                continue
             if tok.name != "TYPECAST":
                 continue
             parts, j = [], i + 1
             while j < len(tokens) and (tokens[j].name == "IDENT" or tokens[j].kind != "NO_KEYWORD"):
-                text = sql[tokens[j].start:tokens[j].end + 1]
-                parts.append(text[1:-1].replace('""', '"') if text.startswith('"') else text.lower())
+                parts.append(_token_name(sql, tokens[j]))
                 if j + 1 < len(tokens) and tokens[j + 1].name == "ASCII_46":
                     j += 2
                     continue

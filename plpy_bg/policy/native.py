@@ -294,8 +294,9 @@ class Backend:
         return list(struct.unpack(f"<{n}Q", cells)) if cells else None
 
     def _funcs_of(self, items: list[int], sure: bool = False) -> list[int] | None:
+        """Function oids of PlanInvalItems (PROCOID hashes; PostgreSQL 15 records no domains)."""
         lay = self.portal
-        out = []
+        funcs = []
         for item in items:
             b = self._get(item, 12, sure)
             if b is None:
@@ -304,8 +305,8 @@ class Backend:
             if tag != lay["planinvalitem_tag"]:
                 return None
             if cache_id == lay["procoid_cache"]:
-                out.append(unmurmur32(hash_value))
-        return out
+                funcs.append(unmurmur32(hash_value))
+        return funcs
 
     def command_name(self, tag: int | None) -> str:
         """GetCommandTagName() of a CommandTag read from a verified structure."""

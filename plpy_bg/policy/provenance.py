@@ -336,8 +336,8 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
             parts.append(part)
     if levels and caller_oid is not None:
         last = levels[-1]
-        # domains the statement makes values of by name (a cast, a record's type): their CHECKs run
-        # with no frame, as the caller
+        # domains the statement makes values of by name (a cast, a record's type, a call the server
+        # reads as a cast): their CHECKs run with no frame, as the caller
         names = {n for t in last.texts for n in type_names(t) if n[0] != "pg_catalog"}
         domains = []
         for r in cat.domains_named(tuple(sorted(names))) if names else ():

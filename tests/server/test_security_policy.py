@@ -762,3 +762,23 @@ def test_a_jobs_table_reaching_a_function_through_a_cast_in_a_domain_check(round
             launch(c, "INSERT INTO trapm.inbox4 VALUES ('hi')")
     time.sleep(0.3)
     assert loot(round3) == []
+
+
+def test_a_call_the_server_reads_as_a_cast_to_a_planted_domain(round3):
+    """mallory names a schema after the victim ("$user" comes first on the default path) and puts a
+    domain there named like a function: upper('x') becomes a cast whose CHECK launches."""
+    round3.sql("CREATE SCHEMA postgres; GRANT USAGE ON SCHEMA postgres TO PUBLIC;"
+               "CREATE DOMAIN postgres.upper AS text CHECK ("
+               "(public.pg_background_launch_v2('ALTER ROLE marker_r3 SUPERUSER')).pid IS NOT NULL)", user="mallory")
+    try:
+        with round3.connect("postgres") as c:
+            for sql in ("SELECT public.pg_background_launch_v2('SELECT 1'), upper('x')",
+                        "SELECT set_config('search_path', 'public', false), "
+                        "public.pg_background_launch_v2('SELECT 1'), 'x'::upper"):
+                c.execute("RESET search_path")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match='domain postgres.upper owned by "mallory"'):
+                    c.execute(sql)
+        time.sleep(0.3)
+        assert round3.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_r3'") == [(False,)]
+    finally:
+        round3.sql("DROP SCHEMA postgres CASCADE")

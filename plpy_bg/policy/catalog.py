@@ -300,6 +300,10 @@ class Catalog:
         rows = self._cached(("source", oid), _Q_SOURCE, oid)
         return (rows[0]["prosrc"], rows[0]["lanname"]) if rows else None
 
+    def any_sql_function(self, oids: list[int]) -> bool:
+        """Whether one of these functions is written in SQL (only those the planner inlines)."""
+        return any((self.proc(f) or {}).get("language") == "sql" for f in oids)
+
     def relations(self, oids: list[int]) -> list[dict]:
         key = ("rels", tuple(sorted(set(oids))))
         return self._cached(key, _Q_RELS, list(key[1]))

@@ -334,9 +334,10 @@ class Backend:
         return self._deps_of_lists(_U64.unpack_from(head, lay["plannedstmt_relation_oids"])[0],
                                    _U64.unpack_from(head, lay["plannedstmt_inval_items"])[0], sure)
 
-    def plansource_deps(self, ps: int) -> Deps | None:
+    def plansource_deps(self, ps: int, may_inline=None) -> Deps | None:
         """Dependencies of a CachedPlanSource found by parse analysis (views and rules expanded,
-        every function called), plus those of its generic plan (functions the planner inlined)."""
+        every function called), plus those of its generic plan (functions the planner inlined),
+        read only when `may_inline(functions)` says one of them may have been inlined."""
         lay = self.portal
         head = self.read(ps, lay["ps_gplan"] + 8)
         if head is None or _U32.unpack_from(head)[0] != lay["plansource_magic"]:
@@ -358,7 +359,7 @@ class Backend:
             if tag not in PLANNABLE_TAGS:
                 deps.utility.append((tag, command))
         gplan = word(lay["ps_gplan"])
-        if gplan:
+        if gplan and (may_inline is None or may_inline(deps.funcs)):
             cplan = self.read(gplan, lay["cplan_stmt_list"] + 8)
             if cplan and _U32.unpack_from(cplan)[0] == lay["cplan_magic"]:
                 for stmt in self._list_safe(_U64.unpack_from(cplan, lay["cplan_stmt_list"])[0], lay["list_tag"]) or ():

@@ -236,7 +236,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
         out = []
         for ps in sources:
             level.texts.append(be.plansource_text(ps))
-            deps = be.plansource_deps(ps)
+            deps = be.plansource_deps(ps, cat.any_sql_function)
             if deps is None:
                 return [_unknown(f'a plan of {entry.get("name") or "a DO block"} is unreadable')]
             out += _dependency_entries(cat, deps, listed, level) + _utility_entries(deps.utility, True, nxt)
@@ -257,7 +257,7 @@ def _frame_statement(be: native.Backend, cat, kind: str, entry: dict | None, f: 
         qs, text = got
         level.texts.append(text)
         ps = be.plansource_of_text(qs)
-        deps = be.plansource_deps(ps) if ps is not None else _reanalyzed(be, cat, text, inner)
+        deps = be.plansource_deps(ps, cat.any_sql_function) if ps is not None else _reanalyzed(be, cat, text, inner)
         if deps is None:
             return [_unknown(f'dynamic statement "{_trim(text)}" could not be analyzed (it takes parameters, '
                              'or a function inside it changes the user or the search_path)')]

@@ -143,13 +143,16 @@ WITH RECURSIVE types(oid) AS (
     SELECT t.oid FROM pg_catalog.unnest($1::pg_catalog.text[]) n
     CROSS JOIN LATERAL (SELECT pg_catalog.to_regtype(n)::pg_catalog.oid AS oid) t
     WHERE t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
-    UNION  -- an unqualified name, in any schema: the statement may have been parsed under another path
+    UNION  -- an unqualified name, in any schema: the statement may have been parsed under another
+           -- path; but none shadows a pg_catalog type while pg_catalog comes first ($3)
     SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typname {_EQ} ANY($2::pg_catalog.name[])
       AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+      AND NOT ($3 AND EXISTS (SELECT FROM pg_catalog.pg_type b WHERE b.typname {_EQ} t.typname
+                              AND b.typnamespace {_EQ} 'pg_catalog'::pg_catalog.regnamespace))
     UNION
     {_TYPE_CHILDREN}
 ), {_DOMAIN_CTES}
-{_DOMAIN_ROWS}""", ["pg_catalog.text[]", "pg_catalog.name[]"])
+{_DOMAIN_ROWS}""", ["pg_catalog.text[]", "pg_catalog.name[]", "pg_catalog.bool"])
 _Q_CODE = (f"""
 WITH RECURSIVE {_REACH}
 SELECT c.oid, n.nspname, c.relname, c.relowner, r.rolname AS owner, 'relation' AS what, x.kinds, x.fns
@@ -209,6 +212,16 @@ _Q_ANALYSIS_SETTINGS = ("SELECT pg_catalog.set_config('search_path', $1, true), 
                         "pg_catalog.set_config('lock_timeout', '50ms', true)", ["pg_catalog.text"])
 _Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", ["pg_catalog.oid"])
 _Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
+
+
+def pg_catalog_first(search_path: str) -> bool:
+    """Whether the path searches pg_catalog before any schema of a user (it does, implicitly,
+    unless the path names it after another)."""
+    names = [item.strip().strip('"').lower() for item in search_path.split(",")]
+    if "pg_catalog" not in names:
+        return True
+    before = names[:names.index("pg_catalog")]
+    return all(not n or n == "pg_temp" or n.startswith("pg_temp_") for n in before)
 
 
 class Catalog:
@@ -314,13 +327,16 @@ class Catalog:
         key = ("code", tuple(sorted(set(oids))))
         return [r for r in self._cached(key, _Q_CODE, list(key[1]), heavy=True) if r["kinds"]]
 
-    def domains_named(self, names: tuple[tuple[str, ...], ...]) -> list[dict]:
+    def domains_named(self, names: tuple[tuple[str, ...], ...], search_path: str | None = None) -> list[dict]:
         """Domains with code that the named types reach: a qualified name, an unqualified one in
-        any schema (the statement may have been parsed under another search_path)."""
+        any schema (the statement may have been parsed under another search_path) unless a
+        pg_catalog type has the name and `search_path` (the current one by default) searches
+        pg_catalog first."""
         quoted = sorted({".".join('"' + p.replace('"', '""') + '"' for p in n) for n in names if len(n) > 1})
         bare = sorted({n[0] for n in names if len(n) == 1})
-        key = ("typedoms", tuple(quoted), tuple(bare))
-        return [r for r in self._cached(key, _Q_TYPE_DOMAINS, quoted, bare, heavy=True) if r["kinds"]]
+        first = pg_catalog_first(self.be.search_path() if search_path is None else search_path)
+        key = ("typedoms", tuple(quoted), tuple(bare), first)
+        return [r for r in self._cached(key, _Q_TYPE_DOMAINS, quoted, bare, first, heavy=True) if r["kinds"]]
 
     def code_functions(self, oids: list[int], writes: bool) -> list[int]:
         """User functions that frame-less code of these relations (their partitions and children,

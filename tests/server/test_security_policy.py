@@ -782,3 +782,14 @@ def test_a_call_the_server_reads_as_a_cast_to_a_planted_domain(round3):
         assert round3.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_r3'") == [(False,)]
     finally:
         round3.sql("DROP SCHEMA postgres CASCADE")
+
+
+@pytest.mark.parametrize("job", ["SELECT 'x'::trapm.inner4", "SELECT trapm.inner4('x')",
+                                 "SELECT 'x'::trapm.outer4"])
+def test_a_job_casting_to_a_domain_whose_check_runs_untrusted_code(round3, job):
+    """Rule 2 for domains a job's own text makes values of (PostgreSQL 15 plans do not list them)."""
+    with round3.connect("admin") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="trapm.evil3"):
+            launch(c, job)
+    time.sleep(0.3)
+    assert loot(round3) == []

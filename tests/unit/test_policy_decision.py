@@ -51,3 +51,11 @@ def test_our_temporary_schema_is_searched_last_when_analyzing_a_job():
     assert _without_our_temp("pg_temp, public") == "pg_temp, public"
     assert _without_our_temp('public, "pg_temp_3"') == 'public, "pg_temp_3"'
     assert _without_our_temp("") == "pg_temp"
+
+
+def test_pg_catalog_is_searched_first_unless_the_path_names_it_later():
+    from plpy_bg.policy.catalog import pg_catalog_first
+    assert pg_catalog_first('"$user", public')
+    assert pg_catalog_first("pg_temp, pg_catalog, public")
+    assert not pg_catalog_first("evil, pg_catalog")
+    assert pg_catalog_first("")

@@ -34,7 +34,8 @@ class Server:
             return cur.fetchall() if cur.description else None
 
     def restart(self) -> None:
-        self.cluster.restart()
+        """Restart as the suite starts its clusters: under the seccomp preload helper."""
+        self.cluster.restart(wrapper=build.preload_wrapper())
 
 
 def launch(conn, sql: str, queue_size: int = 0, fn: str = "pg_background_launch_v2") -> tuple[int, int]:

@@ -195,6 +195,9 @@ class Dispatcher:
         self.sockdir = sockdir
         self.port = port
         self.postmaster = postmaster
+        # filters stay for a process's life and children inherit them: what the postmaster carries
+        # now is what every backend of this server starts with (0 or None: started unwrapped)
+        self.postmaster_filters = seccomp_filters(postmaster.pid)
         self.socket_path = socket_path
         self.os_user = identmap.os_user()
         self.epoch = secrets.token_hex(8)
@@ -375,6 +378,13 @@ class Dispatcher:
             raise PgError("could not start background job: the server is shutting down", sqlstate="57P03")
         db_oid = int(req["db_oid"])
         dbk = (req["db"], db_oid)
+        if not self.postmaster_filters and self.sandboxed(dbk):
+            raise WrongState(
+                "background jobs are refused: pgseccomp.enabled is on but this server runs without its seccomp filter",
+                detail=f"The postmaster (pid {self.postmaster.pid}) carries no seccomp filter: it was not started "
+                       "under plpy_bg's wrapper, so no process of this server is sandboxed.",
+                hint="Restart the server under the wrapper (python3 build.py serve, or pg_ctl -p <wrapper>; see "
+                     "README, Seccomp sandbox), or set pgseccomp.enabled = off to run unsandboxed knowingly.")
         self.make_room(dbk, int(req["user_id"]))
         self.note_activity(dbk)
         with self.lock:

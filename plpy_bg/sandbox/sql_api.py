@@ -1,6 +1,8 @@
 """Bodies of the sandbox's SQL functions (sql/idempotent/040-sandbox.sql)."""
 from __future__ import annotations
 
+import os
+
 from plpy_bg.errors import PgError, WrongState
 from plpy_bg.sandbox import config, engine, layers, worker
 
@@ -47,5 +49,14 @@ def set_client_filter(plpy, default_action: str | None, allow: str | None, log: 
 
 
 def seccomp_filter(plpy) -> list[tuple[str, int, str, str]]:
-    """(syscall, syscallnum, filter_action, context) of the filters in force in this backend."""
-    return layers.rows(layers.stack())
+    """(syscall, syscallnum, filter_action, context) of the filters in force in this backend, first
+    a row saying so when the sandbox is on but the server was started without its global filter."""
+    rows = layers.rows(layers.stack())
+    # what this session sees of the setting (any role may call this; the files are superusers')
+    on = (plpy.execute("SELECT pg_catalog.current_setting('pgseccomp.enabled', true) AS v")[0]["v"]
+          or "").strip().lower() in config.TRUE
+    if on and engine.mode(os.getppid()) == 0:  # a backend's parent is the postmaster
+        rows.insert(0, ("(none)", -1, "none",
+                        "global: pgseccomp.enabled is on but the server was started without plpy_bg's "
+                        "wrapper; nothing is filtered and background jobs are refused"))
+    return rows

@@ -54,7 +54,7 @@ def _after_crash(own_pg, c, h):
 def test_server_restart_with_jobs_running(own_pg):
     with own_pg.connect("alice") as c:
         hs = [launch(c, "SELECT pg_sleep(30)", fn="pg_background_submit_v2") for _ in range(3)]
-    own_pg.cluster.restart()
+    own_pg.restart()
     with _reconnect(own_pg, "alice") as c:
         _after_restart(own_pg, c, hs)
 

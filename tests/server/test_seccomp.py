@@ -12,7 +12,7 @@ import pytest
 
 import build
 from plpy_bg.cluster import Cluster, ClusterError
-from tests.fix_pg import launch, result
+from tests.fix_pg import Server, launch, result
 
 pytestmark = pytest.mark.server
 
@@ -156,5 +156,36 @@ def test_preload_refuses_bad_settings_before_the_server_starts(tmp_path_factory,
             c.start(wrapper=build.preload_wrapper(), timeout=20)
         assert needle in str(ei.value) and "FATAL" in str(ei.value)
         assert c.postmaster_pid() is None
+    finally:
+        c.destroy()
+
+
+def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_factory):
+    """What a plain pg_ctl or pg_ctlcluster restart does: the settings say on, no process carries
+    a filter. Launches refuse with the way out, seccomp_filter() says so; under the wrapper again,
+    jobs run."""
+    base = tmp_path_factory.mktemp("unwrapped")
+    os.chmod(base.parent, 0o755)
+    os.chmod(base.parent.parent, 0o755)
+    c = Cluster.create(base)
+    try:
+        build.use_profile(c, "global-deny")
+        build.use_profile(c, "worker-allow")
+        c.start()
+        s = Server(c)
+        s.sql("CREATE EXTENSION plpy_bg CASCADE")
+        assert seccomp_mode(c.postmaster_pid()) == "0"
+        with s.connect() as conn:
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                launch(conn, "SELECT 1")
+            assert "runs without its seccomp filter" in e.value.diag.message_primary
+            assert "wrapper" in e.value.diag.message_hint
+            first = conn.execute("SELECT syscall, context FROM seccomp_filter()").fetchone()
+            assert first[0] == "(none)" and "without plpy_bg's wrapper" in first[1]
+        c.restart(wrapper=build.preload_wrapper())
+        with s.connect() as conn:
+            h = launch(conn, "SELECT 1")
+            assert result(conn, h) == [("1",)]
+            assert conn.execute("SELECT syscall FROM seccomp_filter()").fetchone()[0] != "(none)"
     finally:
         c.destroy()

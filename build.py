@@ -205,7 +205,8 @@ def serve(base: str | None, port: int | None, settings: dict | None = None):
             c.start(wrapper=preload_wrapper())
         return c
     c = cl.Cluster.create(base_p, port, settings=settings)
-    use_profile(c)
+    use_profile(c)  # secure by default: the global filter for every process,
+    use_profile(c, "worker-allow")  # and job workers limited to what jobs need (no exec)
     c.start(wrapper=preload_wrapper())
     c.psql("CREATE EXTENSION IF NOT EXISTS plpy_bg CASCADE")
     return c

@@ -189,3 +189,22 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
             assert conn.execute("SELECT syscall FROM seccomp_filter()").fetchone()[0] != "(none)"
     finally:
         c.destroy()
+
+
+def test_a_served_cluster_sandboxes_jobs_by_default(tmp_path_factory):
+    """build.py serve (and the demo) include the job-worker profile: a superuser's job cannot run
+    a program, though a superuser's own session can."""
+    base = tmp_path_factory.mktemp("served")
+    for d in (base, base.parent, base.parent.parent):
+        os.chmod(d, 0o755)
+    c = build.serve(str(base / "c"), None)
+    try:
+        s = Server(c)
+        with s.connect() as conn:
+            h = launch(conn, "COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")
+            with pytest.raises(psycopg.Error) as e:
+                result(conn, h)
+            assert "Operation not permitted" in str(e.value) or "could not" in str(e.value)
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")  # the session itself may
+    finally:
+        c.destroy()

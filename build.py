@@ -7,6 +7,7 @@
     python3 build.py serve --dir D [--port P]   start a throwaway cluster; prints its DSN last
     python3 build.py stop --dir D   stop it again
     python3 build.py sql            write the install script to build/ and print its path
+    python3 build.py debian --cluster 15/main   pg_ctlcluster starts that cluster under the sandbox
 
 Every action is a function below; its docstring is its help.
 """
@@ -246,6 +247,40 @@ def action_demo(args) -> None:
         c.destroy()
 
 
+def sandbox_wrapper_script() -> Path:
+    """An executable that pg_ctl can run as its postgres (-p): the preload helper, then postgres."""
+    path = LIBDIR / "bin" / "postgres-seccomp"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(preload_wrapper() + [f"{pg_config('--bindir')}/postgres"])
+    path.write_text("#!/bin/sh\n# plpy_bg: load the global seccomp filter, then become postgres (pg_ctl -p)\n"
+                    f'exec {command} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def debian_cluster(cluster: str) -> Path:
+    """Make pg_ctlcluster (and the systemd unit, which calls it) start `cluster` (version/name)
+    through the preload helper: pg_ctl_options = '-p <wrapper>' in its pg_ctl.conf."""
+    version, name = cluster.split("/", 1)
+    conf = Path("/etc/postgresql") / version / name / "pg_ctl.conf"
+    if not conf.exists():
+        fatal(f"no cluster {cluster}: {conf} does not exist (see pg_lsclusters)")
+    wrapper = sandbox_wrapper_script()
+    lines = [ln for ln in conf.read_text().splitlines() if not ln.strip().startswith("pg_ctl_options")]
+    lines.append(f"pg_ctl_options = '-p {wrapper}'  # plpy_bg: every server process starts filtered")
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def action_debian(args) -> None:
+    """Start a Debian cluster (pg_ctlcluster, systemd) under the seccomp preload helper."""
+    action_install(argparse.Namespace(no_apt=True))
+    conf = debian_cluster(args.cluster)
+    version, name = args.cluster.split("/", 1)
+    print(f"{conf}: pg_ctl_options = '-p {sandbox_wrapper_script()}'\n"
+          f"restart the cluster to apply: pg_ctlcluster {version} {name} restart")
+
+
 # ---- tests ------------------------------------------------------------------------
 
 def ensure_venv() -> Path:
@@ -273,7 +308,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="action", required=True)
     for name, fn in [("install", action_install), ("demo", action_demo), ("test", action_test),
-                     ("serve", action_serve), ("stop", action_stop), ("sql", action_sql)]:
+                     ("serve", action_serve), ("stop", action_stop), ("sql", action_sql),
+                     ("debian", action_debian)]:
         p = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
         p.set_defaults(fn=fn)
         if name in ("install", "demo", "test"):
@@ -284,6 +320,8 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--dir", required=True)
             p.add_argument("--destroy", action="store_true")
+        if name == "debian":
+            p.add_argument("--cluster", required=True, help="version/name, as pg_lsclusters shows it (15/main)")
     args, extra = ap.parse_known_args()
     if args.action == "test":
         args.pytest_args = extra  # everything else goes to pytest

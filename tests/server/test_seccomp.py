@@ -208,3 +208,28 @@ def test_a_served_cluster_sandboxes_jobs_by_default(tmp_path_factory):
             conn.execute("COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")  # the session itself may
     finally:
         c.destroy()
+
+
+def test_a_debian_cluster_keeps_its_filter_across_pg_ctlcluster_restarts():
+    """pg_createcluster, build.py debian, pg_ctlcluster start and restart: the postmaster and a
+    backend carry the global filter each time."""
+    name, port = "plpytest", "5477"
+    subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)
+    subprocess.run(["pg_createcluster", "15", name, "-p", port], check=True, capture_output=True)
+    try:
+        with open(f"/etc/postgresql/15/{name}/postgresql.conf", "a") as f:
+            f.write(f"include '{build.PROFILES / 'global-deny.conf'}'\n")
+        build.debian_cluster(f"15/{name}")
+        for action in ("start", "restart"):
+            subprocess.run(["pg_ctlcluster", "15", name, action], check=True, capture_output=True)
+            with open(f"/var/lib/postgresql/15/{name}/postmaster.pid") as f:
+                pm = int(f.readline())
+            assert seccomp_mode(pm) == "2"
+            children = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True, text=True).stdout.split()
+            assert children  # checkpointer, background writer, WAL writer, autovacuum launcher ...
+            assert {seccomp_mode(int(c)) for c in children} == {"2"}
+            out = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-p", port, "-Atc", "SELECT 1"],
+                                 check=True, capture_output=True, text=True)
+            assert out.stdout.strip() == "1"  # and it serves
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)

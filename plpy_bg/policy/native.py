@@ -164,15 +164,23 @@ class Backend:
         return _U32.unpack(b)[0] if b else None
 
     def cstring(self, addr: int, limit: int = 200) -> str | None:
+        """The NUL-terminated string at `addr`, read a page at a time (never into a page it does
+        not reach); None when unreadable or not ended within `limit` bytes."""
         if not addr:
             return None
-        first = min(limit, 4096 - addr % 4096)  # never cross into a page we may not own
-        b = self.read(addr, first)
-        if b is None:
-            return None
-        if b"\0" not in b and first < limit:
-            b += self.read(addr + first, limit - first) or b""
-        return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+        chunks = []
+        at = addr
+        while at - addr < limit:
+            b = self.read(at, min(4096 - at % 4096, limit - (at - addr)))
+            if b is None:
+                return None
+            end = b.find(b"\0")
+            if end >= 0:
+                chunks.append(b[:end])
+                return b"".join(chunks).decode("utf-8", "replace")
+            chunks.append(b)
+            at += len(b)
+        return None
 
     # -- direct reads, only for addresses the backend itself handed us ---------
     @staticmethod
@@ -369,7 +377,7 @@ class Backend:
                         deps.funcs.extend(d.funcs)
         return deps
 
-    def plansource_text(self, ps: int, limit: int = 1 << 16) -> str:
+    def plansource_text(self, ps: int, limit: int = 1 << 20) -> str:
         """The query text of a verified CachedPlanSource."""
         return self.cstring(self.ptr(ps + self.portal["ps_query_string"]) or 0, limit) or ""
 
@@ -459,21 +467,8 @@ class Backend:
     def spi_statement_text(self, arg: int, limit: int = 1 << 20) -> tuple[int, str] | None:
         """(address, text) of the statement an SPI frame runs (its SPICallbackArg.query)."""
         qs = self.ptr(arg)
-        if not qs:
-            return None
-        chunks = []
-        addr = qs
-        while addr - qs < limit:
-            b = self.read(addr, 4096 - addr % 4096)
-            if b is None:
-                return None
-            end = b.find(b"\0")
-            if end >= 0:
-                chunks.append(b[:end])
-                return qs, b"".join(chunks).decode("utf-8", "replace")
-            chunks.append(b)
-            addr += len(b)
-        return None
+        text = self.cstring(qs, limit) if qs else None
+        return None if text is None else (qs, text)
 
     def top_level_portal(self) -> int | None:
         """The unnamed portal when it is running (the top-level statement while a cursor runs)."""

@@ -12,6 +12,7 @@ function and type is named with its schema, so a caller's own `=` or `oid`
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from plpy_bg.errors import LockNotAvailable
@@ -214,14 +215,31 @@ _Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", [
 _Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
 
 
+_PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
+
+
+def path_items(search_path: str | None) -> list[str]:
+    """The schema names of a search_path value, as the server splits it (quoted names keep their
+    case and commas, unquoted ones are folded to lower case; "$user" stays as written)."""
+    out = []
+    for m in _PATH_ITEM.finditer(search_path or ""):
+        item = m.group(1).strip()
+        if item:
+            out.append(item[1:-1].replace('""', '"') if item.startswith('"') else item.lower())
+    return out
+
+
+def is_temp_schema(name: str) -> bool:
+    return name == "pg_temp" or name.startswith("pg_temp_")
+
+
 def pg_catalog_first(search_path: str) -> bool:
     """Whether the path searches pg_catalog before any schema of a user (it does, implicitly,
     unless the path names it after another)."""
-    names = [item.strip().strip('"').lower() for item in search_path.split(",")]
+    names = path_items(search_path)
     if "pg_catalog" not in names:
         return True
-    before = names[:names.index("pg_catalog")]
-    return all(not n or n == "pg_temp" or n.startswith("pg_temp_") for n in before)
+    return all(is_temp_schema(n) for n in names[:names.index("pg_catalog")])
 
 
 class Catalog:

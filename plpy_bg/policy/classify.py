@@ -337,7 +337,8 @@ def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
         return hit
     found: set[tuple[str, ...]] = set()
     try:
-        stack: list = [_parse(sql)]
+        tree = _parse(sql)
+        stack: list = [tree]
         while stack:  # TypeName bodies sit under field names (typeName, returnType ...), not node tags
             n = stack.pop()
             if isinstance(n, dict):
@@ -348,7 +349,7 @@ def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
                         stack.append(v)
             elif isinstance(n, list):
                 stack.extend(n)
-        for t, b in _walk(_parse(sql)):
+        for t, b in _walk(tree):
             if t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
                 found.add(tuple(_names(b.get("funcname"))))
     except ClassifyError:

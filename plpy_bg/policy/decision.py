@@ -27,7 +27,6 @@ Rules, in order:
 from __future__ import annotations
 
 import functools
-import re
 
 from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
 from plpy_bg.policy import catalog as _catalog
@@ -37,7 +36,6 @@ from plpy_bg.policy.classify import (KINDS_ALWAYS_REFUSED, OPAQUE_FUNCTIONS, SQL
 from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
 
 FIRST_NORMAL_OID = 16384
-_PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
 
 
 _PATHS: dict[tuple[str | None, str], tuple[str, ...]] = {}
@@ -54,20 +52,8 @@ def parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
 
 
 def _parse_search_path(path: str | None, role: str) -> tuple[str, ...]:
-    out: list[str] = []
-    for m in _PATH_ITEM.finditer(path or ""):
-        item = m.group(1).strip()
-        if not item:
-            continue
-        if item.startswith('"'):
-            name = item[1:-1].replace('""', '"')
-        else:
-            name = item.lower()
-        if name == "$user":
-            name = role
-        if name == "pg_temp" or name.startswith("pg_temp_"):
-            continue  # functions are never looked up in the temporary schema unqualified
-        out.append(name)
+    out = [role if n == "$user" else n for n in _catalog.path_items(path)
+           if not _catalog.is_temp_schema(n)]  # functions are never looked up in pg_temp unqualified
     if "pg_catalog" not in out:
         out.insert(0, "pg_catalog")
     return tuple(dict.fromkeys(out))
@@ -78,10 +64,8 @@ def _without_our_temp(path: str) -> str:
     """The path for analyzing a job's statement here: the job's session has temporary tables of its
     own, so ours are searched last (where the path does not place pg_temp itself) and cannot hide
     a relation the job will find."""
-    for m in _PATH_ITEM.finditer(path or ""):
-        item = m.group(1).strip().strip('"').lower()
-        if item == "pg_temp" or item.startswith("pg_temp_"):
-            return path
+    if any(_catalog.is_temp_schema(n) for n in _catalog.path_items(path)):
+        return path
     return f"{path}, pg_temp" if path and path.strip() else "pg_temp"
 
 

@@ -115,6 +115,14 @@ class _Level:
         self.texts: list[str] = []  # its text, for the type names it writes
 
 
+def _code_entry(r: dict) -> dict:
+    """A relation or domain whose frame-less code calls functions (a row of `Catalog.code_of` or
+    `Catalog.domains_named`): its owner wrote that code."""
+    return {"kind": "table" if r["what"] == "relation" else "domain", "oid": int(r["oid"]),
+            "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
+            "role": r["owner"], "code": list(r["kinds"])}
+
+
 def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | None = None) -> list[dict]:
     """Views, rule-bearing tables, relations and domains with frame-less code, and user functions
     a statement depends on; each object once in a chain (`listed`)."""
@@ -141,9 +149,7 @@ def _dependency_entries(cat, deps: native.Deps, listed: set, level: _Level | Non
         if (r["what"] == "relation" and int(r["oid"]) in named) or key in listed:
             continue
         listed.add(key)
-        out.append({"kind": "table" if r["what"] == "relation" else "domain", "oid": int(r["oid"]),
-                    "name": f'{r["nspname"]}.{r["relname"]}', "role_oid": int(r["relowner"]),
-                    "role": r["owner"], "code": list(r["kinds"])})
+        out.append(_code_entry(r))
     for oid in deps.funcs:
         if ("func", oid) in listed:
             continue
@@ -344,8 +350,7 @@ def _chain_body(be: native.Backend, cat, plpy) -> list[dict]:
             last.attributed = last.attributed or caller_oid in (r["fns"] or ())
             if ("domain", int(r["oid"])) not in listed:
                 listed.add(("domain", int(r["oid"])))
-                domains.append({"kind": "domain", "oid": int(r["oid"]), "name": f'{r["nspname"]}.{r["relname"]}',
-                                "role_oid": int(r["relowner"]), "role": r["owner"], "code": list(r["kinds"])})
+                domains.append(_code_entry(r))
         if domains:
             parts.insert(len(parts) - 2, domains)
         if caller_oid not in last.funcs and not last.attributed:

@@ -327,6 +327,26 @@ _TYPE_NAMES: OrderedDict[str, tuple] = OrderedDict()
 _TYPE_FIELDS = frozenset({"typeName", "TypeName", "returnType", "argType"})
 
 
+def _type_names_of(tree: Any) -> set[tuple[str, ...]]:
+    """Type names and one-argument call names in a parse tree (see `type_names`)."""
+    found: set[tuple[str, ...]] = set()
+    stack: list = [tree]
+    while stack:  # TypeName bodies sit under field names (typeName, returnType ...), not node tags
+        n = stack.pop()
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if isinstance(v, dict) and k in _TYPE_FIELDS and "names" in v:
+                    found.add(tuple(_names(v["names"])))
+                if isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(n, list):
+            stack.extend(n)
+    for t, b in _walk(tree):
+        if t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
+            found.add(tuple(_names(b.get("funcname"))))
+    return found
+
+
 def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
     """The type names a text writes (casts, CAST ... AS, column definitions), as name parts, and the
     names of one-argument calls, which the server reads as a cast when a type is named so and no
@@ -337,21 +357,7 @@ def type_names(sql: str) -> tuple[tuple[str, ...], ...]:
         return hit
     found: set[tuple[str, ...]] = set()
     try:
-        tree = _parse(sql)
-        stack: list = [tree]
-        while stack:  # TypeName bodies sit under field names (typeName, returnType ...), not node tags
-            n = stack.pop()
-            if isinstance(n, dict):
-                for k, v in n.items():
-                    if isinstance(v, dict) and k in _TYPE_FIELDS and "names" in v:
-                        found.add(tuple(_names(v["names"])))
-                    if isinstance(v, (dict, list)):
-                        stack.append(v)
-            elif isinstance(n, list):
-                stack.extend(n)
-        for t, b in _walk(tree):
-            if t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
-                found.add(tuple(_names(b.get("funcname"))))
+        found.update(_type_names_of(_parse(sql)))
     except ClassifyError:
         try:
             tokens = list(_parser.scan(sql))
@@ -402,7 +408,8 @@ def classify(sql: str) -> dict:
         entry = {"node": node_type, "command": tag, "kind": kind, "reasons": list(reasons),
                  "functions": [], "operators": [], "dangerous_calls": [],
                  "location": raw.get("stmt_location", 0), "length": raw.get("stmt_len", 0),
-                 "row_text": _row_text_ok(node_type, body)}
+                 "row_text": _row_text_ok(node_type, body),
+                 "type_names": sorted(list(n) for n in _type_names_of(stmt))}
         if node_type == "VariableSetStmt" and (body.get("name") or "").lower() == "search_path":
             if body.get("kind") == "VAR_SET_VALUE":
                 # the server quotes each value as an identifier (GUC_LIST_QUOTE): "Tools" stays Tools

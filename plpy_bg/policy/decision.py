@@ -32,7 +32,7 @@ from plpy_bg.errors import InsufficientPrivilege, ObjectNotFound, PgError
 from plpy_bg.policy import catalog as _catalog
 from plpy_bg.policy import native, taint
 from plpy_bg.policy.classify import (KINDS_ALWAYS_REFUSED, OPAQUE_FUNCTIONS, SQL_TEXT_EXTENSION_FUNCTIONS,
-                                    ClassifyError, classify, type_names, worst_statement)
+                                    ClassifyError, classify, worst_statement)
 from plpy_bg.policy.trust import TRUST_FUNCTION, TrustCache
 
 FIRST_NORMAL_OID = 16384
@@ -216,10 +216,9 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: li
                 break
             continue
         deps = None
-        loc, ln = st["location"], st["length"]
-        text = (raw[loc:loc + ln] if ln else raw[loc:]).decode()
         if st["node"] in _ANALYZABLE:
-            deps = cat.analyzed(text, _without_our_temp(path))
+            loc, ln = st["location"], st["length"]
+            deps = cat.analyzed((raw[loc:loc + ln] if ln else raw[loc:]).decode(), _without_our_temp(path))
         if deps is not None and not deps.utility:
             _analyzed_functions(cat, tc, job_oid, deps, resolved, bad)
             if deps.rels:  # defaults, constraints, policies, triggers of the relations it touches
@@ -229,7 +228,7 @@ def _risky_functions(cat, tc: TrustCache, job_oid: int, sql: str, statements: li
             _named_functions(cat, tc, job_oid, st, parse_search_path(path, job_role), resolved, bad)
         # domains the statement makes values of by name (PostgreSQL 15 plans do not list them):
         # their CHECKs and defaults run as the job's role
-        names = {n for n in type_names(text) if n[0] != "pg_catalog"}
+        names = {tuple(n) for n in st["type_names"] if n[0] != "pg_catalog"}
         for r in cat.domains_named(tuple(sorted(names)), path) if names else ():
             _analyzed_functions(cat, tc, job_oid, native.Deps([], list(r["fns"] or ()), []), resolved, bad)
     return resolved, bad

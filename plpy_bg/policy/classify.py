@@ -245,7 +245,9 @@ def _inspect_expressions(stmt: dict, entry: dict) -> None:
     """Fold functions, operators and nested commands of one statement into `entry`."""
     funcs = entry["functions"]
     ops = entry["operators"]
+    types: set[tuple[str, ...]] = set()
     for t, b in _walk(stmt):
+        _note_type_names(t, b, types)
         if t == "FuncCall":
             parts = _names(b.get("funcname"))
             nargs = len(b.get("args") or ())
@@ -285,6 +287,7 @@ def _inspect_expressions(stmt: dict, entry: dict) -> None:
                 ops.append({"name": name})
         elif t in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
             entry["kind"] = _worse(entry["kind"], "write")
+    entry["type_names"] = sorted(list(n) for n in types)
 
 
 def _row_text_ok(node_type: str, body: dict) -> bool:
@@ -324,26 +327,26 @@ def _token_name(sql: str, tok) -> str:
 
 
 _TYPE_NAMES: OrderedDict[str, tuple] = OrderedDict()
-_TYPE_FIELDS = frozenset({"typeName", "TypeName", "returnType", "argType"})
+_TYPE_FIELDS = ("typeName", "returnType", "argType")
+
+
+def _note_type_names(t: str, b: dict, found: set) -> None:
+    """Type names one parse node writes (a cast's, a column's, a function's argument or result)
+    and the name of a one-argument call, which the server reads as a cast when a type is named so."""
+    for k in _TYPE_FIELDS:
+        v = b.get(k)
+        if isinstance(v, dict) and "names" in v:
+            found.add(tuple(_names(v["names"])))
+    if t == "TypeName" and "names" in b:
+        found.add(tuple(_names(b["names"])))
+    elif t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
+        found.add(tuple(_names(b.get("funcname"))))
 
 
 def _type_names_of(tree: Any) -> set[tuple[str, ...]]:
-    """Type names and one-argument call names in a parse tree (see `type_names`)."""
     found: set[tuple[str, ...]] = set()
-    stack: list = [tree]
-    while stack:  # TypeName bodies sit under field names (typeName, returnType ...), not node tags
-        n = stack.pop()
-        if isinstance(n, dict):
-            for k, v in n.items():
-                if isinstance(v, dict) and k in _TYPE_FIELDS and "names" in v:
-                    found.add(tuple(_names(v["names"])))
-                if isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(n, list):
-            stack.extend(n)
     for t, b in _walk(tree):
-        if t == "FuncCall" and len(b.get("args") or ()) == 1 and not b.get("agg_star"):
-            found.add(tuple(_names(b.get("funcname"))))
+        _note_type_names(t, b, found)
     return found
 
 
@@ -408,8 +411,7 @@ def classify(sql: str) -> dict:
         entry = {"node": node_type, "command": tag, "kind": kind, "reasons": list(reasons),
                  "functions": [], "operators": [], "dangerous_calls": [],
                  "location": raw.get("stmt_location", 0), "length": raw.get("stmt_len", 0),
-                 "row_text": _row_text_ok(node_type, body),
-                 "type_names": sorted(list(n) for n in _type_names_of(stmt))}
+                 "row_text": _row_text_ok(node_type, body), "type_names": []}
         if node_type == "VariableSetStmt" and (body.get("name") or "").lower() == "search_path":
             if body.get("kind") == "VAR_SET_VALUE":
                 # the server quotes each value as an identifier (GUC_LIST_QUOTE): "Tools" stays Tools

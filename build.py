@@ -8,6 +8,7 @@
     python3 build.py stop --dir D   stop it again
     python3 build.py sql            write the install script to build/ and print its path
     python3 build.py debian --cluster 15/main   pg_ctlcluster starts that cluster under the sandbox
+    python3 build.py supervisor     start the seccomp supervisor (root) the sandboxed server needs
 
 Every action is a function below; its docstring is its help.
 """
@@ -187,6 +188,55 @@ def preload_wrapper() -> list[str]:
     return ["env", f"PYTHONPATH={LIBDIR}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload", "--"]
 
 
+SUPERVISOR_LOG = Path("/var/log/plpy_bg-supervisor.log")
+SYSTEMD_UNIT = Path("/etc/systemd/system/plpy-bg-seccomp.service")
+
+
+def supervisor_command(socket_path: str | None = None) -> list[str]:
+    """The root service that answers the global filter's notifications (see sandbox/supervisor.py)."""
+    from plpy_bg.sandbox import supervision
+    return ["env", f"PYTHONPATH={LIBDIR}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.supervisor",
+            "--socket", socket_path or supervision.DEFAULT_SOCKET]
+
+
+def supervisor_running(socket_path: str | None = None) -> bool:
+    from plpy_bg.sandbox import supervision
+    try:
+        supervision.whoami(socket_path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+_daemons: list = []  # it outlives this process; kept so that no Popen is collected while it runs
+
+
+def ensure_supervisor(socket_path: str | None = None) -> None:
+    """Start the supervisor in the background (as root) unless one answers on its socket."""
+    if supervisor_running(socket_path):
+        return
+    if os.geteuid() != 0:
+        fatal("the seccomp supervisor must be started by root: sudo python3 build.py supervisor")
+    r, w = os.pipe()
+    with open(SUPERVISOR_LOG, "ab") as logf:
+        _daemons.append(subprocess.Popen(supervisor_command(socket_path) + ["--ready-fd", str(w)], pass_fds=(w,),
+                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                         start_new_session=True, cwd="/"))
+    os.close(w)
+    with os.fdopen(r) as f:
+        if f.readline().strip() != "ready":
+            fatal(f"the seccomp supervisor did not start; see {SUPERVISOR_LOG}")
+
+
+def action_supervisor(args) -> None:
+    """Start the seccomp supervisor (root) unless it runs; the sandboxed server needs it."""
+    action_install(argparse.Namespace(no_apt=True))
+    if args.foreground:
+        os.execvp("env", supervisor_command())
+    ensure_supervisor()
+    print(f"the seccomp supervisor runs (log: {SUPERVISOR_LOG})")
+
+
 def use_profile(c, name: str = "global-deny") -> None:
     """Include a shipped seccomp profile in the cluster's postgresql.conf."""
     with open(c.datadir / "postgresql.conf", "a") as f:
@@ -203,8 +253,10 @@ def serve(base: str | None, port: int | None, settings: dict | None = None):
         ports = re.findall(r"^port = (\d+)", conf, re.M)
         c = cl.Cluster(base=base_p, port=int(ports[-1]))
         if not c.is_running():
+            ensure_supervisor()
             c.start(wrapper=preload_wrapper())
         return c
+    ensure_supervisor()
     c = cl.Cluster.create(base_p, port, settings=settings)
     use_profile(c)  # secure by default: the global filter for every process,
     use_profile(c, "worker-allow")  # and job workers limited to what jobs need (no exec)
@@ -272,12 +324,29 @@ def debian_cluster(cluster: str) -> Path:
     return conf
 
 
+def supervisor_unit() -> Path:
+    """A systemd unit that runs the supervisor before PostgreSQL starts (the wrapper needs it)."""
+    SYSTEMD_UNIT.parent.mkdir(parents=True, exist_ok=True)
+    SYSTEMD_UNIT.write_text(
+        "[Unit]\nDescription=plpy_bg seccomp supervisor (answers the PostgreSQL sandbox's notifications)\n"
+        "Before=postgresql.service postgresql@.service\n\n"
+        f"[Service]\nExecStart={' '.join(supervisor_command())}\nRestart=on-failure\nUser=root\n\n"
+        "[Install]\nWantedBy=multi-user.target postgresql.service\n")
+    return SYSTEMD_UNIT
+
+
 def action_debian(args) -> None:
     """Start a Debian cluster (pg_ctlcluster, systemd) under the seccomp preload helper."""
     action_install(argparse.Namespace(no_apt=True))
     conf = debian_cluster(args.cluster)
     version, name = args.cluster.split("/", 1)
-    print(f"{conf}: pg_ctl_options = '-p {sandbox_wrapper_script()}'\n"
+    unit = supervisor_unit()
+    if Path("/run/systemd/system").is_dir():  # systemd runs this machine
+        run(["systemctl", "daemon-reload"])
+        run(["systemctl", "enable", "--now", unit.name])
+    else:
+        ensure_supervisor()
+    print(f"{conf}: pg_ctl_options = '-p {sandbox_wrapper_script()}'\n{unit}: the seccomp supervisor\n"
           f"restart the cluster to apply: pg_ctlcluster {version} {name} restart")
 
 
@@ -309,7 +378,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="action", required=True)
     for name, fn in [("install", action_install), ("demo", action_demo), ("test", action_test),
                      ("serve", action_serve), ("stop", action_stop), ("sql", action_sql),
-                     ("debian", action_debian)]:
+                     ("debian", action_debian), ("supervisor", action_supervisor)]:
         p = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
         p.set_defaults(fn=fn)
         if name in ("install", "demo", "test"):
@@ -320,6 +389,8 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--dir", required=True)
             p.add_argument("--destroy", action="store_true")
+        if name == "supervisor":
+            p.add_argument("--foreground", action="store_true", help="run in the foreground (systemd)")
         if name == "debian":
             p.add_argument("--cluster", required=True, help="version/name, as pg_lsclusters shows it (15/main)")
     args, extra = ap.parse_known_args()

@@ -97,18 +97,23 @@ NEVER = ("clone", "clone3", "fork", "vfork", "execve", "execveat", "ioctl")
 HEADER = """# plpy_bg job-worker allow profile: default error, learned by bench/learn_worker_profile.py
 # (strace of a cluster running pgbench, VACUUM, CREATE INDEX (CONCURRENTLY), COPY files, temp
 # files, parallel query and PL/Python jobs) plus a margin of benign calls that script lists
-# with reasons (pwritev and rename for new WAL segments, gettid for abort() on PANIC, socket
-# and connect for progress reports to the dispatcher, ...). Include it after global-deny.conf:
+# with reasons (pwritev and rename for new WAL segments, gettid for abort() on PANIC, ...).
+# Include it after global-deny.conf:
 # job workers then may make only these {n} of the architecture's {total} syscalls; anything
 # else fails with EPERM. Denied on purpose even when seen: clone, fork, execve (no COPY ...
-# PROGRAM, no subprocess) and ioctl. Re-learn it for your own workload with
-# python3 -m plpy_bg.sandbox.learn.
+# PROGRAM, no subprocess) and ioctl. No socket of any family (no dblink, postgres_fdw or
+# PL sockets: a job cannot open a backend the sandbox does not govern); progress reports use
+# the connection the worker opened before its filter. A role whose jobs need sockets gets
+# its own lines, e.g.  plpy_bg.job_roles = 'etl'  and  job_socket_families.etl = 'inet,inet6'.
+# These are job filters: client sessions keep pgseccomp's session settings. Re-learn it for
+# your own workload with python3 -m plpy_bg.sandbox.learn.
 pgseccomp.enabled = on
-pgseccomp.session_syscall_default = 'error'
-pgseccomp.session_syscall_log = ''
-pgseccomp.session_syscall_kill = ''
-pgseccomp.session_syscall_error = '*'
-pgseccomp.session_roles = ''
+plpy_bg.job_syscall_default = 'error'
+plpy_bg.job_syscall_log = ''
+plpy_bg.job_syscall_kill = ''
+plpy_bg.job_syscall_error = '*'
+plpy_bg.job_socket_families = ''
+plpy_bg.job_roles = ''
 """
 
 
@@ -132,7 +137,7 @@ def main() -> None:
     sess = sorted({n for n in session | set(MARGIN) | set(config.ESSENTIAL)
                    if engine.known(n) and n not in NEVER})
     total = len(engine.all_syscalls())
-    text = HEADER.format(n=len(sess), total=total) + f"pgseccomp.session_syscall_allow = '{','.join(sess)}'\n"
+    text = HEADER.format(n=len(sess), total=total) + f"plpy_bg.job_syscall_allow = '{','.join(sess)}'\n"
     out = ROOT / "plpy_bg" / "sandbox" / "profiles" / "worker-allow.conf"
     out.write_text(text)
     print(text)

@@ -51,6 +51,7 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
+from plpy_bg.sandbox import supervision
 from plpy_bg.jobs.limits import (ALL_ROW_BYTES, DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
                                  PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES, stored_sql)
 from plpy_bg.jobs import settings as jsettings
@@ -198,6 +199,7 @@ class Dispatcher:
         # filters stay for a process's life and children inherit them: what the postmaster carries
         # now is what every backend of this server starts with (0 or None: started unwrapped)
         self.postmaster_filters = seccomp_filters(postmaster.pid)
+        self.supervisor_checked = (-10.0, False)
         self.socket_path = socket_path
         self.os_user = identmap.os_user()
         self.epoch = secrets.token_hex(8)
@@ -350,6 +352,17 @@ class Dispatcher:
             hit = self.server_cache[dbk] = ((path, on), now)
         return hit[0]
 
+    def supervisor_answers(self) -> bool:
+        """The supervisor that holds this server's listener is alive (asked at most once a second)."""
+        now = time.monotonic()
+        if now - self.supervisor_checked[0] > 1.0:
+            try:
+                ok = supervision.whoami().get("kind") != "none"
+            except (OSError, ValueError):
+                ok = False
+            self.supervisor_checked = (now, ok)
+        return self.supervisor_checked[1]
+
     def sandboxed(self, dbk: tuple[str, int]) -> bool:
         """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
         return self.server_settings(dbk)[1]
@@ -385,6 +398,13 @@ class Dispatcher:
                        "under plpy_bg's wrapper, so no process of this server is sandboxed.",
                 hint="Restart the server under the wrapper (python3 build.py serve, or pg_ctl -p <wrapper>; see "
                      "README, Seccomp sandbox), or set pgseccomp.enabled = off to run unsandboxed knowingly.")
+        if self.sandboxed(dbk) and not self.supervisor_answers():
+            raise WrongState(
+                "background jobs are refused: the seccomp supervisor of this server does not answer",
+                detail="Without it no session, job or parallel worker policy is applied, and every syscall "
+                       "it would answer fails with ENOSYS.",
+                hint="Start the supervisor as root (python3 build.py supervisor), then restart the server "
+                     "under the wrapper: a listener lost with its supervisor cannot be handed over again.")
         self.make_room(dbk, int(req["user_id"]))
         self.note_activity(dbk)
         with self.lock:

@@ -6,6 +6,11 @@ Names, as pgseccomp has them:
   pgseccomp.session_syscall_{allow,log,error,kill,default}   ('*' = the global list)
   pgseccomp.session_roles = 'joe,alice'
   session_syscall_{allow,log,error,kill,default}.<role>       (overrides for listed roles)
+and plpy_bg's own job policy, the same shape, for job workers on top of their role's session:
+  plpy_bg.job_syscall_{allow,log,error,kill,default}          ('*' = the role's session list)
+  plpy_bg.job_socket_families = 'unix,inet'                     (socket() families a job may open)
+  plpy_bg.job_roles = 'etl'
+  job_syscall_{allow,...,default}.<role>, job_socket_families.<role>
 
 pgseccomp warns and falls back to an empty list on an unknown syscall name:
 a typo silently weakens the filter. Here any unknown name, action word or
@@ -30,23 +35,56 @@ class ConfigError(PgError):
     sqlstate = "22023"
 
 
+# socket() address families by name (linux/socket.h); a job may open only those its profile names
+FAMILIES = {"unix": 1, "inet": 2, "ax25": 3, "ipx": 4, "appletalk": 5, "netrom": 6, "bridge": 7,
+            "atmpvc": 8, "x25": 9, "inet6": 10, "rose": 11, "decnet": 12, "netbeui": 13,
+            "security": 14, "key": 15, "netlink": 16, "packet": 17, "ash": 18, "econet": 19,
+            "atmsvc": 20, "rds": 21, "sna": 22, "irda": 23, "pppox": 24, "wanpipe": 25, "llc": 26,
+            "ib": 27, "mpls": 28, "can": 29, "tipc": 30, "bluetooth": 31, "iucv": 32, "rxrpc": 33,
+            "isdn": 34, "phonet": 35, "ieee802154": 36, "caif": 37, "alg": 38, "nfc": 39,
+            "vsock": 40, "kcm": 41, "qipcrtr": 42, "smc": 43, "xdp": 44, "mctp": 45}
+AF_MAX = 46
+
+
 @dataclass(frozen=True)
 class Policy:
     default: str
     lists: dict = field(default_factory=dict)  # action -> tuple of syscall names
+    families: tuple | None = None  # socket() families allowed; None: socket() is not limited by family
 
-    def action_of(self, syscall: str) -> str:
+    def action_of(self, syscall: str, args: tuple = ()) -> str:
         for action in ACTIONS:
             if syscall in self.lists.get(action, ()):
-                return action
-        return self.default
+                break
+        else:
+            action = self.default
+        if (syscall == "socket" and self.families is not None and RANK[action] < RANK["error"]
+                and (not args or args[0] & 0xFFFFFFFF not in self.families)):
+            return "error"
+        return action
 
     def as_dict(self) -> dict:
-        return {"default": self.default, "lists": {a: list(v) for a, v in self.lists.items()}}
+        d = {"default": self.default, "lists": {a: list(v) for a, v in self.lists.items()}}
+        if self.families is not None:
+            d["families"] = list(self.families)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Policy":
-        return cls(d["default"], {a: tuple(v) for a, v in d["lists"].items()})
+        fam = d.get("families")
+        return cls(d["default"], {a: tuple(v) for a, v in d["lists"].items()},
+                   None if fam is None else tuple(fam))
+
+
+def meet(policies) -> "Policy":
+    """The policy that does, for every syscall, what the most restrictive of `policies` does."""
+    policies = list(policies)
+    default = max((p.default for p in policies), key=RANK.__getitem__)
+    names = {s for p in policies for lst in p.lists.values() for s in lst}
+    final = {s: max((p.action_of(s) for p in policies), key=RANK.__getitem__) for s in names}
+    fams = [set(p.families) for p in policies if p.families is not None]
+    return Policy(default, {a: tuple(sorted(s for s, x in final.items() if x == a)) for a in ACTIONS},
+                  tuple(sorted(set.intersection(*fams))) if fams else None)
 
 
 Getter = Callable[[str], "str | None"]
@@ -207,13 +245,50 @@ def session_policy(get: Getter, known, role: str | None, glob: Policy) -> Policy
     return sess
 
 
-def names(roles: tuple[str, ...] = ()) -> list[str]:
+def job_roles(get: Getter) -> tuple[str, ...]:
+    raw = get("plpy_bg.job_roles") or ""
+    return tuple(split_identifiers("plpy_bg.job_roles", raw)) if raw.strip() else ()
+
+
+def parse_families(setting: str, value: str | None) -> tuple[int, ...]:
+    if value is None or not value.strip():
+        return ()
+    if value.strip() == "*":
+        return tuple(range(AF_MAX))
+    out = []
+    for n in split_identifiers(setting, value):
+        if n not in FAMILIES:
+            raise ConfigError(f'invalid value for parameter "{setting}": "{value}"',
+                              detail=f'"{n}" is not a socket address family.',
+                              hint="Use names such as unix, inet, inet6 and netlink, or '*' for all.")
+        out.append(FAMILIES[n])
+    return tuple(sorted(set(out)))
+
+
+def job_policy(get: Getter, known, role: str | None, session: Policy) -> Policy:
+    """A job worker's own filter for `role`: the job lists ('*' = the role's session list), the
+    role's overrides when it is in plpy_bg.job_roles, and the socket families jobs may open."""
+    base = _policy("plpy_bg.job_syscall", get, known, session, base=session)
+    fam_setting, fam = "plpy_bg.job_socket_families", get("plpy_bg.job_socket_families")
+    if role is not None and role in job_roles(get):
+        base = _policy("job_syscall", get, known, session, suffix=f".{role}", base=base)
+        if get(f"job_socket_families.{role}") is not None:
+            fam_setting, fam = f"job_socket_families.{role}", get(f"job_socket_families.{role}")
+    p = Policy(base.default, base.lists, parse_families(fam_setting, fam))
+    check_viable(p, f'the job filter{f" of role {role!r}" if role else ""} (plpy_bg.job_syscall_*)')
+    return p
+
+
+def names(roles: tuple[str, ...] = (), jroles: tuple[str, ...] = ()) -> list[str]:
     """Every setting name this module reads, for readers that must ask one by one."""
-    out = ["pgseccomp.enabled", "pgseccomp.session_roles"]
-    for scope in ("global", "session"):
-        out += [f"pgseccomp.{scope}_syscall_{a}" for a in ACTIONS + ("default",)]
+    out = ["pgseccomp.enabled", "pgseccomp.session_roles", "plpy_bg.job_roles",
+           "plpy_bg.job_socket_families", "cluster_name"]
+    for scope in ("pgseccomp.global", "pgseccomp.session", "plpy_bg.job"):
+        out += [f"{scope}_syscall_{a}" for a in ACTIONS + ("default",)]
     for r in roles:
         out += [f"session_syscall_{a}.{r}" for a in ACTIONS + ("default",)]
+    for r in jroles:
+        out += [f"job_syscall_{a}.{r}" for a in ACTIONS + ("default",)] + [f"job_socket_families.{r}"]
     return out
 
 

@@ -23,7 +23,7 @@ try:
 finally:
     ctypes.util.find_library = _find
 
-from plpy_bg.sandbox.config import ACTIONS, Policy
+from plpy_bg.sandbox.config import ACTIONS, AF_MAX, Policy
 
 _ACTION = {
     "allow": sc.ALLOW,
@@ -60,19 +60,67 @@ def all_syscalls() -> list[str]:
     return out
 
 
-def build(policy: Policy) -> "sc.SyscallFilter":
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+PR_SET_SECCOMP = 22
+NEVER_NOTIFIED = ("clone", "clone3", "fork", "vfork")  # a fork must never wait for, or need, the supervisor
+
+
+def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter":
+    """A filter doing what `policy` says; with `notify`, the global filter of a supervised server.
+
+    Syscalls in `notify` (allowed by `policy`) go to the supervisor; a seccomp() call asking for
+    a new listener is refused, so no process of the server can answer notifications itself, and
+    prctl(PR_SET_SECCOMP) is refused so that every later filter is loaded where the supervisor
+    sees it. Limits on socket() families are compared on its first argument.
+    """
     f = sc.SyscallFilter(_ACTION[policy.default])
+    special = {"socket"} if policy.families is not None else set()
+    if notify:
+        special |= {"seccomp", "prctl"}
     for action in ACTIONS:
-        if action == policy.default:
-            continue
         for name in policy.lists.get(action, ()):
-            f.add_rule(_ACTION[action], name)
+            if action != policy.default and name not in special and not (
+                    name in notify and action in ("allow", "log")):
+                f.add_rule(_ACTION[action], name)
+    for name in sorted(notify - special):
+        if policy.action_of(name) in ("allow", "log"):
+            f.add_rule(sc.NOTIFY, name)
+    if policy.families is not None:
+        base = policy.action_of("socket", (policy.families[0],)) if policy.families else "error"
+        for fam in range(AF_MAX):
+            act = base if fam in policy.families else "error"
+            act_code = sc.NOTIFY if act in ("allow", "log") and "socket" in notify else _ACTION[act]
+            if act_code != _ACTION[policy.default]:
+                f.add_rule(act_code, "socket", sc.Arg(0, sc.EQ, fam))
+        if policy.default != "error":
+            f.add_rule(_ACTION["error"], "socket", sc.Arg(0, sc.GE, AF_MAX))
+    if notify:
+        for name, arg, mask, bad in (("seccomp", 1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),
+                                     ("prctl", 0, 0xFFFFFFFF, PR_SET_SECCOMP)):
+            act = policy.action_of(name)
+            if act in ("error", "kill"):
+                if act != policy.default:
+                    f.add_rule(_ACTION[act], name)
+                continue
+            f.add_rule(_ACTION["error"], name, sc.Arg(arg, sc.MASKED_EQ, mask, bad))
+            if name == "seccomp":  # every other seccomp() call: the supervisor records the filter
+                f.add_rule(sc.NOTIFY, name, sc.Arg(arg, sc.MASKED_EQ, mask, 0))
+            elif act != policy.default:
+                f.add_rule(_ACTION[act], name, sc.Arg(arg, sc.NE, PR_SET_SECCOMP))
     return f
 
 
-def load(policy: Policy) -> None:
-    """Load `policy` into this process (no_new_privs is set, as unprivileged loading needs)."""
-    build(policy).load()
+def load(policy: Policy, notify: frozenset = frozenset()) -> int | None:
+    """Load `policy` into this process (no_new_privs is set, as unprivileged loading needs);
+    with `notify`, return the new listener's fd."""
+    f = build(policy, notify)
+    f.load()
+    if notify:
+        fd = sc._libseccomp.seccomp_notify_fd(f._filter)
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd))
+        return fd
+    return None
 
 
 _SECCOMP = re.compile(r"^Seccomp:\s+(\d+)", re.M)

@@ -4,7 +4,9 @@ A process carries a stack of filters and the kernel applies the most
 restrictive action of all of them. Here that stack is:
   global   loaded by the preload helper into the postmaster before exec, handed
            to every backend in the environment (PLPY_BG_SECCOMP_GLOBAL)
-  session  the role's session filter, loaded by `worker.install` in job workers
+  session  the role's session policy, applied by the supervisor to every client
+           backend from its start (asked once per backend: `supervised_layer`)
+  job      the job filter, loaded by `worker.install` in job workers
   client   loaded once by `set_client_filter()`
 This module records what this process loaded (module state lives as long as
 the backend) and computes the effective action of each syscall the way
@@ -45,6 +47,29 @@ def global_layer() -> Layer | None:
     return Layer("global", Policy.from_dict(json.loads(raw)))
 
 
+_supervised: list = []  # [Layer | None] once asked
+
+
+def supervised_layer() -> Layer | None:
+    """The session policy the supervisor applies to this backend, when it differs from the global."""
+    from plpy_bg.sandbox import supervision
+    if _supervised:
+        return _supervised[0]
+    g = global_layer()
+    if g is None or not os.environ.get(supervision.ENV):
+        return None
+    try:
+        info = supervision.whoami()
+    except (OSError, ValueError):
+        return None  # not remembered: a passing failure is asked again
+    layer = None
+    if info.get("kind") in ("client", "parallel", "unknown") and info.get("policy"):
+        p = Policy.from_dict(info["policy"])
+        layer = Layer("session", p) if p != g.policy else None
+    _supervised.append(layer)
+    return layer
+
+
 def done(source: str) -> bool:
     return source in _done
 
@@ -58,7 +83,8 @@ def mark(source: str, policy: Policy | None = None) -> None:
 
 def stack() -> list[Layer]:
     g = global_layer()
-    return ([g] if g else []) + list(_loaded)
+    s = supervised_layer() if g else None
+    return ([g] if g else []) + ([s] if s else []) + list(_loaded)
 
 
 def effective(layers: list[Layer], syscall: str | None) -> tuple[str, str]:
@@ -101,5 +127,6 @@ def load(source: str, policy: Policy) -> None:
 
 
 def own_layers() -> list[Layer]:
-    """The session and client filters this process loaded itself."""
-    return list(_loaded)
+    """The filters this process runs under beyond the global one (its children inherit them)."""
+    s = supervised_layer()
+    return ([s] if s else []) + list(_loaded)

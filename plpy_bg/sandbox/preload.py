@@ -19,8 +19,9 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from plpy_bg.sandbox import config, engine
+from plpy_bg.sandbox import config, engine, supervision
 from plpy_bg.sandbox.layers import ENV
 
 _UNSET = "unrecognized configuration parameter"
@@ -41,21 +42,81 @@ def read_settings(command: list[str], names: list[str]) -> dict[str, str]:
         return {n: v for n, v in pool.map(one, names) if v is not None}
 
 
-def prepare(command: list[str]) -> config.Policy | None:
-    """The global policy to load, or None when pgseccomp.enabled is off; ConfigError when bad."""
+@dataclass(frozen=True)
+class Plan:
+    """What the server will run under: the global filter and every policy the supervisor applies."""
+    glob: config.Policy
+    session: config.Policy
+    session_roles: dict
+    job: config.Policy
+    job_roles: dict
+    cluster_name: str
+
+    def notify(self) -> frozenset:
+        """Syscalls the global filter hands to the supervisor: those some policy restricts beyond
+        the global filter, and those that tell who a process is (never a fork: see engine)."""
+        out = set(IDENTITY_SYSCALLS)
+        for p in (self.session, self.job, *self.session_roles.values(), *self.job_roles.values()):
+            out |= {s for a in ("error", "kill") for s in p.lists.get(a, ())}
+            if p.default in ("error", "kill"):
+                out |= {s for s in engine.all_syscalls()
+                        if config.RANK[p.action_of(s)] >= config.RANK["error"]}
+            if p.families is not None:
+                out.add("socket")
+        return frozenset(s for s in out if self.glob.action_of(s) in ("allow", "log")
+                         and s not in engine.NEVER_NOTIFIED and s not in ("seccomp", "prctl"))
+
+    def registration(self, argv: list[str]) -> dict:
+        return {"op": "register", "argv": argv, "cluster_name": self.cluster_name,
+                "policies": {"global": self.glob.as_dict(), "session": self.session.as_dict(),
+                             "session_roles": {r: p.as_dict() for r, p in self.session_roles.items()},
+                             "job": self.job.as_dict(),
+                             "job_roles": {r: p.as_dict() for r, p in self.job_roles.items()}}}
+
+
+# access(): every backend's InitPostgres checks its database directory with it, after the role is
+# known and before any of its user's code, so a backend is named then; exec: children are named
+IDENTITY_SYSCALLS = ("access", "execve", "execveat")
+
+
+def prepare(command: list[str]) -> Plan | None:
+    """What to load and register, or None when pgseccomp.enabled is off; ConfigError when bad."""
     values = read_settings(command, config.names())
     get = config.getter(values)
     if not config.enabled(get):
         return None
-    roles = config.session_roles(get)
-    if roles:
-        values.update(read_settings(command, config.names(roles)[len(config.names()):]))
+    roles, jroles = config.session_roles(get), config.job_roles(get)
+    if roles or jroles:
+        values.update(read_settings(command, config.names(roles, jroles)[len(config.names()):]))
         get = config.getter(values)
     glob = config.global_policy(get, engine.known)
-    # validate the session lists and every role's overrides now, not when a worker starts
-    for role in (None,) + roles:
-        config.session_policy(get, engine.known, role, glob)
-    return glob
+    # every role's lists are validated now, not when a session or a worker starts
+    sess = config.session_policy(get, engine.known, None, glob)
+    sroles = {r: config.session_policy(get, engine.known, r, glob) for r in roles}
+    job = config.job_policy(get, engine.known, None, sess)
+    jobr = {r: config.job_policy(get, engine.known, r, sroles.get(r, sess)) for r in jroles}
+    return Plan(glob, sess, sroles, job, jobr, values.get("cluster_name", ""))
+
+
+def register(plan: Plan, argv: list[str], path: str) -> None:
+    """Load the global filter with its notifications and hand the listener to the supervisor."""
+    try:
+        s = supervision.connect(path)
+    except OSError as e:
+        raise config.ConfigError(f"the seccomp supervisor is not running at {path}", detail=e.strerror,
+                                 hint="Start it as root (python3 -m plpy_bg.sandbox.supervisor, or "
+                                      "python3 build.py supervisor); see README, Seccomp sandbox.") from None
+    try:
+        supervision.request(s, {"op": "register"})
+        fd = engine.load(plan.glob, plan.notify())
+        try:
+            supervision.request(s, plan.registration(argv), fd=fd)
+        finally:
+            os.close(fd)  # only the supervisor holds the listener: no backend can answer for it
+    except supervision.SupervisorError as e:
+        raise config.ConfigError("the seccomp supervisor refused this server", detail=str(e)) from None
+    finally:
+        s.close()
 
 
 def describe(e: config.ConfigError) -> str:
@@ -71,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m plpy_bg.sandbox.preload",
                                  usage="%(prog)s [--datadir D] -- /path/to/postgres -D D [options]")
     ap.add_argument("--datadir", help="the data directory, when the postgres command has no -D")
+    ap.add_argument("--supervisor", help=f"the supervisor's socket (default {supervision.DEFAULT_SOCKET})")
     if "--" not in argv:
         ap.print_usage(sys.stderr)
         return 2
@@ -84,21 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     if "-D" not in cmd and not os.environ.get("PGDATA"):
         print("plpy_bg preload: FATAL:  the postgres command needs -D DATADIR (or --datadir)", file=sys.stderr)
         return 2
+    env = dict(os.environ)
+    env.pop(ENV, None)  # only a filter loaded here may be reported as in force
+    path = args.supervisor or supervision.socket_path()
     try:
-        policy = prepare(cmd)
+        plan = prepare(cmd)
+        if plan is not None:
+            register(plan, cmd, path)
+            env[ENV] = json.dumps(plan.glob.as_dict())
+            env[supervision.ENV] = path
     except config.ConfigError as e:
         print(describe(e), file=sys.stderr)
         return 1
-    env = dict(os.environ)
-    env.pop(ENV, None)  # only a filter loaded here may be reported as in force
-    if policy is not None:
-        try:
-            engine.load(policy)
-        except OSError as e:
-            print(f"plpy_bg preload: FATAL:  could not load the global seccomp filter: {e.strerror}",
-                  file=sys.stderr)
-            return 1
-        env[ENV] = json.dumps(policy.as_dict())
+    except OSError as e:
+        print(f"plpy_bg preload: FATAL:  could not load the global seccomp filter: {e.strerror}",
+              file=sys.stderr)
+        return 1
     os.execve(cmd[0], cmd, env)
     return 0  # not reached
 

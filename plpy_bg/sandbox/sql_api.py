@@ -4,11 +4,21 @@ from __future__ import annotations
 import os
 
 from plpy_bg.errors import PgError, WrongState
-from plpy_bg.sandbox import config, engine, layers, worker
+from plpy_bg.sandbox import config, engine, layers, supervision, worker
 
 
-def install_worker_filter(plpy) -> None:
-    worker.install(plpy)
+def install_worker_filter(plpy, GD) -> None:
+    def progress_connection():
+        # a job worker reports progress (and launches child jobs) on a connection opened now, as
+        # the filter forbids opening one later; only whether it is opened hangs on the name
+        app = plpy.execute("SELECT pg_catalog.current_setting('application_name') AS a")[0]["a"]
+        if app == WORKER_APPLICATION_NAME:
+            from plpy_bg.dispatcher import client
+            client.get(plpy, GD)
+    worker.install(plpy, before_load=progress_connection)
+
+
+WORKER_APPLICATION_NAME = "plpy_bg worker"
 
 
 def set_client_filter(plpy, default_action: str | None, allow: str | None, log: str | None,
@@ -24,7 +34,7 @@ def set_client_filter(plpy, default_action: str | None, allow: str | None, log: 
                              hint="The filter in force stays; open a new session for another.")
         get = worker.file_settings(plpy)
         glob = worker.configured_global(get)
-        sess = config.session_policy(get, engine.known, worker.session_user(plpy), glob)
+        sess = worker.session_policy(plpy, get)
         lists: dict[str, tuple[str, ...]] = {}
         owner: dict[str, str] = {}
         for action, raw in (("allow", allow), ("log", log), ("error", error), ("kill", kill)):
@@ -59,4 +69,16 @@ def seccomp_filter(plpy) -> list[tuple[str, int, str, str]]:
         rows.insert(0, ("(none)", -1, "none",
                         "global: pgseccomp.enabled is on but the server was started without plpy_bg's "
                         "wrapper; nothing is filtered and background jobs are refused"))
+    elif on and not supervised():
+        rows.insert(0, ("(supervisor)", -1, "none",
+                        "global: the seccomp supervisor does not answer for this server; no session, job "
+                        "or parallel worker policy is applied, what it answered fails with ENOSYS, and "
+                        "background jobs are refused"))
     return rows
+
+
+def supervised() -> bool:
+    try:
+        return supervision.whoami().get("kind") not in (None, "none")
+    except (OSError, ValueError):
+        return False

@@ -1,4 +1,4 @@
-"""The session filter of a job worker, installed before any of the job's SQL.
+"""The job filter of a job worker, installed before any of the job's SQL.
 
 The dispatcher runs `SELECT plpy_bg.install_worker_filter()` on each new
 worker connection when pgseccomp.enabled is on; that calls `install`.
@@ -34,26 +34,33 @@ def configured_global(get: config.Getter) -> config.Policy:
     return g.policy if g else config.global_policy(get, engine.known)
 
 
-def install(plpy) -> bool:
-    """Load session_user's session filter into this backend; False when nothing was loaded.
+def session_policy(plpy, get: config.Getter) -> config.Policy:
+    """session_user's session policy: what the supervisor applies to this backend, or (without a
+    supervisor, or when it cannot be asked) what the files say."""
+    s = layers.supervised_layer()
+    return s.policy if s else config.session_policy(get, engine.known, session_user(plpy), configured_global(get))
 
-    Once per backend: a second call returns False at once. A session filter
-    equal to the global filter in force is not loaded twice (as in pgseccomp).
+
+def install(plpy, before_load=None) -> bool:
+    """Load session_user's job filter into this backend; False when nothing was loaded.
+
+    Once per backend: a second call returns False at once. The job filter
+    stacks on the role's session policy (the supervisor's), so it names only
+    what jobs may do beyond a session: no socket() of a family the profile
+    does not name. `before_load` runs first (it opens the connection a job
+    reports progress on, which the filter would then forbid opening).
     """
-    if layers.done("session"):
+    if layers.done("job"):
         return False
     try:
         get = file_settings(plpy)
         if not config.enabled(get):
-            layers.mark("session")
+            layers.mark("job")
             return False
-        glob = configured_global(get)
-        policy = config.session_policy(get, engine.known, session_user(plpy), glob)
-        g = layers.global_layer()
-        if g is not None and g.policy == policy:
-            layers.mark("session")
-            return False
-        layers.load("session", policy)
+        policy = config.job_policy(get, engine.known, session_user(plpy), session_policy(plpy, get))
+        if before_load is not None:
+            before_load()
+        layers.load("job", policy)
     except PgError as e:
         e.raise_in(plpy)
     return True

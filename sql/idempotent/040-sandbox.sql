@@ -1,4 +1,4 @@
--- The seccomp sandbox: session filters for job workers and client sessions, and what is in force.
+-- The seccomp sandbox: job filters for job workers, client filters, and what is in force.
 
 -- job workers call this before any job SQL (the dispatcher does); it can only tighten, and a
 -- second call returns at once. SECURITY DEFINER to read pg_file_settings, never SET values.
@@ -9,10 +9,10 @@ SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
 from plpy_bg.sandbox import sql_api
-return sql_api.install_worker_filter(plpy)
+return sql_api.install_worker_filter(plpy, GD)
 $python$;
 COMMENT ON FUNCTION plpy_bg.install_worker_filter() IS
-'Loads the seccomp session filter of session_user''s role into this backend (once; only tightens)';
+'Loads the seccomp job filter of session_user''s role into this backend (once; only tightens)';
 
 -- pgseccomp declared this IMMUTABLE, so planning a query could load a filter; it is VOLATILE here
 CREATE OR REPLACE FUNCTION @extschema@.set_client_filter(

@@ -2,8 +2,10 @@
 
 The cluster starts through the preload helper with the shipped global deny profile;
 the sandbox's SQL functions come straight from sql/idempotent/040-sandbox.sql with a
-preamble that puts a copy of this checkout's package on sys.path. Role `wrk` has the
-shipped job-worker profile as its per-role session lists, `erin` an extra error list.
+preamble that puts a copy of this checkout's package on sys.path, and a seccomp
+supervisor of its own (root) answers its notifications. Every role's jobs have the
+shipped job-worker profile; role `wrk` may open Unix sockets in jobs; `erin` has a
+session error list (mkdir, readlink), applied by the supervisor from her backend's start.
 If the kernel refuses seccomp these tests fail; they never skip.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -46,8 +49,53 @@ CREATE FUNCTION my_filters() RETURNS int LANGUAGE plpython3u AS $$
 import re
 return int(re.search(r"^Seccomp_filters:\\s+(\\d+)", open("/proc/self/status").read(), re.M).group(1))
 $$;
-GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_filters() TO PUBLIC;
+CREATE FUNCTION try_socket(family int) RETURNS text LANGUAGE plpython3u AS $$
+import socket, os
+try:
+    socket.socket(family, socket.SOCK_STREAM).close(); return "ok"
+except OSError as e:
+    return os.strerror(e.errno)
+$$;
+CREATE FUNCTION try_exec() RETURNS text LANGUAGE plpython3u PARALLEL SAFE AS $$
+import subprocess, os
+try:
+    subprocess.run(["/bin/true"], check=True); return "ok"
+except OSError as e:
+    return os.strerror(e.errno)
+$$;
+CREATE FUNCTION par_mkdir(p text) RETURNS text LANGUAGE plpython3u PARALLEL SAFE AS $$
+import os
+try:
+    os.mkdir(p); os.rmdir(p); r = "ok"
+except OSError as e:
+    r = os.strerror(e.errno)
+return r + " " + str(os.getpid())
+$$;
+CREATE FUNCTION par_exec() RETURNS text LANGUAGE plpython3u PARALLEL SAFE AS $$
+import subprocess, os
+try:
+    subprocess.run(["/bin/true"], check=True); r = "ok"
+except OSError as e:
+    r = os.strerror(e.errno)
+return r + " " + str(os.getpid())
+$$;
+CREATE TABLE one_row AS SELECT 1 AS a;
+GRANT SELECT ON one_row TO PUBLIC;
+GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_filters(), try_socket(int), try_exec(),
+  par_mkdir(text), par_exec() TO PUBLIC;
 """
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+PARALLEL = ("SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; "
+            "SET parallel_leader_participation = off")
+
+
+def in_parallel_worker(c, fn: str) -> str:
+    """Run fn in a parallel worker of this session; its answer, after checking it ran elsewhere."""
+    c.execute(PARALLEL)
+    out = c.execute(f"SELECT {fn} FROM one_row").fetchone()[0]
+    answer, pid = out.rsplit(" ", 1)
+    assert int(pid) != c.info.backend_pid, "the function ran in the leader, not a parallel worker"
+    return answer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,8 +133,35 @@ def package_copy() -> Path:
     return d
 
 
-def wrapper(path: str) -> list[str]:
-    return ["env", f"PYTHONPATH={path}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload", "--"]
+def wrapper(path: str, supervisor: str) -> list[str]:
+    return ["env", f"PYTHONPATH={path}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload",
+            "--supervisor", supervisor, "--"]
+
+
+class Supervisor:
+    """A supervisor of the module's own (root), so that tests may kill it."""
+
+    def __init__(self, path: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="plpy_bg_sup_"))
+        os.chmod(self.dir, 0o755)
+        self.socket = str(self.dir / "seccomp.sock")
+        self.log = open(self.dir / "log", "ab")
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(["env", f"PYTHONPATH={path}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.supervisor",
+                                      "--socket", self.socket, "--ready-fd", str(w)], pass_fds=(w,),
+                                     stdout=self.log, stderr=self.log, start_new_session=True)
+        os.close(w)
+        with os.fdopen(r) as f:
+            assert f.readline().strip() == "ready", (self.dir / "log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def text(self) -> str:
+        return (self.dir / "log").read_text()
 
 
 def sandbox_sql(path: str) -> str:
@@ -111,8 +186,8 @@ def as_role_overrides(role: str, profile: str) -> str:
 
 
 class Sandbox:
-    def __init__(self, cluster: Cluster, path: str):
-        self.cluster, self.path = cluster, path
+    def __init__(self, cluster: Cluster, path: str, sup: Supervisor):
+        self.cluster, self.path, self.sup = cluster, path, sup
 
     def connect(self, user: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.cluster.dsn(user), autocommit=True)
@@ -127,21 +202,25 @@ def sbx():
     pkg = package_copy()
     path = f"{pkg}:{deps_dir()}"
     base = Path(tempfile.mkdtemp(prefix="plpy_bg_sbxc_"))
+    sup = Supervisor(path)
     c = Cluster.create(base)
     try:
         extra = c.datadir / "sandbox-test.conf"
-        extra.write_text("pgseccomp.session_roles = 'erin, wrk'\n"
-                         "session_syscall_error.erin = 'mkdir'\n" + as_role_overrides("wrk", "worker-allow.conf"))
+        extra.write_text("pgseccomp.session_roles = 'erin'\n"
+                         "session_syscall_error.erin = 'mkdir,readlink'\n"
+                         "plpy_bg.job_roles = 'wrk'\njob_socket_families.wrk = 'unix'\n")
         with open(c.datadir / "postgresql.conf", "a") as f:
-            f.write(f"include '{PROFILES / 'global-deny.conf'}'\ninclude 'sandbox-test.conf'\n")
+            f.write(f"include '{PROFILES / 'global-deny.conf'}'\ninclude '{PROFILES / 'worker-allow.conf'}'\n"
+                    "include 'sandbox-test.conf'\n")
         subprocess.run(["chown", "postgres:postgres", str(extra)], check=True)
-        c.start(wrapper=wrapper(path))
+        c.start(wrapper=wrapper(path, sup.socket))
         c.psql("CREATE EXTENSION plpython3u;\n" + sandbox_sql(path) + PROBES +
-               "CREATE ROLE erin LOGIN; CREATE ROLE alice LOGIN; CREATE ROLE mallory LOGIN;"
+               "CREATE ROLE erin LOGIN SUPERUSER; CREATE ROLE alice LOGIN SUPERUSER; CREATE ROLE mallory LOGIN;"
                "CREATE ROLE wrk LOGIN SUPERUSER;")
-        yield Sandbox(c, path)
+        yield Sandbox(c, path, sup)
     finally:
         c.destroy()
+        sup.stop()
         shutil.rmtree(pkg, ignore_errors=True)
 
 
@@ -173,20 +252,44 @@ def test_seccomp_filter_shows_the_global_filter(sbx):
     assert ("ptrace", 101, "global->error", "session") in rows
 
 
-def test_worker_filter_picks_the_role_overrides(sbx):
+def test_a_client_session_runs_under_its_role_policy_from_its_start(sbx):
     with sbx.connect("erin") as c:
-        # a session SET of the placeholders cannot loosen what the files say
-        c.execute("SET \"session_syscall_error.erin\" = ''; SET pgseccomp.session_roles = ''")
-        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_erin')").fetchone()[0] == "ok"
-        c.execute("SELECT plpy_bg.install_worker_filter()")
+        # the first statement already runs under it; a session SET of the placeholders changes nothing
         assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_erin')").fetchone()[0] == EPERM
+        c.execute("SET \"session_syscall_error.erin\" = ''; SET pgseccomp.session_roles = ''")
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_erin')").fetchone()[0] == EPERM
+        rows = c.execute("SELECT * FROM seccomp_filter()").fetchall()
+        assert ("mkdir", 83, "session->error", "session") in rows
+        assert ("readlink", 89, "session->error", "session") in rows
+        assert ("ptrace", 101, "global->error", "session") in rows
+        assert c.execute("SELECT my_filters()").fetchone()[0] == 1  # applied by the supervisor, not a 2nd filter
+    with sbx.connect() as c:  # ALTER ROLE ... SET is no way around it either
+        c.execute("ALTER ROLE erin SET pgseccomp.session_roles = ''")
+    try:
+        with sbx.connect("erin") as c:
+            assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_erin')").fetchone()[0] == EPERM
+    finally:
+        with sbx.connect() as c:
+            c.execute("ALTER ROLE erin RESET ALL")
+    with sbx.connect("alice") as c:  # not listed: the session lists, equal to the global filter
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_alice')").fetchone()[0] == "ok"
+        assert not [r for r in c.execute("SELECT * FROM seccomp_filter()").fetchall() if r[2].startswith("session->")]
+
+
+def test_the_job_filter_stacks_on_the_session_and_allows_no_socket(sbx):
+    with sbx.connect("erin") as c:
+        c.execute("SELECT plpy_bg.install_worker_filter()")
         c.execute("SELECT plpy_bg.install_worker_filter()")  # a second call is a no-op
         assert c.execute("SELECT my_filters()").fetchone()[0] == 2
-        assert ("mkdir", 83, "session->error", "session") in c.execute("SELECT * FROM seccomp_filter()").fetchall()
-    with sbx.connect("alice") as c:  # not listed: the session lists, equal to the global filter
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_erin')").fetchone()[0] == EPERM
+        assert c.execute(f"SELECT try_socket({AF_UNIX})").fetchone()[0] == EPERM
+        assert c.execute(f"SELECT try_socket({AF_INET})").fetchone()[0] == EPERM
+        assert c.execute("SELECT try_exec()").fetchone()[0] == EPERM
+    with sbx.connect("wrk") as c:  # its profile names Unix sockets, and nothing more
         c.execute("SELECT plpy_bg.install_worker_filter()")
-        assert c.execute("SELECT my_filters()").fetchone()[0] == 1
-        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_alice')").fetchone()[0] == "ok"
+        assert c.execute(f"SELECT try_socket({AF_UNIX})").fetchone()[0] == "ok"
+        assert c.execute(f"SELECT try_socket({AF_INET})").fetchone()[0] == EPERM
+        assert c.execute(f"SELECT try_socket({AF_INET6})").fetchone()[0] == EPERM
 
 
 def test_set_client_filter_once_and_only_tighter(sbx):
@@ -242,7 +345,7 @@ WORKER_SQL = [
 
 def test_job_worker_profile_runs_real_work(sbx):
     """VACUUM, CREATE INDEX (CONCURRENTLY), COPY, temp files, parallel query, PL/Python + psycopg."""
-    with sbx.connect("wrk") as c:
+    with sbx.connect("wrk") as c:  # its profile names Unix sockets (py_work connects)
         c.execute(PY_SOCKET)
         c.execute("SELECT plpy_bg.install_worker_filter()")
         assert c.execute("SELECT my_filters()").fetchone()[0] == 2
@@ -317,6 +420,163 @@ def test_preload_refuses_bad_settings_before_the_server_starts(sbx, idle_cluster
     bad.write_text(f"pgseccomp.session_roles = 'erin'\n{setting} = {value}\n")
     subprocess.run(["chown", "postgres:postgres", str(bad)], check=True)
     with pytest.raises(ClusterError) as ei:
-        idle_cluster.start(wrapper=wrapper(sbx.path), timeout=20)
+        idle_cluster.start(wrapper=wrapper(sbx.path, sbx.sup.socket), timeout=20)
     assert needle in str(ei.value) and "FATAL" in str(ei.value)
     assert idle_cluster.postmaster_pid() is None
+
+
+# ---- every process under its policy: parallel workers, children, forged titles ----------------
+
+def test_a_parallel_worker_gets_its_leaders_session_policy(sbx):
+    with sbx.connect("erin") as c:
+        assert in_parallel_worker(c, "par_mkdir('/tmp/plpy_bg_sbx_pe')") == EPERM
+    with sbx.connect("alice") as c:
+        assert in_parallel_worker(c, "par_mkdir('/tmp/plpy_bg_sbx_pa')") == "ok"
+
+
+def test_a_parallel_worker_of_a_job_filtered_leader_cannot_exec(sbx):
+    """The postmaster forks parallel workers without the leader's own filters: the supervisor
+    evaluates the filters the leader loaded (its job filter denies exec)."""
+    with sbx.connect("alice") as c:
+        assert in_parallel_worker(c, "par_exec()") == "ok"
+        c.execute("SELECT plpy_bg.install_worker_filter()")
+        assert in_parallel_worker(c, "par_exec()") == EPERM
+        assert c.execute("SELECT try_exec()").fetchone()[0] == EPERM
+
+
+def test_a_parallel_worker_of_a_client_filtered_leader_is_denied_the_same(sbx):
+    with sbx.connect("alice") as c:
+        c.execute("SELECT set_client_filter(NULL, NULL, NULL, 'mkdir', NULL)")
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_cf')").fetchone()[0] == EPERM
+        assert in_parallel_worker(c, "par_mkdir('/tmp/plpy_bg_sbx_cf')") == EPERM
+
+
+def test_a_program_started_by_a_backend_inherits_its_policy(sbx):
+    with sbx.connect("erin") as c:
+        c.execute("""CREATE OR REPLACE FUNCTION sh_mkdir(p text) RETURNS text LANGUAGE plpython3u AS $$
+import subprocess
+r = subprocess.run(["/bin/mkdir", p], capture_output=True, text=True)
+subprocess.run(["/bin/rmdir", p])
+return "ok" if r.returncode == 0 else r.stderr.strip()
+$$""")
+        assert "Operation not permitted" in c.execute("SELECT sh_mkdir('/tmp/plpy_bg_sbx_sh')").fetchone()[0]
+    with sbx.connect("alice") as c:
+        assert c.execute("SELECT sh_mkdir('/tmp/plpy_bg_sbx_sh')").fetchone()[0] == "ok"
+
+
+FORGE_TITLE = """CREATE OR REPLACE FUNCTION forge_title(t text) RETURNS text LANGUAGE plpython3u AS $$
+# what native code in a backend can do: overwrite its own title (argv area) with another role's
+fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+start, end = int(fields[45]), int(fields[46])
+text = t.encode() + b"\\0" * max(0, end - start - len(t))
+with open("/proc/self/mem", "r+b") as m:
+    m.seek(start)
+    m.write(text[:end - start])
+return open("/proc/self/cmdline", "rb").read().split(b"\\0")[0].decode()
+$$"""
+
+
+def test_a_forged_title_changes_nothing(sbx):
+    with sbx.connect("erin") as c:
+        c.execute(FORGE_TITLE)
+        shown = c.execute("SELECT forge_title('postgres: alice postgres [local] startup')").fetchone()[0]
+        assert shown.startswith("postgres: alice")
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_forge')").fetchone()[0] == EPERM
+        assert "Operation not permitted" in c.execute("SELECT sh_mkdir('/tmp/plpy_bg_sbx_forge')").fetchone()[0]
+        assert in_parallel_worker(c, "par_mkdir('/tmp/plpy_bg_sbx_forge')") == EPERM
+
+
+NEW_LISTENER = """CREATE OR REPLACE FUNCTION try_own_listener(use_prctl bool) RETURNS text LANGUAGE plpython3u AS $$
+# a backend that could answer its own notifications would allow itself anything
+import ctypes, os, struct
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+allow = struct.pack("<HBBI", 0x06, 0, 0, 0x7fff0000)  # BPF_RET | BPF_K, SECCOMP_RET_ALLOW
+buf = ctypes.create_string_buffer(allow)
+prog = struct.pack("<H6xQ", 1, ctypes.addressof(buf))
+pbuf = ctypes.create_string_buffer(prog)
+libc.prctl(38, 1, 0, 0, 0)  # no_new_privs
+if use_prctl:
+    r = libc.prctl(22, 2, ctypes.addressof(pbuf), 0, 0)  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+else:
+    r = libc.syscall(317, 1, 8, ctypes.addressof(pbuf))  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+return "ok" if r >= 0 else os.strerror(ctypes.get_errno())
+$$"""
+
+
+def test_no_backend_can_take_a_listener_or_load_a_filter_unseen(sbx):
+    with sbx.connect("erin") as c:
+        c.execute(NEW_LISTENER)
+        assert c.execute("SELECT try_own_listener(false)").fetchone()[0] == EPERM
+        assert c.execute("SELECT try_own_listener(true)").fetchone()[0] == EPERM
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_nl')").fetchone()[0] == EPERM
+        assert c.execute("SELECT my_filters()").fetchone()[0] == 1
+
+
+def test_server_processes_keep_working(sbx):
+    """Checkpoints, autovacuum, a crash restart after a SIGKILLed backend: the supervisor answers
+    server processes with the global filter alone, and names the new processes afterwards."""
+    with sbx.connect() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS av (i int) WITH (autovacuum_vacuum_threshold = 1, "
+                  "autovacuum_vacuum_scale_factor = 0)")
+        c.execute("INSERT INTO av SELECT generate_series(1, 1000); DELETE FROM av")
+        c.execute("CHECKPOINT")
+        before = c.execute("SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'av'").fetchone()[0]
+    with sbx.connect("alice") as victim:
+        os.kill(victim.info.backend_pid, 9)
+        time.sleep(0.2)
+
+    def back():
+        try:
+            return sbx.one("SELECT 1") == 1
+        except psycopg.Error:
+            return False
+    deadline = time.monotonic() + 30
+    while not back():
+        assert time.monotonic() < deadline, "the server did not come back after the crash restart"
+        time.sleep(0.2)
+    with sbx.connect("erin") as c:
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_cr')").fetchone()[0] == EPERM
+    with sbx.connect() as c:
+        c.execute("INSERT INTO av SELECT generate_series(1, 1000); DELETE FROM av")
+        deadline = time.monotonic() + 60
+        while c.execute("SELECT coalesce(autovacuum_count, 0) FROM pg_stat_user_tables "
+                        "WHERE relname = 'av'").fetchone()[0] <= 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.execute("SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'av'").fetchone()[0] >= 0
+        c.execute("CHECKPOINT")
+    assert before is not None
+    assert seccomp_mode(sbx.cluster.postmaster_pid()) == "2"
+
+
+def test_the_wrapper_refuses_to_start_without_a_supervisor(sbx, idle_cluster):
+    (idle_cluster.datadir / "bad.conf").write_text("")
+    with pytest.raises(ClusterError) as ei:
+        idle_cluster.start(wrapper=wrapper(sbx.path, "/tmp/plpy_bg_no_such_dir/seccomp.sock"), timeout=20)
+    assert "the seccomp supervisor is not running" in str(ei.value) and "FATAL" in str(ei.value)
+    assert idle_cluster.postmaster_pid() is None
+
+
+def test_a_dead_supervisor_fails_closed(sbx, tmp_path):
+    """Its own supervisor and cluster: once the supervisor is gone, what it would have answered
+    fails (ENOSYS), new sessions cannot start, and the postmaster lives on."""
+    sup = Supervisor(sbx.path)
+    base = Path(tempfile.mkdtemp(prefix="plpy_bg_sbxd_"))
+    c = Cluster.create(base)
+    try:
+        with open(c.datadir / "postgresql.conf", "a") as f:
+            f.write(f"include '{PROFILES / 'global-deny.conf'}'\npgseccomp.session_roles = 'erin'\n"
+                    "session_syscall_error.erin = 'mkdir'\n")
+        c.start(wrapper=wrapper(sbx.path, sup.socket))
+        c.psql("CREATE EXTENSION plpython3u;\n" + sandbox_sql(sbx.path) + PROBES + "CREATE ROLE erin LOGIN SUPERUSER")
+        with psycopg.connect(c.dsn("erin"), autocommit=True) as k:
+            assert k.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_dead')").fetchone()[0] == EPERM
+            sup.stop()
+            assert k.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_dead')").fetchone()[0] == os.strerror(38)  # ENOSYS
+            first = k.execute("SELECT syscall, context FROM seccomp_filter() LIMIT 1").fetchone()
+            assert first[0] == "(supervisor)" and "does not answer" in first[1]
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(c.dsn("alice" if False else "postgres"), autocommit=True).close()
+        assert c.postmaster_pid() is not None and seccomp_mode(c.postmaster_pid()) == "2"
+    finally:
+        c.destroy()
+        sup.stop()

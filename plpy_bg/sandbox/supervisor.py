@@ -1,0 +1,544 @@
+"""The seccomp supervisor: answers the syscalls a server's global filter hands it, by who calls.
+
+    python3 -m plpy_bg.sandbox.supervisor [--socket PATH] [--user postgres]    (as root)
+
+The preload helper loads the global filter with SECCOMP_RET_USER_NOTIF for
+the syscalls that some session or job policy restricts, and for the few
+that mark who a process is (access, execve, seccomp). It passes the listener
+fd here and execs postgres. For each notification this process names the
+calling process and answers CONTINUE or an errno:
+
+  postmaster, auxiliary processes, autovacuum, background workers   the global filter only
+  a client backend (it holds a client socket)       its role's session policy
+  a parallel worker ("parallel worker for PID L")    its leader's policy and the filters
+                                                     the leader loaded (evaluated as BPF)
+  any other process                                  what its nearest known ancestor has
+  a process no ancestor of which is known            the strictest of all policies
+
+A process is named once per (pid, start time), at its first notification
+after it left the postmaster's fork: for a backend that is at the latest its
+InitPostgres access() of the database directory, before any of its user's
+code can run and rewrite its title. Children and threads inherit the name.
+Filters a process loads later are read from its memory when its seccomp()
+call is notified, before the kernel loads them. This runs as root, not as
+the server's OS user: a backend can neither signal it nor take its fds.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import json
+import logging
+import os
+import pwd
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from plpy_bg.sandbox import bpf, config, supervision
+
+log = logging.getLogger("plpy_bg.supervisor")
+
+# linux/seccomp.h ioctls on the listener
+NOTIF_RECV = 0xC0502100
+NOTIF_SEND = 0xC0182101
+NOTIF_ID_VALID = 0x40082102
+NOTIF_SET_FLAGS = 0x40082104
+FLAG_CONTINUE = 1
+FD_SYNC_WAKE_UP = 1
+SECCOMP_SET_MODE_FILTER = 1
+MAX_PROGRAMS = 32
+MAX_REGISTRATIONS = 64
+ANSWER_THREADS = 1  # RECV blocks; a second reader could wait past the server's end
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+
+
+def _ioctl(fd: int, req: int, buf) -> int:
+    r = _libc.ioctl(fd, req, ctypes.addressof(buf) if buf is not None else None)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+class Notif(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("nr", ctypes.c_int32), ("arch", ctypes.c_uint32), ("ip", ctypes.c_uint64),
+                ("args", ctypes.c_uint64 * 6)]
+
+
+class Resp(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint64), ("val", ctypes.c_int64), ("error", ctypes.c_int32),
+                ("flags", ctypes.c_uint32)]
+
+
+# ---- /proc, read as root -------------------------------------------------------------
+
+def status_ids(tid: int) -> tuple[int, int]:
+    """(tgid, ppid) of a thread."""
+    tgid = ppid = None
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                tgid = int(line.split()[1])
+            elif line.startswith(b"PPid:"):
+                ppid = int(line.split()[1])
+                break
+    if tgid is None or ppid is None:
+        raise ProcessLookupError(tid)
+    return tgid, ppid
+
+
+def start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
+def seccomp_mode(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Seccomp:"):
+                return int(line.split()[1])
+    return 0
+
+
+def title(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read(4096)
+
+
+def has_socket(pid: int) -> bool:
+    d = f"/proc/{pid}/fd"
+    for name in os.listdir(d):
+        try:
+            if os.readlink(f"{d}/{name}").startswith("socket:"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def read_mem(pid: int, addr: int, n: int) -> bytes:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, n, addr)
+    finally:
+        os.close(fd)
+    if len(data) != n:
+        raise OSError(errno.EFAULT, "short read of the caller's memory")
+    return data
+
+
+# ---- who a process is ------------------------------------------------------------------
+
+SERVER, FRESH, CLIENT, PARALLEL, UNKNOWN = "server", "fresh", "client", "parallel", "unknown"
+STARTUP_STATES = ("authentication", "startup")  # a backend's title before its first query
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str
+    label: str
+    policy: config.Policy | None = None  # None: the global filter alone
+    leader: tuple | None = None  # (pid, start) whose loaded filters also count (a parallel worker's)
+
+
+SERVER_ID = Identity(SERVER, "server process")
+FRESH_ID = Identity(FRESH, "new server process")
+
+
+def role_candidates(rest: str) -> set[str]:
+    """The roles a client backend's title can name: 'U D H STATE' or 'walsender U H STATE'.
+
+    Role and database names may hold spaces, so every split is a candidate
+    and the caller applies the strictest of their policies.
+    """
+    tokens = rest.split(" ")
+    if len(tokens) < 4 or tokens[-1] not in STARTUP_STATES:
+        return set()
+    ud = tokens[:-2]  # the host never holds a space
+    out = {" ".join(ud[:i]) for i in range(1, len(ud))}
+    if ud[0] == "walsender" and len(ud) >= 2:
+        out.add(" ".join(ud[1:]))
+    return out
+
+
+@dataclass
+class Cluster:
+    """One registered server: its policies, its listener and what is known of its processes."""
+    fd: int
+    pm: tuple  # (pid, start time) of the postmaster
+    argv: list
+    cluster_name: str
+    glob: config.Policy
+    session: config.Policy
+    session_roles: dict
+    job: config.Policy
+    job_roles: dict
+    known: dict = field(default_factory=dict)  # (pid, start) -> Identity
+    programs: dict = field(default_factory=dict)  # (pid, start) -> [decoded BPF programs]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    names: dict = field(default_factory=dict)
+    notifications: int = 0
+
+    def __post_init__(self):
+        self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
+        self.prefix = "postgres: " + (f"{self.cluster_name}: " if self.cluster_name else "")
+        self.strictest = config.meet([self.session, self.job, *self.session_roles.values(),
+                                      *self.job_roles.values()])
+
+    @classmethod
+    def from_registration(cls, fd: int, pm_pid: int, msg: dict) -> "Cluster":
+        P = config.Policy.from_dict
+        pol = msg["policies"]
+        return cls(fd=fd, pm=(pm_pid, start_time(pm_pid)), argv=list(msg["argv"]),
+                   cluster_name=msg.get("cluster_name") or "", glob=P(pol["global"]),
+                   session=P(pol["session"]), session_roles={r: P(p) for r, p in pol["session_roles"].items()},
+                   job=P(pol["job"]), job_roles={r: P(p) for r, p in pol["job_roles"].items()})
+
+    def session_of(self, roles: set[str]) -> config.Policy:
+        pols = [self.session_roles.get(r, self.session) for r in sorted(roles)]
+        return pols[0] if len(pols) == 1 else config.meet(pols)
+
+    def classify(self, pid: int, text: bytes) -> Identity:
+        """Name a postmaster child that has left the fork, before any user code ran in it."""
+        shown = text.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip()
+        if not shown.startswith(self.prefix):
+            return Identity(UNKNOWN, f"process titled {shown[:80]!r}", self.strictest)
+        rest = shown[len(self.prefix):]
+        if rest.startswith("parallel worker for PID "):
+            try:
+                lpid = int(rest.split()[4])
+                lk = (lpid, start_time(lpid))
+            except (ValueError, IndexError, OSError):
+                return Identity(UNKNOWN, "parallel worker of no live leader", self.strictest)
+            leader = self.known.get(lk)
+            if leader is None or leader.kind not in (CLIENT, PARALLEL):
+                return Identity(UNKNOWN, f"parallel worker of unidentified PID {lpid}", self.strictest)
+            return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
+        if not has_socket(pid):
+            return SERVER_ID  # auxiliary processes, autovacuum, background workers: no client
+        roles = role_candidates(rest)
+        if not roles:
+            return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
+        label = "role " + " or ".join(json.dumps(r) for r in sorted(roles))
+        return Identity(CLIENT, f"client backend of {label}", self.session_of(roles))
+
+    def inherit(self, ppid: int) -> Identity:
+        """A process forked by a backend (or deeper): its nearest known ancestor's identity."""
+        p = ppid
+        for _ in range(64):
+            if p <= 1 or p == self.pm[0]:
+                break
+            try:
+                k = (p, start_time(p))
+                up = status_ids(p)[1]
+            except OSError:
+                break
+            if k in self.known:
+                return self.known[k]
+            p = up
+        return Identity(UNKNOWN, "process of no known ancestor", self.strictest)
+
+    def identify(self, tgid: int, ppid: int, key: tuple) -> Identity:
+        ident = self.known.get(key)
+        if ident is not None:
+            return ident
+        if key == self.pm:
+            return SERVER_ID
+        if ppid == self.pm[0]:
+            text = title(tgid)
+            if text == self.pm_title:
+                return FRESH_ID  # forked, not yet told what it is: still the postmaster's code
+            ident = self.classify(tgid, text)
+        else:
+            ident = self.inherit(ppid)
+        with self.lock:
+            return self.known.setdefault(key, ident)
+
+    def whoami(self, pid: int) -> dict | None:
+        try:
+            key = (pid, start_time(pid))
+            ppid = status_ids(pid)[1]
+        except OSError:
+            return None
+        ident = self.known.get(key)
+        if ident is None and ppid != self.pm[0]:
+            ident = self.inherit(ppid)
+            if ident.kind == UNKNOWN:
+                return None
+        if ident is None:
+            return None
+        progs = len(self.programs.get(key, ())) + len(self.programs.get(ident.leader, ()))
+        return {"kind": ident.kind, "label": ident.label, "programs": progs, "postmaster": self.pm[0],
+                "policy": (ident.policy or self.glob).as_dict()}
+
+    # ---- answers ----
+    def decide(self, ident: Identity, name: str, n: Notif) -> tuple[str, int]:
+        """(action, errno) for one notified syscall."""
+        args = tuple(n.args)
+        act, err = self.glob.action_of(name, args), errno.EPERM
+        if ident.policy is not None:
+            act = max(act, ident.policy.action_of(name, args), key=config.RANK.__getitem__)
+        if ident.leader is not None and act in ("allow", "log"):
+            data = bpf.seccomp_data(n.nr, n.arch, n.ip, args)
+            for prog in self.programs.get(ident.leader, ()):
+                try:
+                    ret = bpf.run(prog, data)
+                except bpf.BadProgram:
+                    ret = bpf.RET_KILL_THREAD
+                a = ret & bpf.ACTION_FULL
+                if a in (bpf.RET_KILL_PROCESS, bpf.RET_KILL_THREAD, bpf.RET_TRAP):
+                    return "kill", errno.ENOSYS
+                if a == bpf.RET_ERRNO:
+                    return "error", ret & 0xFFFF
+                if a in (bpf.RET_USER_NOTIF, bpf.RET_TRACE):  # no one answers these: the kernel says ENOSYS
+                    return "error", errno.ENOSYS
+        return act, err
+
+    def record_filter(self, tid: int, key: tuple, n: Notif) -> bool:
+        """Read the filter a seccomp(SET_MODE_FILTER) call is about to load; False: refuse the call."""
+        try:
+            head = read_mem(tid, n.args[2], 16)
+            length, ptr = struct.unpack_from("<H6xQ", head)
+            prog = bpf.decode(read_mem(tid, ptr, length * 8))
+        except (OSError, bpf.BadProgram, struct.error):
+            return False
+        with self.lock:
+            progs = self.programs.setdefault(key, [])
+            if len(progs) >= MAX_PROGRAMS:
+                return False
+            progs.append(prog)
+        return True
+
+    def answer(self, n: Notif) -> Resp | None:
+        resp = Resp(id=n.id)
+        try:
+            tgid, ppid = status_ids(n.pid)
+            key = (tgid, start_time(tgid))
+            ident = self.identify(tgid, ppid, key)
+            name = self.names.get(n.nr) or f"#{n.nr}"
+            act, err = self.decide(ident, name, n)
+            if act in ("allow", "log") and name == "seccomp" and n.args[0] == SECCOMP_SET_MODE_FILTER:
+                if not self.record_filter(n.pid, key, n):
+                    act, err = "error", errno.EPERM
+            # the process may have died and its pid been reused while /proc was read
+            _ioctl(self.fd, NOTIF_ID_VALID, ctypes.c_uint64(n.id))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None  # the caller is gone; its notification no longer exists
+            log.warning("notification from %d: %s; refused", n.pid, e)
+            act, err, ident, name = "error", errno.ENOSYS, None, f"#{n.nr}"
+        if act == "kill":
+            log.warning("killing pid %d (%s): syscall %s is kill-listed", n.pid, ident.label, name)
+            try:
+                os.kill(n.pid, signal.SIGSYS)
+            except OSError:
+                pass
+            act, err = "error", errno.ENOSYS
+        if act == "error":
+            resp.error, resp.val = -err, -1
+        else:
+            if act == "log":
+                log.info("pid %d (%s): %s (log)", n.pid, ident.label, name)
+            resp.flags = FLAG_CONTINUE
+        return resp
+
+    def serve(self) -> None:
+        buf = Notif()
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while True:
+            events = poller.poll(60_000)
+            if not events:
+                self.prune()
+                continue
+            if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return  # no process holds the filter any more (the server stopped)
+            ctypes.memset(ctypes.addressof(buf), 0, ctypes.sizeof(buf))
+            try:
+                _ioctl(self.fd, NOTIF_RECV, buf)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                    continue
+                return  # no process holds the filter any more (the server stopped)
+            self.notifications += 1
+            if self.notifications % 4096 == 0:
+                self.prune()
+            try:
+                resp = self.answer(buf)
+            except Exception:  # never leave a backend waiting: refuse, and keep serving
+                log.exception("answering a notification")
+                resp = Resp(id=buf.id, val=-1, error=-errno.ENOSYS)
+            if resp is not None:
+                try:
+                    _ioctl(self.fd, NOTIF_SEND, resp)
+                except OSError:
+                    pass  # the caller was interrupted or died meanwhile
+
+    def prune(self) -> None:
+        with self.lock:
+            for key in [k for k in list(self.known) + list(self.programs) if not _alive(k)]:
+                self.known.pop(key, None)
+                self.programs.pop(key, None)
+
+
+def _alive(key: tuple) -> bool:
+    try:
+        return start_time(key[0]) == key[1]
+    except OSError:
+        return False
+
+
+def _syscall_names() -> dict[int, str]:
+    from plpy_bg.sandbox import engine
+    return {engine.syscall_number(n): n for n in engine.all_syscalls()}
+
+
+# ---- the service ---------------------------------------------------------------------------
+
+class Supervisor:
+    def __init__(self, path: str, uids: set[int]):
+        self.path = path
+        self.uids = uids
+        self.clusters: list[Cluster] = []
+        self.lock = threading.Lock()
+        self.names = _syscall_names()
+
+    def listen(self) -> socket.socket:
+        d = os.path.dirname(self.path)
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        st = os.stat(d)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise SystemExit(f"plpy_bg supervisor: {d} must belong to root and be writable by root only")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        s.bind(self.path)
+        os.chmod(self.path, 0o666)  # who may ask is decided by peer credentials
+        s.listen(64)
+        return s
+
+    def run(self, ready_fd: int | None = None) -> None:
+        s = self.listen()
+        log.info("listening on %s for uids %s", self.path, sorted(self.uids))
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        while True:
+            conn, _ = s.accept()
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid not in self.uids:
+                return self.reply(conn, error=f"uid {uid} may not use the seccomp supervisor")
+            data, fd = supervision.recv_with_fd(conn)
+            try:
+                msg = json.loads(data.split(b"\n", 1)[0])
+                op = msg.get("op")
+            except (ValueError, AttributeError):
+                op = None
+            if op == "whoami":
+                if fd is not None:
+                    os.close(fd)
+                return self.whoami(conn, pid)
+            if op == "register":
+                return self.register(conn, pid, fd, msg)
+            if fd is not None:
+                os.close(fd)
+            self.reply(conn, error="unknown request")
+        except Exception as e:  # a bad client never stops the service
+            log.warning("request failed: %s", e)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def reply(conn: socket.socket, **msg) -> None:
+        msg.setdefault("ok", "error" not in msg)
+        try:
+            conn.sendall((json.dumps(msg) + "\n").encode())
+        except OSError:
+            pass
+
+    def whoami(self, conn: socket.socket, pid: int) -> None:
+        for c in list(self.clusters):
+            info = c.whoami(pid)
+            if info is not None:
+                return self.reply(conn, **info)
+        self.reply(conn, kind="none", label="not a process of a supervised server")
+
+    def register(self, conn: socket.socket, pid: int, fd: int | None, msg: dict) -> None:
+        """Two steps: the helper asks while it carries no filter yet, then sends the listener."""
+        if fd is not None:
+            os.close(fd)
+            return self.reply(conn, error="send the listener after the first answer")
+        if seccomp_mode(pid) != 0:
+            return self.reply(conn, error="only a process without a seccomp filter may register a server")
+        if len(self.clusters) >= MAX_REGISTRATIONS:
+            return self.reply(conn, error="too many servers registered")
+        self.reply(conn, ready=True)
+        data, fd = supervision.recv_with_fd(conn)
+        if fd is None:
+            return self.reply(conn, error="no listener was sent")
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:seccomp notify":
+                raise ValueError("the fd sent is not a seccomp listener")
+            if seccomp_mode(pid) != 2:
+                raise ValueError("the registering process carries no filter")
+            c = Cluster.from_registration(fd, pid, json.loads(data.split(b"\n", 1)[0]))
+            c.names = self.names
+            try:
+                _ioctl(fd, NOTIF_SET_FLAGS, ctypes.c_uint64(FD_SYNC_WAKE_UP))
+            except OSError:
+                pass  # before Linux 6.6: answers are slower, not different
+        except Exception as e:
+            os.close(fd)
+            return self.reply(conn, error=f"registration refused: {e}")
+        with self.lock:
+            self.clusters.append(c)
+        log.info("registered the server of postmaster %d (%s)", pid, c.cluster_name or " ".join(c.argv)[:120])
+        for _ in range(ANSWER_THREADS):
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        self.reply(conn, registered=True)
+
+    def _serve(self, c: Cluster) -> None:
+        c.serve()
+        with self.lock:
+            if c in self.clusters:
+                self.clusters.remove(c)
+                os.close(c.fd)
+                log.info("the server of postmaster %d is gone", c.pm[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m plpy_bg.sandbox.supervisor")
+    ap.add_argument("--socket", default=supervision.DEFAULT_SOCKET)
+    ap.add_argument("--user", action="append", default=None,
+                    help="OS user whose servers and backends may use it (default postgres)")
+    ap.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s plpy_bg supervisor: %(levelname)s:  %(message)s")
+    if os.geteuid() != 0:
+        print("plpy_bg supervisor: FATAL:  must run as root (a supervisor with the server's uid could "
+              "be killed or robbed of its listener by a backend)", file=sys.stderr)
+        return 1
+    uids = {pwd.getpwnam(u).pw_uid for u in (args.user or ["postgres"])}
+    Supervisor(args.socket, uids).run(args.ready_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,8 +18,10 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -183,9 +185,10 @@ def _cluster_mod():
 PROFILES = LIBDIR / EXT / "sandbox" / "profiles"
 
 
-def preload_wrapper() -> list[str]:
+def preload_wrapper(supervisor: str | None = None) -> list[str]:
     """The command that loads the global seccomp filter and then execs postgres."""
-    return ["env", f"PYTHONPATH={LIBDIR}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload", "--"]
+    return (["env", f"PYTHONPATH={LIBDIR}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload"] +
+            (["--supervisor", supervisor] if supervisor else []) + ["--"])
 
 
 SUPERVISOR_LOG = Path("/var/log/plpy_bg-supervisor.log")
@@ -199,21 +202,30 @@ def supervisor_command(socket_path: str | None = None) -> list[str]:
             "--socket", socket_path or supervision.DEFAULT_SOCKET]
 
 
-def supervisor_running(socket_path: str | None = None) -> bool:
+def supervisor_info(socket_path: str | None = None) -> dict | None:
     from plpy_bg.sandbox import supervision
     try:
-        supervision.whoami(socket_path)
-        return True
+        return supervision.whoami(socket_path)
     except (OSError, ValueError):
-        return False
+        return None
 
 
 _daemons: list = []  # it outlives this process; kept so that no Popen is collected while it runs
 
 
-def ensure_supervisor(socket_path: str | None = None) -> None:
-    """Start the supervisor in the background (as root) unless one answers on its socket."""
-    if supervisor_running(socket_path):
+def ensure_supervisor(socket_path: str | None = None, replace_stale: bool = False) -> None:
+    """Start the supervisor in the background (as root) unless one answers on its socket; with
+    `replace_stale`, a supervisor of other installed code is stopped first (its servers' sandboxes
+    then fail closed: for tests of this checkout, never for a production server)."""
+    info = supervisor_info(socket_path)
+    stamp = (LIBDIR / ".stamp").read_text().strip() if (LIBDIR / ".stamp").exists() else ""
+    if info is not None and replace_stale and info.get("stamp") != stamp:
+        os.kill(int(info["supervisor_pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while supervisor_info(socket_path) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = None
+    if info is not None:
         return
     if os.geteuid() != 0:
         fatal("the seccomp supervisor must be started by root: sudo python3 build.py supervisor")

@@ -122,7 +122,7 @@ def _server(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     os.chmod(base.parent, 0o755)
     os.chmod(base.parent.parent, 0o755)
-    build.ensure_supervisor()
+    build.ensure_supervisor(replace_stale=True)  # the supervisor runs this checkout's code
     c = Cluster.create(base, settings={"max_connections": "60"})
     build.use_profile(c, "global-deny")  # the whole suite runs under both shipped profiles
     build.use_profile(c, "worker-allow")

@@ -398,7 +398,7 @@ class Dispatcher:
                        "under plpy_bg's wrapper, so no process of this server is sandboxed.",
                 hint="Restart the server under the wrapper (python3 build.py serve, or pg_ctl -p <wrapper>; see "
                      "README, Seccomp sandbox), or set pgseccomp.enabled = off to run unsandboxed knowingly.")
-        if self.sandboxed(dbk) and not self.supervisor_answers():
+        if self.postmaster_filters and not self.supervisor_answers() and self.sandboxed(dbk):
             raise WrongState(
                 "background jobs are refused: the seccomp supervisor of this server does not answer",
                 detail="Without it no session, job or parallel worker policy is applied, and every syscall "

@@ -398,6 +398,15 @@ def _alive(key: tuple) -> bool:
         return False
 
 
+def _stamp() -> str:
+    """The installed package's stamp, so that an installer can tell a supervisor of older code."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", ".stamp")) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _syscall_names() -> dict[int, str]:
     from plpy_bg.sandbox import engine
     return {engine.syscall_number(n): n for n in engine.all_syscalls()}
@@ -412,6 +421,7 @@ class Supervisor:
         self.clusters: list[Cluster] = []
         self.lock = threading.Lock()
         self.names = _syscall_names()
+        self.stamp = _stamp()
 
     def listen(self) -> socket.socket:
         d = os.path.dirname(self.path)
@@ -420,6 +430,11 @@ class Supervisor:
         if st.st_uid != 0 or st.st_mode & 0o022:
             raise SystemExit(f"plpy_bg supervisor: {d} must belong to root and be writable by root only")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            supervision.whoami(self.path).get("supervisor_pid")
+            raise SystemExit(f"plpy_bg supervisor: another supervisor answers on {self.path}")
+        except (OSError, ValueError):
+            pass  # none answers: the path is free to take
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -443,7 +458,7 @@ class Supervisor:
         conn.settimeout(30)
         try:
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid not in self.uids:
+            if uid not in self.uids and uid != 0:  # root may ask (installers check it runs)
                 return self.reply(conn, error=f"uid {uid} may not use the seccomp supervisor")
             data, fd = supervision.recv_with_fd(conn)
             try:
@@ -455,7 +470,7 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
                 return self.whoami(conn, pid)
-            if op == "register":
+            if op == "register" and uid in self.uids:
                 return self.register(conn, pid, fd, msg)
             if fd is not None:
                 os.close(fd)
@@ -465,9 +480,9 @@ class Supervisor:
         finally:
             conn.close()
 
-    @staticmethod
-    def reply(conn: socket.socket, **msg) -> None:
+    def reply(self, conn: socket.socket, **msg) -> None:
         msg.setdefault("ok", "error" not in msg)
+        msg.update(supervisor_pid=os.getpid(), stamp=self.stamp)
         try:
             conn.sendall((json.dumps(msg) + "\n").encode())
         except OSError:

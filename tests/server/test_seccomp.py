@@ -109,33 +109,86 @@ def test_set_client_filter_refuses_bad_lists(sc):
 def system(sc, *statements):
     """ALTER SYSTEM of custom settings (known to the session as placeholders first), then reload."""
     with sc.connect() as c:
-        c.execute("SET pgseccomp.session_roles = ''")
-        c.execute("SET \"session_syscall_error.erin\" = ''")
+        c.execute("SET plpy_bg.job_roles = ''")
+        c.execute("SET \"job_syscall_error.erin\" = ''")
         for s in statements:
             c.execute(s)
         c.execute("SELECT pg_reload_conf()")
 
 
-def test_per_role_override_for_job_workers(sc):
+def test_per_role_job_lists_for_job_workers(sc):
     sc.sql("DROP ROLE IF EXISTS erin; CREATE ROLE erin LOGIN; GRANT pgbackground_role TO erin")
     sc.sql("SELECT grant_pg_background_privileges('erin')")
     # ALTER SYSTEM takes a custom setting once the session knows it as a placeholder
-    system(sc, "ALTER SYSTEM SET pgseccomp.session_roles = 'erin'",
-           "ALTER SYSTEM SET \"session_syscall_error.erin\" = 'mkdir'")
+    system(sc, "ALTER SYSTEM SET plpy_bg.job_roles = 'erin'",
+           "ALTER SYSTEM SET \"job_syscall_error.erin\" = 'mkdir'")
     try:
-        import time
-        time.sleep(5.5)  # the dispatcher re-reads pgseccomp.enabled at most every 5 s
         with sc.connect("erin") as c:
             h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_erin')")
             assert result(c, h, "r text") == [(os.strerror(1),)]
-            # a client session of erin is not a job worker: no session filter of its own
+            # a client session of erin keeps its session policy: job lists are for jobs
             assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_erin')").fetchone()[0] == "ok"
         with sc.connect("alice") as c:
             h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_alice')")
             assert result(c, h, "r text") == [("ok",)]
     finally:
-        system(sc, "ALTER SYSTEM RESET pgseccomp.session_roles",
-               "ALTER SYSTEM RESET \"session_syscall_error.erin\"")
+        system(sc, "ALTER SYSTEM RESET plpy_bg.job_roles", "ALTER SYSTEM RESET \"job_syscall_error.erin\"")
+
+
+JOB_PROBES = """CREATE EXTENSION IF NOT EXISTS dblink;
+CREATE OR REPLACE FUNCTION try_socket(family int) RETURNS text LANGUAGE plpython3u AS $$
+import socket, os
+try:
+    socket.socket(family, socket.SOCK_STREAM).close(); return "ok"
+except OSError as e:
+    return os.strerror(e.errno)
+$$;
+CREATE OR REPLACE FUNCTION par_exec() RETURNS text LANGUAGE plpython3u PARALLEL SAFE AS $$
+import subprocess, os
+try:
+    subprocess.run(["/bin/true"], check=True); r = "ok"
+except OSError as e:
+    r = os.strerror(e.errno)
+return r + " " + str(os.getpid())
+$$;
+DROP TABLE IF EXISTS one_row; CREATE TABLE one_row AS SELECT 1 AS a;
+GRANT SELECT ON one_row TO PUBLIC;
+GRANT EXECUTE ON FUNCTION try_socket(int), par_exec() TO PUBLIC;
+"""
+
+
+def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
+    """dblink (a new backend the job's filter would not govern) and PL sockets fail in a job,
+    even a superuser's; progress reports and child jobs use the worker's own connection."""
+    sc.sql(JOB_PROBES)
+    dsn = f"host={sc.cluster.sockdir} port={sc.cluster.port} user=postgres dbname=postgres"
+    with sc.connect() as c:
+        c.execute("DROP TABLE IF EXISTS dblink_damage; CREATE TABLE dblink_damage (i int)")
+        h = launch(c, f"SELECT dblink_exec('{dsn}', 'INSERT INTO dblink_damage VALUES (1)')")
+        with pytest.raises(psycopg.Error, match="could not establish connection|Operation not permitted"):
+            result(c, h)
+        assert c.execute("SELECT count(*) FROM dblink_damage").fetchone()[0] == 0
+        h = launch(c, "SELECT try_socket(1) || ',' || try_socket(2) || ',' || try_socket(10)")
+        assert result(c, h) == [(",".join([os.strerror(1)] * 3),)]
+        h = launch(c, "SELECT pg_background_progress(42, 'half way'); SELECT pg_sleep(0.5); SELECT 'done'")
+        import time
+        deadline = time.monotonic() + 10
+        while c.execute("SELECT (pg_background_get_progress_v2(%s, %s)).progress_pct", h).fetchone()[0] != 42:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert result(c, h) == [("done",)]
+        assert c.execute("SELECT try_socket(1)").fetchone()[0] == "ok"  # the session itself may
+
+
+def test_a_jobs_parallel_worker_cannot_exec(sc):
+    sc.sql(JOB_PROBES)
+    with sc.connect("alice") as c:
+        h = launch(c, "SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; "
+                      "SET parallel_leader_participation = off; SELECT par_exec() FROM one_row")
+        (out,), = result(c, h)
+        answer, pid = out.rsplit(" ", 1)
+        assert int(pid) != h[0], "par_exec ran in the job worker (the handle's pid), not a parallel worker"
+        assert answer == os.strerror(1)
 
 
 @pytest.mark.parametrize("setting, value, needle", [
@@ -189,6 +242,33 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
             assert conn.execute("SELECT syscall FROM seccomp_filter()").fetchone()[0] != "(none)"
     finally:
         c.destroy()
+
+
+def test_launches_refuse_when_the_supervisor_does_not_answer(tmp_path_factory):
+    from tests.server.test_seccomp_sandbox import Supervisor
+    sup = Supervisor(str(build.LIBDIR))
+    base = tmp_path_factory.mktemp("nosup")
+    for d in (base, base.parent, base.parent.parent):
+        os.chmod(d, 0o755)
+    c = Cluster.create(base)
+    try:
+        build.use_profile(c, "global-deny")
+        build.use_profile(c, "worker-allow")
+        c.start(wrapper=build.preload_wrapper(sup.socket))
+        s = Server(c)
+        s.sql("CREATE EXTENSION plpy_bg CASCADE")
+        with s.connect() as conn:
+            assert result(conn, launch(conn, "SELECT 1")) == [("1",)]
+            sup.stop()
+            import time
+            time.sleep(1.2)  # the dispatcher asks at most once a second
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                launch(conn, "SELECT 1")
+            assert "supervisor of this server does not answer" in e.value.diag.message_primary
+            assert "build.py supervisor" in e.value.diag.message_hint
+    finally:
+        c.destroy()
+        sup.stop()
 
 
 def test_a_served_cluster_sandboxes_jobs_by_default(tmp_path_factory):

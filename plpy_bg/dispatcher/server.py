@@ -191,6 +191,13 @@ def other_database(db: str, want: int, got: int) -> PgError:
                    hint="Rename the database to an ASCII name.", sqlstate="3D000")
 
 
+SANDBOX_WARNING_EVERY = 60  # housekeeping ticks (seconds)
+UNSANDBOXED_WARNING = ("DO $w$ BEGIN RAISE WARNING 'plpy_bg: pgseccomp.enabled is on but {what}; no session, job "
+                       "or parallel worker policy is applied, and background jobs are refused' USING HINT = "
+                       "'Start the supervisor (python3 build.py supervisor) and the server under the wrapper; "
+                       "see README, Seccomp sandbox.'; END $w$")
+
+
 class Dispatcher:
     def __init__(self, sockdir: str, port: int, postmaster: Postmaster, socket_path: str):
         self.sockdir = sockdir
@@ -200,6 +207,7 @@ class Dispatcher:
         # now is what every backend of this server starts with (0 or None: started unwrapped)
         self.postmaster_filters = seccomp_filters(postmaster.pid)
         self.supervisor_checked = (-10.0, False)
+        self.warn_now = False  # a launch was refused for the sandbox: say so in the server log now
         self.socket_path = socket_path
         self.os_user = identmap.os_user()
         self.epoch = secrets.token_hex(8)
@@ -392,6 +400,7 @@ class Dispatcher:
         db_oid = int(req["db_oid"])
         dbk = (req["db"], db_oid)
         if not self.postmaster_filters and self.sandboxed(dbk):
+            self.warn_now = True
             raise WrongState(
                 "background jobs are refused: pgseccomp.enabled is on but this server runs without its seccomp filter",
                 detail=f"The postmaster (pid {self.postmaster.pid}) carries no seccomp filter: it was not started "
@@ -399,6 +408,7 @@ class Dispatcher:
                 hint="Restart the server under the wrapper (python3 build.py serve, or pg_ctl -p <wrapper>; see "
                      "README, Seccomp sandbox), or set pgseccomp.enabled = off to run unsandboxed knowingly.")
         if self.postmaster_filters and not self.supervisor_answers() and self.sandboxed(dbk):
+            self.warn_now = True
             raise WrongState(
                 "background jobs are refused: the seccomp supervisor of this server does not answer",
                 detail="Without it no session, job or parallel worker policy is applied, and every syscall "
@@ -756,10 +766,25 @@ class Dispatcher:
                 self.refresh_config()
                 self.pool.reap()
                 self.release_databases(time.monotonic())
+                if self.warn_now or ticks % SANDBOX_WARNING_EVERY == 1:
+                    self.warn_if_unsandboxed()
                 if ticks % 10 == 0:
                     trim_memory()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def warn_if_unsandboxed(self) -> None:
+        """While the settings say sandboxed and the server is not, a WARNING in the server's log
+        (raised by the dispatcher's own session), where DBAs look: once a minute, and at once
+        after a refused launch."""
+        self.warn_now = False
+        dbk = self.config_db
+        if dbk is None or (self.postmaster_filters and self.supervisor_answers()) or not self.sandboxed(dbk):
+            return
+        what = ("the server was started without the plpy_bg wrapper" if not self.postmaster_filters
+                else "the seccomp supervisor does not answer")
+        log.warning("pgseccomp.enabled is on but %s: background jobs are refused", what)
+        self.control_exec(dbk, UNSANDBOXED_WARNING.format(what=what))
 
     # ---- letting go of databases ----
     def note_activity(self, dbk: tuple[str, int]) -> None:

@@ -233,6 +233,12 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
                 launch(conn, "SELECT 1")
             assert "runs without its seccomp filter" in e.value.diag.message_primary
             assert "wrapper" in e.value.diag.message_hint
+            import time
+            deadline = time.monotonic() + 10
+            while "WARNING:  plpy_bg: pgseccomp.enabled is on but the server was started without" \
+                    not in c.logfile.read_text():
+                assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
+                time.sleep(0.2)
             first = conn.execute("SELECT syscall, context FROM seccomp_filter()").fetchone()
             assert first[0] == "(none)" and "without plpy_bg's wrapper" in first[1]
         c.restart(wrapper=build.preload_wrapper())
@@ -266,6 +272,12 @@ def test_launches_refuse_when_the_supervisor_does_not_answer(tmp_path_factory):
                 launch(conn, "SELECT 1")
             assert "supervisor of this server does not answer" in e.value.diag.message_primary
             assert "build.py supervisor" in e.value.diag.message_hint
+            # and the server's log says so, where DBAs look
+            deadline = time.monotonic() + 10
+            while "WARNING:  plpy_bg: pgseccomp.enabled is on but the seccomp supervisor does not answer" \
+                    not in c.logfile.read_text():
+                assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
+                time.sleep(0.2)
     finally:
         c.destroy()
         sup.stop()

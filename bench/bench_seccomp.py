@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""What the seccomp sandbox costs: pgbench TPS with and without filters, and filter build+load time.
+"""What the seccomp sandbox costs: pgbench TPS with session policies in force for every client.
 
     /usr/bin/python3 bench/bench_seccomp.py [--seconds 5] [--rounds 3]
 
 Two clusters run side by side: one plain, one started through the preload helper
-with the shipped global deny profile, where role `wrk` has the job-worker profile as
-its per-role session lists. Rounds interleave the variants (TPS varies 6-18% between
-runs here) and the table shows median ratios:
-  global   builtin scripts, global filter vs none
-  worker   each transaction calls plpy_bg.install_worker_filter() (a no-op after the
-           first): role wrk gets the worker filter on top of the global one, against
-           the same script as postgres, for whom the call loads nothing
-Prints a table and adds it, dated, under "## seccomp" in bench/RESULTS.md.
+with the shipped global deny and job-worker profiles and a session policy for every
+client (pgseccomp.session_syscall_error: no programs, no links, no device nodes),
+answered by a supervisor of the bench's own. Rounds interleave the variants (TPS
+varies 6-18% between runs here); the table shows median ratios of sandboxed to
+plain for pgbench's select-only and TPC-B-like scripts, with a connection per
+transaction (-C) too, the notifications the supervisor answered per second, and
+the cost of one notified syscall (access() in a PL/Python loop, sandboxed minus
+plain). Prints a table and adds it, dated, under "## seccomp" in bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -23,23 +23,30 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from plpy_bg.cluster import PG_BIN, Cluster  # noqa: E402
+from plpy_bg.sandbox import supervision  # noqa: E402
 from tests.server import test_seccomp_sandbox as T  # noqa: E402  (the suite's cluster recipe)
 
-SELECT_CALL = """SELECT plpy_bg.install_worker_filter();
-\\set aid random(1, 100000 * {scale})
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-"""
 SCALE = 2
+# no programs, no links, no device nodes (mkdir must stay: the server makes base/pgsql_tmp on demand)
+SESSION_POLICY = "pgseccomp.session_syscall_error = 'execve,execveat,link,linkat,symlink,symlinkat,mknod,mknodat'\n"
+ACCESS_LOOP = """CREATE OR REPLACE FUNCTION access_loop(n int) RETURNS float8 LANGUAGE plpython3u AS $$
+import os, time
+t = time.perf_counter()
+for _ in range(n):
+    os.access("/", os.F_OK)
+return (time.perf_counter() - t) / n * 1e6
+$$"""
 
 
-def pgbench(c: Cluster, args: list[str], user: str = "postgres") -> float:
-    env = {"PGHOST": "127.0.0.1", "PGPORT": str(c.port), "PGUSER": user, "PATH": "/usr/bin:/bin"}
+def pgbench(c: Cluster, args: list[str]) -> float:
+    env = {"PGHOST": "127.0.0.1", "PGPORT": str(c.port), "PGUSER": "postgres", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([str(PG_BIN / "pgbench"), *args, "postgres"], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"pgbench failed: {r.stderr[-2000:]}")
@@ -47,35 +54,18 @@ def pgbench(c: Cluster, args: list[str], user: str = "postgres") -> float:
     return float(line.split("=")[1].split()[0])
 
 
-def filter_costs(path: str, n: int = 30) -> dict[str, tuple[float, float]]:
-    """Median ms to build and to load each profile's filter, in fresh forked processes."""
-    code = f"""
-import os, sys, time, json
-sys.path[:0] = {path.split(':')!r}
-from plpy_bg.sandbox import config, engine
-def policy(profile, scope):
-    get = config.getter(config.profile_settings(os.path.join({str(T.PROFILES)!r}, profile)))
-    g = config.global_policy(get, engine.known)
-    return g if scope == "global" else config.session_policy(get, engine.known, None, g)
-out = {{}}
-for name, profile, scope in (("global deny", "global-deny.conf", "global"),
-                             ("job worker", "worker-allow.conf", "session")):
-    p = policy(profile, scope)
-    b, l = [], []
-    for _ in range({n}):
-        r, w = os.pipe()
-        if os.fork() == 0:
-            t0 = time.perf_counter(); f = engine.build(p); t1 = time.perf_counter(); f.load()
-            t2 = time.perf_counter(); os.write(w, json.dumps([t1 - t0, t2 - t1]).encode()); os._exit(0)
-        os.close(w); x = json.loads(os.read(r, 200)); os.wait(); os.close(r)
-        b.append(x[0] * 1000); l.append(x[1] * 1000)
-    b.sort(); l.sort()
-    out[name] = (b[len(b) // 2], l[len(l) // 2])
-print(json.dumps(out))
-"""
-    r = subprocess.run([T.SERVER_PYTHON, "-c", code], capture_output=True, text=True, check=True)
-    import json
-    return {k: tuple(v) for k, v in json.loads(r.stdout).items()}
+def notifications(sup: T.Supervisor, pm: int) -> int:
+    s = supervision.connect(sup.socket)
+    try:
+        servers = supervision.request(s, {"op": "stats"})["servers"]
+    finally:
+        s.close()
+    return next(x["notifications"] for x in servers if x["postmaster"] == pm)
+
+
+def access_cost(c: Cluster, n: int = 20000) -> float:
+    out = c.psql(ACCESS_LOOP + f";\nSELECT access_loop({n});").split()
+    return float(out[-1])
 
 
 def main() -> None:
@@ -87,76 +77,62 @@ def main() -> None:
 
     pkg = T.package_copy()
     path = f"{pkg}:{T.deps_dir()}"
+    sup = T.Supervisor(path)
     plain = Cluster.create(tempfile.mkdtemp(prefix="plpy_bg_bsc_"))
     filt = Cluster.create(tempfile.mkdtemp(prefix="plpy_bg_bsf_"))
-    script = Path(tempfile.mkdtemp(prefix="plpy_bg_bss_"))
-    os.chmod(script, 0o755)
-    (script / "select_call.sql").write_text(SELECT_CALL.format(scale=SCALE))
     try:
         extra = filt.datadir / "bench.conf"
-        extra.write_text("pgseccomp.session_roles = 'wrk'\n" + T.as_role_overrides("wrk", "worker-allow.conf"))
+        extra.write_text(SESSION_POLICY)
         subprocess.run(["chown", "postgres:postgres", str(extra)], check=True)
         with open(filt.datadir / "postgresql.conf", "a") as f:
-            f.write(f"include '{T.PROFILES / 'global-deny.conf'}'\ninclude 'bench.conf'\n")
-        plain.start(wrapper=T.wrapper(path))  # the helper with pgseccomp.enabled off: it just execs
-        filt.start(wrapper=T.wrapper(path))
-        setup = "CREATE EXTENSION plpython3u;\n" + T.sandbox_sql(path) + "CREATE ROLE wrk LOGIN SUPERUSER;"
+            f.write(f"include '{T.PROFILES / 'global-deny.conf'}'\ninclude '{T.PROFILES / 'worker-allow.conf'}'\n"
+                    "include 'bench.conf'\n")
+        plain.start(wrapper=T.wrapper(path, sup.socket))  # pgseccomp.enabled off: the helper just execs
+        filt.start(wrapper=T.wrapper(path, sup.socket))
         for c in (plain, filt):
-            c.psql(setup)
-            subprocess.run(
-                [str(PG_BIN / "pgbench"), "-i", "-s", str(SCALE), "-q", "-h", "127.0.0.1", "-p", str(c.port),
-                 "-U", "postgres", "postgres"], check=True, capture_output=True)
+            c.psql("CREATE EXTENSION plpython3u")
+            subprocess.run([str(PG_BIN / "pgbench"), "-i", "-s", str(SCALE), "-q", "-h", "127.0.0.1",
+                            "-p", str(c.port), "-U", "postgres", "postgres"], check=True, capture_output=True)
         common = ["-T", str(args.seconds), "-c", "2", "-j", "2"]
-        cases = {  # name -> (cluster, pgbench args, user)
-            ("select-only", "none"): (plain, common + ["-S"], "postgres"),
-            ("select-only", "global"): (filt, common + ["-S"], "postgres"),
-            ("TPC-B", "none"): (plain, common + ["-N"], "postgres"),
-            ("TPC-B", "global"): (filt, common + ["-N"], "postgres"),
-            ("select + call", "global"): (filt, common + ["-f", str(script / "select_call.sql")], "postgres"),
-            ("select + call", "worker"): (filt, common + ["-f", str(script / "select_call.sql")], "wrk"),
-        }
-        tps: dict[tuple, list[float]] = {k: [] for k in cases}
+        workloads = {"select-only (-S)": ["-S"], "TPC-B-like": [], "select-only, -C": ["-S", "-C"],
+                     "TPC-B-like, -C": ["-C"]}
+        tps = {(w, v): [] for w in workloads for v in ("plain", "sandboxed")}
+        rate = {w: [] for w in workloads}
+        pm = filt.postmaster_pid()
         for r in range(args.rounds):
-            order = list(cases) if r % 2 == 0 else list(reversed(cases))
-            for k in order:
-                c, a, user = cases[k]
-                tps[k].append(pgbench(c, a, user))
-            print(f"round {r + 1}: " + ", ".join(f"{k[0]}/{k[1]} {v[-1]:.0f}" for k, v in tps.items()), flush=True)
-        costs = filter_costs(path)
+            order = [(w, v) for w in workloads for v in ("plain", "sandboxed")]
+            for w, v in (order if r % 2 == 0 else list(reversed(order))):
+                c = plain if v == "plain" else filt
+                n0, t0 = notifications(sup, pm), time.monotonic()
+                tps[(w, v)].append(pgbench(c, common + workloads[w]))
+                if v == "sandboxed":
+                    rate[w].append((notifications(sup, pm) - n0) / (time.monotonic() - t0))
+            print(f"round {r + 1}: " + ", ".join(f"{w}/{v} {x[-1]:.0f}" for (w, v), x in tps.items()), flush=True)
+        per_call = statistics.median(access_cost(filt) - access_cost(plain) for _ in range(3))
     finally:
         plain.destroy()
         filt.destroy()
+        sup.stop()
         shutil.rmtree(pkg, ignore_errors=True)
-        shutil.rmtree(script, ignore_errors=True)
 
-    def ratio(w, a, b):
-        rs = [x / y for x, y in zip(tps[(w, a)], tps[(w, b)])]
-        return statistics.median(rs)
-
-    med = {k: statistics.median(v) for k, v in tps.items()}
     lines = [
         f"### {datetime.datetime.now():%Y-%m-%d %H:%M}: bench_seccomp.py, {args.rounds} interleaved rounds of "
         f"{args.seconds} s, pgbench -c 2 -j 2 -s {SCALE}, {os.cpu_count()} cores, PostgreSQL 15",
         "",
-        "| workload | variant | median TPS | median ratio |",
-        "|---|---|---|---|",
-        f"| select-only (-S) | none | {med[('select-only', 'none')]:,.0f} | 1 |",
-        f"| select-only (-S) | global deny profile | {med[('select-only', 'global')]:,.0f} | "
-        f"{ratio('select-only', 'global', 'none'):.3f} |",
-        f"| TPC-B (-N) | none | {med[('TPC-B', 'none')]:,.0f} | 1 |",
-        f"| TPC-B (-N) | global deny profile | {med[('TPC-B', 'global')]:,.0f} | {ratio('TPC-B', 'global', 'none'):.3f} |",
-        f"| select + install_worker_filter() call | global only | {med[('select + call', 'global')]:,.0f} | 1 |",
-        f"| select + install_worker_filter() call | global + job-worker session filter | "
-        f"{med[('select + call', 'worker')]:,.0f} | {ratio('select + call', 'worker', 'global'):.3f} |",
+        "Sandboxed: global deny + job-worker profiles, a session policy for every client (no exec, no "
+        "links, no device nodes), the supervisor answering; plain: no filter.",
         "",
-        "| filter | rules | build ms (median) | load ms (median) |",
-        "|---|---|---|---|",
+        "| workload | plain TPS | sandboxed TPS | median ratio | notifications/s |",
+        "|---|---|---|---|---|",
     ]
-    rules = {"global deny": len(T.profile_settings("global-deny.conf")["pgseccomp.global_syscall_error"].split(",")),
-             "job worker": len(T.profile_settings("worker-allow.conf")["pgseccomp.session_syscall_allow"].split(","))}
-    for name, (b, l) in costs.items():
-        lines.append(f"| {name} | {rules[name]} | {b:.3f} | {l:.3f} |")
-    table = "\n".join(lines) + "\n"
+    for w in workloads:
+        ratios = [s / p for s, p in zip(tps[(w, "sandboxed")], tps[(w, "plain")])]
+        lines.append(f"| {w} | {statistics.median(tps[(w, 'plain')]):,.0f} | "
+                     f"{statistics.median(tps[(w, 'sandboxed')]):,.0f} | {statistics.median(ratios):.3f} | "
+                     f"{statistics.median(rate[w]):,.0f} |")
+    lines += ["", f"One notified syscall (access() in a PL/Python loop, sandboxed minus plain): "
+                  f"{per_call:.1f} µs.", ""]
+    table = "\n".join(lines)
     print(table)
     if not args.no_write:
         write_results(table)

@@ -91,6 +91,10 @@ class WrongState(PgError):
     sqlstate = "55000"
 
 
+class FeatureNotSupported(PgError):
+    sqlstate = "0A000"
+
+
 class LockNotAvailable(PgError):
     sqlstate = "55P03"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from plpy_bg.errors import PgError, WrongState
+from plpy_bg.errors import FeatureNotSupported, PgError
 from plpy_bg.sandbox import config, engine, layers, supervision, worker
 
 
@@ -22,7 +22,7 @@ WORKER_APPLICATION_NAME = "plpy_bg worker"
 
 
 def set_client_filter(plpy, default_action: str | None, allow: str | None, log: str | None,
-                      error: str | None, kill: str | None) -> None:
+                      error: str | None, kill: str | None) -> str:
     """Add a client filter once per session; NULL takes the session setting, '*' the global list.
 
     The kernel stacks it on the filters in force, so it can only tighten: a
@@ -30,8 +30,8 @@ def set_client_filter(plpy, default_action: str | None, allow: str | None, log: 
     """
     try:
         if layers.done("client"):
-            raise WrongState("set_client_filter can be called only once per session",
-                             hint="The filter in force stays; open a new session for another.")
+            raise FeatureNotSupported("set_client_filter can be called only once per session",
+                                      hint="The filter in force stays; open a new session for another.")
         get = worker.file_settings(plpy)
         glob = worker.configured_global(get)
         sess = worker.session_policy(plpy, get)
@@ -56,6 +56,7 @@ def set_client_filter(plpy, default_action: str | None, allow: str | None, log: 
         layers.load("client", policy)
     except PgError as e:
         e.raise_in(plpy)
+    return "OK"
 
 
 def seccomp_filter(plpy) -> list[tuple[str, int, str, str]]:

@@ -62,7 +62,8 @@ _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 
 
 def _ioctl(fd: int, req: int, buf) -> int:
-    r = _libc.ioctl(fd, req, ctypes.addressof(buf) if buf is not None else None)
+    """ioctl with a pointer to `buf`, or with `buf` itself when it is an int (SET_FLAGS takes a value)."""
+    r = _libc.ioctl(fd, req, buf if isinstance(buf, int) else ctypes.addressof(buf))
     if r < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
@@ -470,6 +471,9 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
                 return self.whoami(conn, pid)
+            if op == "stats" and uid == 0:
+                return self.reply(conn, servers=[{"postmaster": c.pm[0], "notifications": c.notifications,
+                                                  "known": len(c.known)} for c in list(self.clusters)])
             if op == "register" and uid in self.uids:
                 return self.register(conn, pid, fd, msg)
             if fd is not None:
@@ -516,9 +520,9 @@ class Supervisor:
             c = Cluster.from_registration(fd, pid, json.loads(data.split(b"\n", 1)[0]))
             c.names = self.names
             try:
-                _ioctl(fd, NOTIF_SET_FLAGS, ctypes.c_uint64(FD_SYNC_WAKE_UP))
-            except OSError:
-                pass  # before Linux 6.6: answers are slower, not different
+                _ioctl(fd, NOTIF_SET_FLAGS, FD_SYNC_WAKE_UP)
+            except OSError as e:  # before Linux 6.6: answers are slower, not different
+                log.info("no synchronous wake-up for this listener: %s", e.strerror)
         except Exception as e:
             os.close(fd)
             return self.reply(conn, error=f"registration refused: {e}")

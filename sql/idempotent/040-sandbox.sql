@@ -14,11 +14,14 @@ $python$;
 COMMENT ON FUNCTION plpy_bg.install_worker_filter() IS
 'Loads the seccomp job filter of session_user''s role into this backend (once; only tightens)';
 
--- pgseccomp declared this IMMUTABLE, so planning a query could load a filter; it is VOLATILE here
-CREATE OR REPLACE FUNCTION @extschema@.set_client_filter(
+-- pgseccomp declared this IMMUTABLE, so planning a query could load a filter; it is VOLATILE here.
+-- It answers 'OK' as pgseccomp's does (an earlier build returned void: dropped first).
+DROP FUNCTION IF EXISTS @extschema@.set_client_filter(pg_catalog.text, pg_catalog.text, pg_catalog.text,
+    pg_catalog.text, pg_catalog.text);
+CREATE FUNCTION @extschema@.set_client_filter(
     default_action pg_catalog.text, allow_list pg_catalog.text, log_list pg_catalog.text,
     error_list pg_catalog.text, kill_list pg_catalog.text)
-RETURNS pg_catalog.void
+RETURNS pg_catalog.text
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
@@ -48,4 +51,12 @@ GRANT USAGE ON SCHEMA plpy_bg TO PUBLIC;
 GRANT EXECUTE ON FUNCTION plpy_bg.install_worker_filter() TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.set_client_filter(pg_catalog.text, pg_catalog.text, pg_catalog.text,
     pg_catalog.text, pg_catalog.text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.seccomp_filter() TO PUBLIC;
+-- as pgseccomp: what the sandbox denies is not for everyone to read; users of background jobs may
+REVOKE ALL ON FUNCTION @extschema@.seccomp_filter() FROM PUBLIC;
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'pgbackground_role') THEN
+        GRANT EXECUTE ON FUNCTION @extschema@.seccomp_filter() TO pgbackground_role;
+    END IF;
+END
+$grant$;

@@ -1,0 +1,150 @@
+"""The supervisor's pure parts: the BPF evaluator against libseccomp's own programs, policies met,
+job lists, titles read into roles, and what the global filter hands over."""
+import errno
+import os
+import tempfile
+
+import pytest
+
+from plpy_bg.sandbox import bpf, config, engine
+from plpy_bg.sandbox.preload import Plan
+from plpy_bg.sandbox.supervisor import Cluster, Identity, Notif, role_candidates
+
+P = config.Policy
+ARCH_X86_64 = 0xC000003E
+SOCKET = engine.syscall_number("socket")
+
+
+def exported(policy: P) -> list:
+    """The program libseccomp generates for `policy`, as the kernel would get it."""
+    with tempfile.TemporaryFile() as f:
+        engine.build(policy).export_bpf(f)
+        f.seek(0)
+        return bpf.decode(f.read())
+
+
+def verdict(prog, name: str, args=(0,) * 6, arch=ARCH_X86_64) -> str:
+    ret = bpf.run(prog, bpf.seccomp_data(engine.syscall_number(name), arch, 0, args))
+    return {bpf.RET_ALLOW: "allow", bpf.RET_LOG: "log", bpf.RET_ERRNO: "error",
+            bpf.RET_KILL_PROCESS: "kill", bpf.RET_KILL_THREAD: "kill"}[ret & bpf.ACTION_FULL]
+
+
+JOB = P("error", {"allow": ("read", "write", "socket", "openat", "futex"), "log": ("mkdir",), "kill": ("ptrace",)},
+        families=(1,))
+
+
+@pytest.mark.parametrize("name", ["read", "write", "mkdir", "ptrace", "execve", "clone", "openat", "socket"])
+def test_the_evaluator_agrees_with_libseccomp_programs(name):
+    prog = exported(JOB)
+    assert verdict(prog, name, (1, 0, 0, 0, 0, 0)) == JOB.action_of(name, (1,))
+
+
+def test_socket_families_are_compared_on_the_first_argument():
+    prog = exported(JOB)
+    assert verdict(prog, "socket", (1, 1, 0, 0, 0, 0)) == "allow"  # AF_UNIX
+    for fam in (2, 10, 16, 45, 46, 1 << 20):
+        assert verdict(prog, "socket", (fam, 1, 0, 0, 0, 0)) == "error"
+        assert JOB.action_of("socket", (fam,)) == "error"
+    allow_default = P("allow", {}, families=(2,))
+    prog = exported(allow_default)
+    assert verdict(prog, "socket", (2, 1, 0, 0, 0, 0)) == "allow"
+    assert verdict(prog, "socket", (1, 1, 0, 0, 0, 0)) == "error"
+    assert verdict(prog, "socket", (99, 1, 0, 0, 0, 0)) == "error"
+
+
+def test_another_architecture_is_killed_as_libseccomp_says():
+    prog = exported(P("allow", {}))
+    assert verdict(prog, "read", arch=0x40000003) == "kill"  # i386: libseccomp's bad-arch action
+
+
+def test_the_errno_travels_in_the_return_value():
+    prog = exported(P("allow", {"error": ("mkdir",)}))
+    ret = bpf.run(prog, bpf.seccomp_data(engine.syscall_number("mkdir"), ARCH_X86_64, 0, (0,) * 6))
+    assert ret & bpf.ACTION_FULL == bpf.RET_ERRNO and ret & 0xFFFF == errno.EPERM
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x06\x00\x00\x00", b"\x00" * 8 * 4097])
+def test_bad_programs_are_refused(raw):
+    with pytest.raises(bpf.BadProgram):
+        bpf.decode(raw)
+
+
+def test_a_program_that_runs_off_its_end_or_reads_outside_is_bad():
+    with pytest.raises(bpf.BadProgram):
+        bpf.run([(0x20, 0, 0, 0)], bpf.seccomp_data(0, ARCH_X86_64, 0, (0,) * 6))  # load, no return
+    with pytest.raises(bpf.BadProgram):
+        bpf.run([(0x20, 0, 0, 64), (0x06, 0, 0, 0)], bpf.seccomp_data(0, ARCH_X86_64, 0, (0,) * 6))
+
+
+def test_meet_takes_the_most_restrictive_of_each():
+    a = P("allow", {"error": ("mkdir",), "log": ("readlink",)})
+    b = P("log", {"allow": ("mkdir",), "kill": ("ptrace",)}, families=(1, 2))
+    c = P("allow", {}, families=(2, 10))
+    m = config.meet([a, b, c])
+    assert m.default == "log"
+    assert (m.action_of("mkdir"), m.action_of("readlink"), m.action_of("ptrace")) == ("error", "log", "kill")
+    assert m.families == (2,)
+
+
+def test_job_lists_inherit_the_role_session_and_name_socket_families():
+    get = config.getter({"plpy_bg.job_syscall_default": "error", "plpy_bg.job_syscall_allow": ",".join(config.ESSENTIAL) + ",socket",
+                         "plpy_bg.job_syscall_error": "*", "plpy_bg.job_roles": "etl",
+                         "job_socket_families.etl": "unix, inet6"})
+    sess = P("allow", {"error": ("mkdir",)})
+    j = config.job_policy(get, engine.known, "app", sess)
+    assert j.default == "error" and j.families == () and j.action_of("mkdir") == "error"
+    assert j.action_of("socket", (1,)) == "error"
+    e = config.job_policy(get, engine.known, "etl", sess)
+    assert e.families == (1, 10) and e.action_of("socket", (10,)) == "allow"
+    unset = config.job_policy(config.getter({}), engine.known, None, sess)  # nothing said: the session's
+    assert unset.lists == sess.lists and unset.default == "allow" and unset.families == ()
+    with pytest.raises(config.ConfigError, match="not a socket address family"):
+        config.job_policy(config.getter({"plpy_bg.job_socket_families": "unix,carrier_pigeon"}),
+                          engine.known, None, sess)
+
+
+def test_titles_name_their_roles_and_every_split_counts():
+    assert role_candidates("alice postgres [local] startup") == {"alice"}
+    assert role_candidates("alice postgres 127.0.0.1(5432) authentication") == {"alice"}
+    assert role_candidates("a b c [local] startup") == {"a", "a b"}
+    assert role_candidates("walsender rep [local] startup") == {"walsender", "rep"}
+    assert role_candidates("alice postgres [local] idle") == set()  # past its start: not believed
+    assert role_candidates("checkpointer") == set()
+
+
+def cluster(**roles) -> Cluster:
+    g = P("allow", {"error": ("ptrace",)})
+    return Cluster(fd=-1, pm=(1, 1), argv=["postgres"], cluster_name="15/main", glob=g, session=g,
+                   session_roles=roles, job=P("error", {"allow": ("read",)}, families=()), job_roles={})
+
+
+def test_a_title_that_splits_two_ways_gets_the_stricter_policy():
+    c = cluster(**{"a": P("allow", {"error": ("mkdir",)}), "a b": P("allow", {"error": ("readlink",)})})
+    p = c.session_of(role_candidates("a b db [local] startup"))
+    assert p.action_of("mkdir") == "error" and p.action_of("readlink") == "error"
+
+
+def test_a_title_of_another_shape_is_the_strictest():
+    c = cluster()
+    ident = c.classify(os.getpid(), b"postgres: something else\0")
+    assert ident.kind == "unknown" and ident.policy == c.strictest
+    assert c.strictest.action_of("write") == "error"  # the job policy takes part
+
+
+def test_decide_applies_the_leaders_loaded_filters_to_a_parallel_worker():
+    c = cluster()
+    c.programs[(7, 7)] = [exported(P("allow", {"error": ("execve",)}))]
+    ident = Identity("parallel", "parallel worker", c.session, (7, 7))
+    n = Notif(nr=engine.syscall_number("execve"), arch=ARCH_X86_64)
+    assert c.decide(ident, "execve", n) == ("error", errno.EPERM)
+    n = Notif(nr=engine.syscall_number("mkdir"), arch=ARCH_X86_64)
+    assert c.decide(ident, "mkdir", n) == ("allow", errno.EPERM)
+
+
+def test_the_global_filter_hands_over_what_some_policy_restricts_and_never_a_fork():
+    g = P("allow", {"error": ("ptrace",)})
+    plan = Plan(g, P("allow", {"error": ("mkdir",)}), {"erin": P("allow", {"error": ("readlink", "clone")})},
+                P("error", {"allow": ("read",)}, families=()), {}, "")
+    n = plan.notify()
+    assert {"mkdir", "readlink", "access", "execve", "socket", "openat"} <= n
+    assert not n & {"clone", "clone3", "fork", "vfork", "ptrace", "seccomp", "prctl"}

@@ -97,7 +97,7 @@ def test_job_lists_inherit_the_role_session_and_name_socket_families():
     e = config.job_policy(get, engine.known, "etl", sess)
     assert e.families == (1, 10) and e.action_of("socket", (10,)) == "allow"
     unset = config.job_policy(config.getter({}), engine.known, None, sess)  # nothing said: the session's
-    assert unset.lists == sess.lists and unset.default == "allow" and unset.families == ()
+    assert unset.action_of("mkdir") == "error" and unset.default == "allow" and unset.families == ()
     with pytest.raises(config.ConfigError, match="not a socket address family"):
         config.job_policy(config.getter({"plpy_bg.job_socket_families": "unix,carrier_pigeon"}),
                           engine.known, None, sess)

@@ -98,9 +98,10 @@ def test_job_lists_inherit_the_role_session_and_name_socket_families():
     assert e.families == (1, 10) and e.action_of("socket", (10,)) == "allow"
     unset = config.job_policy(config.getter({}), engine.known, None, sess)  # nothing said: the session's
     assert unset.action_of("mkdir") == "error" and unset.default == "allow" and unset.families == ()
-    with pytest.raises(config.ConfigError, match="not a socket address family"):
+    with pytest.raises(config.ConfigError, match='"plpy_bg.job_socket_families"') as ei:
         config.job_policy(config.getter({"plpy_bg.job_socket_families": "unix,carrier_pigeon"}),
                           engine.known, None, sess)
+    assert "not a socket address family" in ei.value.detail
 
 
 def test_titles_name_their_roles_and_every_split_counts():

@@ -57,7 +57,8 @@ class Plan:
         the global filter, and those that tell who a process is (never a fork: see engine)."""
         out = set(IDENTITY_SYSCALLS)
         for p in (self.session, self.job, *self.session_roles.values(), *self.job_roles.values()):
-            out |= {s for a in ("error", "kill") for s in p.lists.get(a, ())}
+            # listed log actions too: the supervisor logs them (a default of log is the kernel's alone)
+            out |= {s for a in ("log", "error", "kill") for s in p.lists.get(a, ())}
             if p.default in ("error", "kill"):
                 out |= {s for s in engine.all_syscalls()
                         if config.RANK[p.action_of(s)] >= config.RANK["error"]}

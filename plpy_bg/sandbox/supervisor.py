@@ -55,6 +55,8 @@ FD_SYNC_WAKE_UP = 1
 SECCOMP_SET_MODE_FILTER = 1
 MAX_PROGRAMS = 32
 MAX_REGISTRATIONS = 64
+MAX_REQUESTS = 32  # requests served at once; more are closed unanswered
+REQUEST_TIMEOUT = 5.0
 ANSWER_THREADS = 1  # RECV blocks; a second reader could wait past the server's end
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -340,10 +342,7 @@ class Cluster:
             act, err, ident, name = "error", errno.ENOSYS, None, f"#{n.nr}"
         if act == "kill":
             log.warning("killing pid %d (%s): syscall %s is kill-listed", n.pid, ident.label, name)
-            try:
-                os.kill(n.pid, signal.SIGSYS)
-            except OSError:
-                pass
+            kill(key)
             act, err = "error", errno.ENOSYS
         if act == "error":
             resp.error, resp.val = -err, -1
@@ -390,6 +389,21 @@ class Cluster:
             for key in [k for k in list(self.known) + list(self.programs) if not _alive(k)]:
                 self.known.pop(key, None)
                 self.programs.pop(key, None)
+
+
+def kill(key: tuple) -> None:
+    """SIGSYS, as the kernel's kill action: through a pidfd, to the process started when its key says."""
+    try:
+        fd = os.pidfd_open(key[0])
+    except OSError:
+        return
+    try:
+        if start_time(key[0]) == key[1]:
+            signal.pidfd_send_signal(fd, signal.SIGSYS)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _alive(key: tuple) -> bool:
@@ -451,12 +465,21 @@ class Supervisor:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
+        slots = threading.BoundedSemaphore(MAX_REQUESTS)
         while True:
-            conn, _ = s.accept()
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            try:
+                conn, _ = s.accept()
+            except OSError as e:  # out of fds, say: the notifications go on; so does accepting
+                log.warning("accept failed: %s", e.strerror)
+                time.sleep(0.1)
+                continue
+            if not slots.acquire(blocking=False):
+                conn.close()  # a flood of requests (any backend can connect) waits for none of them
+                continue
+            threading.Thread(target=self.handle, args=(conn, slots), daemon=True).start()
 
-    def handle(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
+    def handle(self, conn: socket.socket, slots=None) -> None:
+        conn.settimeout(REQUEST_TIMEOUT)
         try:
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid not in self.uids and uid != 0:  # root may ask (installers check it runs)
@@ -483,6 +506,8 @@ class Supervisor:
             log.warning("request failed: %s", e)
         finally:
             conn.close()
+            if slots is not None:
+                slots.release()
 
     def reply(self, conn: socket.socket, **msg) -> None:
         msg.setdefault("ok", "error" not in msg)

@@ -62,6 +62,7 @@ def all_syscalls() -> list[str]:
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
 PR_SET_SECCOMP = 22
+CLONE_PARENT = 0x00008000
 NEVER_NOTIFIED = ("clone", "clone3", "fork", "vfork")  # a fork must never wait for, or need, the supervisor
 
 
@@ -76,7 +77,7 @@ def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter"
     f = sc.SyscallFilter(_ACTION[policy.default])
     special = {"socket"} if policy.families is not None else set()
     if notify:
-        special |= {"seccomp", "prctl"}
+        special |= {"seccomp", "prctl", "clone", "clone3"}
     for action in ACTIONS:
         for name in policy.lists.get(action, ()):
             if action != policy.default and name not in special and not (
@@ -95,6 +96,19 @@ def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter"
         if policy.default != "error":
             f.add_rule(_ACTION["error"], "socket", sc.Arg(0, sc.GE, AF_MAX))
     if notify:
+        # the supervisor takes a child of the postmaster for one the postmaster forked: no process may
+        # make itself the postmaster's child (CLONE_PARENT); clone3 hides its flags, so it says
+        # ENOSYS and glibc falls back to clone
+        if policy.action_of("clone3") in ("allow", "log"):
+            f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        elif policy.action_of("clone3") != policy.default:
+            f.add_rule(_ACTION[policy.action_of("clone3")], "clone3")
+        if policy.action_of("clone") in ("allow", "log"):
+            f.add_rule(_ACTION["error"], "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_PARENT, CLONE_PARENT))
+            if policy.action_of("clone") != policy.default:
+                f.add_rule(_ACTION[policy.action_of("clone")], "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_PARENT, 0))
+        elif policy.action_of("clone") != policy.default:
+            f.add_rule(_ACTION[policy.action_of("clone")], "clone")
         for name, arg, mask, bad in (("seccomp", 1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),
                                      ("prctl", 0, 0xFFFFFFFF, PR_SET_SECCOMP)):
             act = policy.action_of(name)

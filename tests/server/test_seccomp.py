@@ -310,13 +310,16 @@ def test_a_served_cluster_sandboxes_jobs_by_default(tmp_path_factory):
 
 def test_a_debian_cluster_keeps_its_filter_across_pg_ctlcluster_restarts():
     """pg_createcluster, build.py debian, pg_ctlcluster start and restart: the postmaster and a
-    backend carry the global filter each time."""
+    backend carry the global filter each time, and a listed role's sessions get its list (the
+    config in /etc/postgresql, cluster_name '15/<name>' in every title)."""
     name, port = "plpytest", "5477"
     subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)
     subprocess.run(["pg_createcluster", "15", name, "-p", port], check=True, capture_output=True)
+    build.ensure_supervisor()
     try:
         with open(f"/etc/postgresql/15/{name}/postgresql.conf", "a") as f:
-            f.write(f"include '{build.PROFILES / 'global-deny.conf'}'\n")
+            f.write(f"include '{build.PROFILES / 'global-deny.conf'}'\npgseccomp.session_roles = 'postgres'\n"
+                    "session_syscall_error.postgres = 'mknod,mknodat'\n")
         build.debian_cluster(f"15/{name}")
         for action in ("start", "restart"):
             subprocess.run(["pg_ctlcluster", "15", name, action], check=True, capture_output=True)
@@ -329,5 +332,12 @@ def test_a_debian_cluster_keeps_its_filter_across_pg_ctlcluster_restarts():
             out = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-p", port, "-Atc", "SELECT 1"],
                                  check=True, capture_output=True, text=True)
             assert out.stdout.strip() == "1"  # and it serves
+        probe = ("CREATE EXTENSION IF NOT EXISTS plpython3u; CREATE OR REPLACE FUNCTION mknod_probe() "
+                 "RETURNS text LANGUAGE plpython3u AS $$\nimport os\ntry:\n    os.mkfifo('/tmp/plpy_bg_deb_fifo')\n"
+                 "    os.unlink('/tmp/plpy_bg_deb_fifo'); return 'ok'\nexcept OSError as e:\n"
+                 "    return os.strerror(e.errno)\n$$; SELECT mknod_probe()")
+        out = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-p", port, "-Atc", probe],
+                             check=True, capture_output=True, text=True)
+        assert out.stdout.strip().splitlines()[-1] == os.strerror(1)  # mkfifo is mknodat: denied
     finally:
         subprocess.run(["pg_dropcluster", "--stop", "15", name], capture_output=True)

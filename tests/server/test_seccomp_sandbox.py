@@ -580,3 +580,29 @@ def test_a_dead_supervisor_fails_closed(sbx, tmp_path):
     finally:
         c.destroy()
         sup.stop()
+
+
+CLONE_PARENT = """CREATE OR REPLACE FUNCTION try_clone_parent(d text) RETURNS text LANGUAGE plpython3u AS $$
+# a child made the postmaster's (CLONE_PARENT) would pass for a server process: refused
+import ctypes, os, time
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = libc.syscall(56, ctypes.c_ulong(0x8000 | 17), ctypes.c_ulong(0), None, None, ctypes.c_ulong(0))
+if pid == 0:
+    try:
+        os.mkdir(d)
+    finally:
+        os._exit(0)
+if pid < 0:
+    return os.strerror(ctypes.get_errno())
+time.sleep(1)
+return "cloned; made it" if os.path.isdir(d) else "cloned"
+$$"""
+
+
+def test_no_process_can_make_itself_the_postmasters_child(sbx):
+    with sbx.connect("erin") as c:
+        c.execute(CLONE_PARENT)
+        assert c.execute("SELECT try_clone_parent('/tmp/plpy_bg_sbx_cp')").fetchone()[0] == EPERM
+        assert not os.path.isdir("/tmp/plpy_bg_sbx_cp")
+        assert c.execute("SELECT try_exec()").fetchone()[0] == "ok"  # fork and spawn still work (clone3 falls back)

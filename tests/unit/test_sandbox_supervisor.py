@@ -149,3 +149,22 @@ def test_the_global_filter_hands_over_what_some_policy_restricts_and_never_a_for
     n = plan.notify()
     assert {"mkdir", "readlink", "access", "execve", "socket", "openat"} <= n
     assert not n & {"clone", "clone3", "fork", "vfork", "ptrace", "seccomp", "prctl"}
+
+
+def test_the_supervised_global_filter_refuses_clone_parent_and_hides_clone3():
+    prog = exported_supervised(P("allow", {"error": ("ptrace",)}))
+    assert verdict(prog, "clone", (0x8000 | 17, 0, 0, 0, 0, 0)) == "error"  # CLONE_PARENT | SIGCHLD
+    assert verdict(prog, "clone", (0x01200011, 0, 0, 0, 0, 0)) == "allow"  # what fork() passes
+    ret = bpf.run(prog, bpf.seccomp_data(engine.syscall_number("clone3"), ARCH_X86_64, 0, (0,) * 6))
+    assert ret == bpf.RET_ERRNO | errno.ENOSYS  # glibc falls back to clone
+    assert verdict(prog, "seccomp", (1, 8, 0, 0, 0, 0)) == "error"  # a new listener
+    assert verdict(prog, "prctl", (22, 2, 0, 0, 0, 0)) == "error"  # PR_SET_SECCOMP
+    assert verdict(prog, "prctl", (15, 0, 0, 0, 0, 0)) == "allow"
+    assert verdict(prog, "ptrace") == "error"
+
+
+def exported_supervised(policy: P) -> list:
+    with tempfile.TemporaryFile() as f:
+        engine.build(policy, frozenset({"access", "execve"})).export_bpf(f)
+        f.seek(0)
+        return bpf.decode(f.read())

@@ -8,12 +8,13 @@ that mark who a process is (access, execve, seccomp). It passes the listener
 fd here and execs postgres. For each notification this process names the
 calling process and answers CONTINUE or an errno:
 
-  postmaster, auxiliary processes, autovacuum, background workers   the global filter only
+  postmaster, PostgreSQL's auxiliary processes     the global filter only
   a client backend (it holds a client socket)       its role's session policy
   a parallel worker ("parallel worker for PID L")    its leader's policy and the filters
                                                      the leader loaded (evaluated as BPF)
   any other process                                  what its nearest known ancestor has
-  a process no ancestor of which is known            the strictest of all policies
+  an autovacuum worker (it runs table owners' code), another background worker, or a
+  process no ancestor of which is known              the strictest of all policies
 
 A process is named once per (pid, start time), at its first notification
 after it left the postmaster's fork: for a backend that is at the latest its
@@ -144,6 +145,12 @@ def read_mem(pid: int, addr: int, n: int) -> bytes:
 
 SERVER, FRESH, CLIENT, PARALLEL, UNKNOWN = "server", "fresh", "client", "parallel", "unknown"
 STARTUP_STATES = ("authentication", "startup")  # a backend's title before its first query
+# PostgreSQL's own processes that run no one's SQL (logical replication's run its own protocol):
+# the global filter alone. An autovacuum worker runs table owners' code (index expressions,
+# ANALYZE), and another background worker whatever its library says: the strictest policy.
+SERVER_TITLES = ("checkpointer", "background writer", "walwriter", "startup", "archiver", "logger",
+                 "autovacuum launcher", "logical replication launcher", "logical replication worker",
+                 "walreceiver", "wal receiver")
 
 
 @dataclass(frozen=True)
@@ -227,8 +234,10 @@ class Cluster:
             if leader is None or leader.kind not in (CLIENT, PARALLEL):
                 return Identity(UNKNOWN, f"parallel worker of unidentified PID {lpid}", self.strictest)
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
-        if not has_socket(pid):
-            return SERVER_ID  # auxiliary processes, autovacuum, background workers: no client
+        if not has_socket(pid):  # no client: a server process, autovacuum or a background worker
+            if any(rest == t or rest.startswith(t + " ") for t in SERVER_TITLES):
+                return SERVER_ID
+            return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
         roles = role_candidates(rest)
         if not roles:
             return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)

@@ -160,6 +160,25 @@ def install_python() -> None:
     print(f"installed the plpy_bg package into {LIBDIR}")
 
 
+def install_sandboxed_binary() -> None:
+    """An execute-only, root-owned copy of postgres (same size and time) that the preload helper
+    runs the sandboxed server as: a process running a binary it cannot read is not dumpable, so
+    no server process can open another's /proc/<pid>/mem (see sandbox/preload.py)."""
+    src = Path(pg_config("--bindir")) / "postgres"
+    dst = src.parent.parent / "plpy_bg-bin" / "postgres"
+    dst.parent.mkdir(mode=0o755, exist_ok=True)
+    s = src.stat()
+    if dst.exists() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (s.st_size, s.st_mtime_ns):
+        return
+    tmp = dst.with_name("postgres.new")
+    shutil.copy2(src, tmp)
+    os.chown(tmp, 0, 0)
+    os.chmod(tmp, 0o111)
+    os.utime(tmp, ns=(s.st_atime_ns, s.st_mtime_ns))
+    tmp.rename(dst)
+    print(f"installed the sandboxed server binary {dst} (mode 0111)")
+
+
 def install_extension_files() -> None:
     ext = Path(pg_config("--sharedir")) / "extension"
     (ext / f"{EXT}.control").write_text(control())
@@ -172,6 +191,7 @@ def action_install(args) -> None:
     if not getattr(args, "no_apt", False):
         install_apt()
     install_python()
+    install_sandboxed_binary()
     install_extension_files()
 
 

@@ -186,7 +186,7 @@ def spawn(ctx: dict) -> None:
     with open(ctx["path"] + ".log", "ab") as logf:
         subprocess.Popen(
             [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),
-             "--postmaster-pid", str(_postmaster_pid())],
+             "--postmaster-pid", str(_postmaster_pid()), "--datadir", os.getcwd()],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
             close_fds=True, env=env, cwd="/")
 

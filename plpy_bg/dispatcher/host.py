@@ -47,9 +47,12 @@ class Process:
 class Postmaster(Process):
     """The postmaster, its data directory and its announced state."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, datadir: str):
         super().__init__(pid)
-        self.datadir = os.readlink(f"/proc/{pid}/cwd")  # the postmaster works in its data directory
+        # named by the backend that started the dispatcher (its working directory), not read from
+        # /proc/<pid>/cwd, which a sandboxed (not dumpable) postmaster does not show; its
+        # postmaster.pid must name this postmaster
+        self.datadir = datadir
         if self._pidfile_line(0) != str(pid):
             self.close()
             raise RuntimeError(f"process {pid} is not the postmaster of {self.datadir}")

@@ -192,6 +192,7 @@ def other_database(db: str, want: int, got: int) -> PgError:
 
 
 SANDBOX_WARNING_EVERY = 60  # housekeeping ticks (seconds)
+PR_SET_DUMPABLE = 4
 UNSANDBOXED_WARNING = ("DO $w$ BEGIN RAISE WARNING 'plpy_bg: pgseccomp.enabled is on but {what}; no session, job "
                        "or parallel worker policy is applied, and background jobs are refused' USING HINT = "
                        "'Start the supervisor (python3 build.py supervisor) and the server under the wrapper; "
@@ -1275,7 +1276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sockdir", required=True, help="the server's Unix socket directory")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--postmaster-pid", type=int, required=True)
+    ap.add_argument("--datadir", required=True, help="the server's data directory (its backends' working directory)")
     args = ap.parse_args(argv)
+    # not dumpable: no backend (same uid) may open this process's /proc/<pid>/mem and write itself in
+    ctypes.CDLL("libc.so.6").prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
@@ -1293,7 +1297,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s plpy_bg dispatcher[%(process)d] %(levelname)s %(message)s")
     try:
-        pm = Postmaster(args.postmaster_pid)
+        pm = Postmaster(args.postmaster_pid, args.datadir)
     except (OSError, RuntimeError) as e:
         log.error("cannot serve postmaster %s: %s", args.postmaster_pid, e)
         return 1

@@ -10,7 +10,7 @@ structure behind ``arg`` carries an oid whose pg_proc row matches in xmin and
 ctid (done by `provenance`); anything else is reported as an unknown frame.
 
 A pointer whose meaning is a guess (the ``arg`` of a callback not yet tied to
-a function) is followed with `read()`, a pread of /proc/self/mem, so a wrong
+a function) is followed with `read()`, a write of it into a pipe, so a wrong
 guess returns None instead of crashing the backend; structures the backend
 hands us itself (the context stack, PL/Python's contexts, the active portal)
 are read directly with `peek_*`, which is five times cheaper. We call only C
@@ -106,13 +106,21 @@ class RawFrame(NamedTuple):
     arg: int
 
 
+_PIPE_CHUNK = 65536  # a pipe's default capacity
+
+
 class Backend:
     """Handles on the backend's symbols; one per process (see `backend()`)."""
 
     def __init__(self, major: int):
         self.major = major
         self.lib = ctypes.CDLL(None)
-        self._mem = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+        # memory is read by writing it into a pipe: a bad address is EFAULT, never a crash (a
+        # sandboxed backend is not dumpable, so even it may not open its own /proc/self/mem)
+        self._pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._write = ctypes.CDLL(None, use_errno=True).write
+        self._write.restype = ctypes.c_ssize_t
+        self._write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
         self._ecs = ctypes.c_void_p.in_dll(self.lib, "error_context_stack")
         self._sinval = ctypes.c_uint64.in_dll(self.lib, "SharedInvalidMessageCounter")
         self._portal = ctypes.c_void_p.in_dll(self.lib, "ActivePortal")
@@ -149,11 +157,18 @@ class Backend:
     def read(self, addr: int, size: int) -> bytes | None:
         if not addr or addr < 4096 or addr >= _USER_SPACE_END:  # a guessed word may be any number
             return None
-        try:
-            data = os.pread(self._mem, size, addr)
-        except OSError:
-            return None
-        return data if len(data) == size else None
+        out = bytearray()
+        while len(out) < size:
+            n = min(size - len(out), _PIPE_CHUNK)
+            w = self._write(self._pipe[1], addr + len(out), n)
+            got = 0
+            while got < max(w, 0):  # the pipe was empty: all that went in comes out
+                chunk = os.read(self._pipe[0], w - got)
+                out += chunk
+                got += len(chunk)
+            if w != n:
+                return None  # an unmapped page on the way
+        return bytes(out)
 
     def ptr(self, addr: int) -> int | None:
         b = self.read(addr, 8)

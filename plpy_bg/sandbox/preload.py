@@ -99,6 +99,27 @@ def prepare(command: list[str]) -> Plan | None:
     return Plan(glob, sess, sroles, job, jobr, values.get("cluster_name", ""))
 
 
+def nondumpable(postgres: str) -> str:
+    """The execute-only copy of `postgres` that the server runs as (build.py install makes it).
+
+    A process that execs a binary it cannot read is not dumpable, nor are its forks: no other
+    process of the server's uid may open its /proc/<pid>/mem, so native code in one backend
+    cannot write itself into the checkpointer or another session (no C needed for that).
+    """
+    copy = os.path.join(os.path.dirname(os.path.dirname(postgres)), "plpy_bg-bin", "postgres")
+    try:
+        src, dst = os.stat(postgres), os.stat(copy)
+    except FileNotFoundError:
+        raise config.ConfigError(f"there is no execute-only copy of {postgres}",
+                                 detail=f"The sandboxed server runs as {copy}, which no server process can read.",
+                                 hint="Run python3 build.py install as root.") from None
+    if (src.st_size, src.st_mtime_ns) != (dst.st_size, dst.st_mtime_ns) or dst.st_mode & 0o444 or dst.st_uid == os.getuid():
+        raise config.ConfigError(f"the execute-only copy {copy} is not a current copy of {postgres}",
+                                 detail="It must be the same binary (size and time), owned by root, mode 0111.",
+                                 hint="Run python3 build.py install as root again (after each PostgreSQL update).")
+    return copy
+
+
 def register(plan: Plan, argv: list[str], path: str) -> None:
     """Load the global filter with its notifications and hand the listener to the supervisor."""
     try:
@@ -111,7 +132,7 @@ def register(plan: Plan, argv: list[str], path: str) -> None:
         supervision.request(s, {"op": "register"})
         fd = engine.load(plan.glob, plan.notify())
         try:
-            supervision.request(s, plan.registration(argv), fd=fd)
+            supervision.request(s, dict(plan.registration(argv), exec_path=argv[0]), fd=fd)
         finally:
             os.close(fd)  # only the supervisor holds the listener: no backend can answer for it
     except supervision.SupervisorError as e:
@@ -153,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = prepare(cmd)
         if plan is not None:
+            cmd[0] = nondumpable(cmd[0])
             register(plan, cmd, path)
             env[ENV] = json.dumps(plan.glob.as_dict())
             env[supervision.ENV] = path

@@ -198,6 +198,7 @@ class Cluster:
     lock: threading.Lock = field(default_factory=threading.Lock)
     names: dict = field(default_factory=dict)
     notifications: int = 0
+    exec_path: str = ""  # the server's execute-only binary (see preload.NONDUMPABLE)
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
@@ -209,7 +210,7 @@ class Cluster:
     def from_registration(cls, fd: int, pm_pid: int, msg: dict) -> "Cluster":
         P = config.Policy.from_dict
         pol = msg["policies"]
-        return cls(fd=fd, pm=(pm_pid, start_time(pm_pid)), argv=list(msg["argv"]),
+        return cls(fd=fd, pm=(pm_pid, start_time(pm_pid)), argv=list(msg["argv"]), exec_path=msg.get("exec_path") or "",
                    cluster_name=msg.get("cluster_name") or "", glob=P(pol["global"]),
                    session=P(pol["session"]), session_roles={r: P(p) for r, p in pol["session_roles"].items()},
                    job=P(pol["job"]), job_roles={r: P(p) for r, p in pol["job_roles"].items()})
@@ -331,6 +332,17 @@ class Cluster:
             progs.append(prog)
         return True
 
+    def reads_own_binary(self, n: Notif) -> bool:
+        """access(<the execute-only server binary>, R_OK) from a server process: PostgreSQL asks
+        it of its own binary at start (find_my_exec) and refuses one it cannot read."""
+        if not self.exec_path or n.args[1] != os.R_OK:
+            return False
+        want = self.exec_path.encode() + b"\0"
+        try:
+            return read_mem(n.pid, n.args[0], len(want)) == want
+        except OSError:
+            return False
+
     def answer(self, n: Notif) -> Resp | None:
         resp = Resp(id=n.id)
         try:
@@ -338,6 +350,9 @@ class Cluster:
             key = (tgid, start_time(tgid))
             ident = self.identify(tgid, ppid, key)
             name = self.names.get(n.nr) or f"#{n.nr}"
+            if name == "access" and ident.kind in (SERVER, FRESH) and self.reads_own_binary(n):
+                _ioctl(self.fd, NOTIF_ID_VALID, ctypes.c_uint64(n.id))
+                return resp  # "readable": the server checks its binary, which it may only run
             act, err = self.decide(ident, name, n)
             if act in ("allow", "log") and name == "seccomp" and n.args[0] == SECCOMP_SET_MODE_FILTER:
                 if not self.record_filter(n.pid, key, n):

@@ -467,14 +467,36 @@ $$""")
 
 FORGE_TITLE = """CREATE OR REPLACE FUNCTION forge_title(t text) RETURNS text LANGUAGE plpython3u AS $$
 # what native code in a backend can do: overwrite its own title (argv area) with another role's
+import ctypes
 fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
 start, end = int(fields[45]), int(fields[46])
-text = t.encode() + b"\\0" * max(0, end - start - len(t))
-with open("/proc/self/mem", "r+b") as m:
-    m.seek(start)
-    m.write(text[:end - start])
+text = (t.encode() + b"\\0" * max(0, end - start - len(t)))[:end - start]
+ctypes.memmove(start, text, len(text))
 return open("/proc/self/cmdline", "rb").read().split(b"\\0")[0].decode()
 $$"""
+
+
+INJECT = """CREATE OR REPLACE FUNCTION try_inject(pid int) RETURNS text LANGUAGE plpython3u AS $$
+# native code writing itself into another process of the server (its /proc/<pid>/mem)
+import os
+try:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    os.close(fd)
+    return "opened"
+except OSError as e:
+    return os.strerror(e.errno)
+$$"""
+
+
+def test_no_server_process_can_write_into_another(sbx):
+    """The server runs as an execute-only binary, so none of its processes is dumpable: the
+    checkpointer, another session and the postmaster are out of a backend's reach."""
+    with sbx.connect("alice") as other, sbx.connect("erin") as c:
+        c.execute(INJECT)
+        ckpt = c.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'").fetchone()[0]
+        for pid in (ckpt, other.info.backend_pid, sbx.cluster.postmaster_pid()):
+            assert c.execute("SELECT try_inject(%s)", (pid,)).fetchone()[0] == os.strerror(13)  # EACCES
+        assert c.execute("SELECT try_inject(pg_backend_pid())").fetchone()[0] == os.strerror(13)
 
 
 def test_a_forged_title_changes_nothing(sbx):

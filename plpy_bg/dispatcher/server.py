@@ -110,6 +110,7 @@ class Job:
     provenance: str | None = None  # JSON text, as the launcher sent it and the table stores it
     classification: str | None = None
     parent_cookie: int | None = None
+    filter_roles: tuple = ()  # roles whose job filters its worker's also meets (a child job's ancestors')
     session_user_id: int | None = None
     row_pending: tuple | None = None
     sent: bool = False  # the launch sent the job's SQL itself
@@ -330,6 +331,9 @@ class Dispatcher:
                        temp_file_limit=temp_file_limit_bytes(temp_limit))
             sandboxed = self.sandboxed((db, db_oid))  # the settings' own failure says what it is
             if sandboxed:  # before any job SQL: the job can never run unfiltered
+                if key[2] != "worker":  # a child job's: its ancestors' job filters too
+                    conn.execute("SELECT pg_catalog.set_config('plpy_bg.job_filter_roles', %s, false)",
+                                 (key[2][len("worker"):],))
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
         except psycopg.OperationalError as e:
@@ -430,8 +434,13 @@ class Dispatcher:
                     "too many background workers in this session",
                     detail=f"{active} jobs of this session are running; pg_background.max_workers is {max_workers}.",
                     hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
+        with self.lock:
+            parent = self.by_worker_pid.get(sess.peer_pid)
+        # a job's child job runs under its own role's job filter and every one its ancestors ran
+        # under, so SET ROLE to a role with a laxer profile opens nothing the parent could not
+        outer = () if parent is None else tuple(sorted(set(parent.filter_roles) | {parent.role}))
         # by oid: a role renamed or dropped never reaches a worker logged in as another role
-        key = (req["db"], int(req["user_id"]), "worker", db_oid)
+        key = (req["db"], int(req["user_id"]), "worker" + (json.dumps(outer) if outer else ""), db_oid)
         worker, _ = self.pool.acquire(key, req["role"])
         try:
             statements = int(req.get("statements") or 1)
@@ -445,7 +454,7 @@ class Dispatcher:
                 provenance=req.get("provenance_json"), classification=req.get("classification_json"),
                 session_user_id=req.get("session_user_id"), text=req.get("run_sql") or req["sql"],
                 row_text=bool(req.get("run_sql")))
-            parent = self.by_worker_pid.get(sess.peer_pid)
+            job.filter_roles = outer
             if parent is not None:
                 job.parent_cookie = parent.cookie
             job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,

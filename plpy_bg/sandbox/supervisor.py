@@ -148,9 +148,12 @@ STARTUP_STATES = ("authentication", "startup")  # a backend's title before its f
 # PostgreSQL's own processes that run no one's SQL (logical replication's run its own protocol):
 # the global filter alone. An autovacuum worker runs table owners' code (index expressions,
 # ANALYZE), and another background worker whatever its library says: the strictest policy.
+# Each runs once at a time: a second live process with the title (a background worker named so by
+# native code) is not believed.
 SERVER_TITLES = ("checkpointer", "background writer", "walwriter", "startup", "archiver", "logger",
-                 "autovacuum launcher", "logical replication launcher", "logical replication worker",
-                 "walreceiver", "wal receiver")
+                 "autovacuum launcher", "logical replication launcher", "walreceiver")
+# logical replication's workers run triggers of the subscription's tables: the strictest session
+REPLICATION_TITLES = ("logical replication worker",)
 
 
 @dataclass(frozen=True)
@@ -198,13 +201,14 @@ class Cluster:
     lock: threading.Lock = field(default_factory=threading.Lock)
     names: dict = field(default_factory=dict)
     notifications: int = 0
-    exec_path: str = ""  # the server's execute-only binary (see preload.NONDUMPABLE)
+    exec_path: str = ""  # the server's execute-only binary (see preload.nondumpable)
+    holders: dict = field(default_factory=dict)  # server process title -> (pid, start) of its process
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
         self.prefix = "postgres: " + (f"{self.cluster_name}: " if self.cluster_name else "")
-        self.strictest = config.meet([self.session, self.job, *self.session_roles.values(),
-                                      *self.job_roles.values()])
+        self.sessions_strictest = config.meet([self.session, *self.session_roles.values()])
+        self.strictest = config.meet([self.sessions_strictest, self.job, *self.job_roles.values()])
 
     @classmethod
     def from_registration(cls, fd: int, pm_pid: int, msg: dict) -> "Cluster":
@@ -236,8 +240,15 @@ class Cluster:
                 return Identity(UNKNOWN, f"parallel worker of unidentified PID {lpid}", self.strictest)
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
         if not has_socket(pid):  # no client: a server process, autovacuum or a background worker
-            if any(rest == t or rest.startswith(t + " ") for t in SERVER_TITLES):
-                return SERVER_ID
+            title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+            if title_of is not None:
+                holder = self.holders.get(title_of)
+                if holder is None or holder == (pid, start_time(pid)) or not _alive(holder):
+                    self.holders[title_of] = (pid, start_time(pid))
+                    return SERVER_ID
+                return Identity(UNKNOWN, f"a second {title_of!r}", self.strictest)
+            if any(rest.startswith(t) for t in REPLICATION_TITLES):
+                return Identity(CLIENT, rest[:80], self.sessions_strictest)
             return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
         roles = role_candidates(rest)
         if not roles:

@@ -12,6 +12,8 @@ settings, an edit counts for workers that start after it.
 """
 from __future__ import annotations
 
+import json
+
 from plpy_bg.errors import PgError
 from plpy_bg.sandbox import config, engine, layers
 
@@ -41,6 +43,22 @@ def session_policy(plpy, get: config.Getter) -> config.Policy:
     return s.policy if s else config.session_policy(get, engine.known, session_user(plpy), configured_global(get))
 
 
+def also_roles(plpy) -> list[str]:
+    """Roles (JSON list in plpy_bg.job_filter_roles, set by the dispatcher) whose job filters this
+    worker's meets; any session may set it, and it can only make its own filter stricter."""
+    raw = plpy.execute("SELECT pg_catalog.current_setting('plpy_bg.job_filter_roles', true) AS r")[0]["r"]
+    if not raw:
+        return []
+    try:
+        roles = json.loads(raw)
+    except ValueError:
+        roles = None
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise config.ConfigError(f'invalid value for parameter "plpy_bg.job_filter_roles": "{raw[:200]}"',
+                                 hint="It is a JSON list of role names, set by the dispatcher.")
+    return roles
+
+
 def install(plpy, before_load=None) -> bool:
     """Load session_user's job filter into this backend; False when nothing was loaded.
 
@@ -58,6 +76,12 @@ def install(plpy, before_load=None) -> bool:
             layers.mark("job")
             return False
         policy = config.job_policy(get, engine.known, session_user(plpy), session_policy(plpy, get))
+        outer = also_roles(plpy)
+        if outer:  # a child job: each ancestor's job filter as well (this can only tighten)
+            glob = configured_global(get)
+            policy = config.meet([policy] + [config.job_policy(get, engine.known, r,
+                                                               config.session_policy(get, engine.known, r, glob))
+                                             for r in outer])
         if before_load is not None:
             before_load()
         layers.load("job", policy)

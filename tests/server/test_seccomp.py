@@ -117,6 +117,7 @@ def system(sc, *statements):
     with sc.connect() as c:
         c.execute("SET plpy_bg.job_roles = ''")
         c.execute("SET \"job_syscall_error.erin\" = ''")
+        c.execute("SET \"job_socket_families.sockrole\" = ''")
         for s in statements:
             c.execute(s)
         c.execute("SELECT pg_reload_conf()")
@@ -184,6 +185,32 @@ def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
             time.sleep(0.05)
         assert result(c, h) == [("done",)]
         assert c.execute("SELECT try_socket(1)").fetchone()[0] == "ok"  # the session itself may
+
+
+def test_a_child_job_is_held_to_its_parents_job_filter(sc):
+    """A job that SETs ROLE to a role whose jobs may open Unix sockets and launches a child job
+    there: the child runs under that role's job filter and its parent's, so no socket."""
+    sc.sql(JOB_PROBES)
+    sc.sql("DROP ROLE IF EXISTS sockrole; CREATE ROLE sockrole LOGIN; GRANT pgbackground_role TO sockrole")
+    sc.sql("SELECT grant_pg_background_privileges('sockrole')")
+    system(sc, "ALTER SYSTEM SET plpy_bg.job_roles = 'sockrole'",
+           "ALTER SYSTEM SET \"job_socket_families.sockrole\" = 'unix'")
+    try:
+        with sc.connect("sockrole") as c:  # its own jobs may
+            assert result(c, launch(c, "SELECT try_socket(1)")) == [("ok",)]
+        with sc.connect() as c:
+            c.execute("""CREATE OR REPLACE FUNCTION child_as_sockrole(q text) RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE h record; r text;
+BEGIN
+    SET LOCAL ROLE sockrole;
+    SELECT * INTO h FROM public.pg_background_launch_v2(q);
+    SELECT x INTO r FROM public.pg_background_result_v2(h.pid, h.cookie) AS (x text);
+    RETURN r;
+END $f$""")
+            h = launch(c, "SELECT child_as_sockrole('SELECT try_socket(1)')")
+            assert result(c, h) == [(os.strerror(1),)]
+    finally:
+        system(sc, "ALTER SYSTEM RESET plpy_bg.job_roles", "ALTER SYSTEM RESET \"job_socket_families.sockrole\"")
 
 
 def test_a_jobs_parallel_worker_cannot_exec(sc):

@@ -168,3 +168,20 @@ def exported_supervised(policy: P) -> list:
         engine.build(policy, frozenset({"access", "execve"})).export_bpf(f)
         f.seek(0)
         return bpf.decode(f.read())
+
+
+def test_a_second_live_process_with_a_server_title_is_not_believed(monkeypatch):
+    import plpy_bg.sandbox.supervisor as S
+    c = cluster()
+    monkeypatch.setattr(S, "has_socket", lambda pid: False)
+    monkeypatch.setattr(S, "start_time", lambda pid: 1000 + pid)
+    monkeypatch.setattr(S, "_alive", lambda key: True)
+    assert c.classify(101, b"postgres: 15/main: checkpointer\0").kind == "server"
+    assert c.classify(101, b"postgres: 15/main: checkpointer\0").kind == "server"  # the same one again
+    impostor = c.classify(202, b"postgres: 15/main: checkpointer\0")
+    assert impostor.kind == "unknown" and impostor.policy == c.strictest
+    assert c.classify(303, b"postgres: 15/main: pg_cron launcher\0").kind == "unknown"
+    assert c.classify(404, b"postgres: 15/main: logical replication worker for subscription 7\0").policy \
+        == c.sessions_strictest
+    monkeypatch.setattr(S, "_alive", lambda key: key[0] != 101)  # the checkpointer died (crash restart)
+    assert c.classify(505, b"postgres: 15/main: checkpointer\0").kind == "server"

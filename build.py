@@ -36,7 +36,8 @@ SERVER_PYTHON = "/usr/bin/python3"  # the interpreter plpython3u embeds on Debia
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 LIBDIR = Path(os.environ.get("PLPY_BG_LIBDIR", "/usr/local/lib/plpy_bg")) / VERSION
 APT_PACKAGES = ["postgresql-15", "postgresql-plpython3-15", "postgresql-contrib", "libseccomp2",
-                "strace", "python3-venv", "python3-pip", "postgresql-client-15"]
+                "strace", "python3-venv", "python3-pip", "postgresql-client-15",
+                "gcc"]  # gcc: the sandbox tests build the background worker an attacker would load
 SERVER_REQUIREMENTS = ["psycopg[binary]>=3.1,<4", "pglast>=7,<9", "pyseccomp>=0.1.2,<0.2"]
 TEST_REQUIREMENTS = SERVER_REQUIREMENTS + ["pytest>=7", "hypothesis>=6"]
 VENV = ROOT / ".venv"

@@ -145,15 +145,15 @@ def read_mem(pid: int, addr: int, n: int) -> bytes:
 
 SERVER, FRESH, CLIENT, PARALLEL, UNKNOWN = "server", "fresh", "client", "parallel", "unknown"
 STARTUP_STATES = ("authentication", "startup")  # a backend's title before its first query
-# PostgreSQL's own processes that run no one's SQL (logical replication's run its own protocol):
-# the global filter alone. An autovacuum worker runs table owners' code (index expressions,
-# ANALYZE), and another background worker whatever its library says: the strictest policy.
-# Each runs once at a time: a second live process with the title (a background worker named so by
-# native code) is not believed.
+# PostgreSQL's auxiliary processes run no one's SQL: the global filter alone, once the postmaster's
+# own memory confirms the process is one (a background worker may take any title). An autovacuum
+# worker runs table owners' code (index expressions, ANALYZE), and another background worker
+# whatever its library says: the strictest policy.
 SERVER_TITLES = ("checkpointer", "background writer", "walwriter", "startup", "archiver", "logger",
-                 "autovacuum launcher", "logical replication launcher", "walreceiver")
-# logical replication's workers run triggers of the subscription's tables: the strictest session
-REPLICATION_TITLES = ("logical replication worker",)
+                 "autovacuum launcher", "walreceiver")
+# logical replication's launcher and workers (triggers of the subscription's tables): the strictest
+# session policy, so that they keep their sockets unless every session is denied them
+REPLICATION_TITLES = ("logical replication launcher", "logical replication worker")
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,34 @@ class Identity:
 
 
 SERVER_ID = Identity(SERVER, "server process")
-FRESH_ID = Identity(FRESH, "new server process")
+
+
+class Provisional(Exception):
+    """A claim not (yet) borne out: answer this notification strictly, name the process later."""
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def shared_segments(pid: int) -> set[str]:
+    """The POSIX shared memory segments (PostgreSQL's DSM) a process maps."""
+    out = set()
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            i = line.find("/dev/shm/PostgreSQL.")
+            if i >= 0:
+                out.add(line[i:].strip())
+    return out
 
 
 def role_candidates(rest: str) -> set[str]:
@@ -202,7 +229,6 @@ class Cluster:
     names: dict = field(default_factory=dict)
     notifications: int = 0
     exec_path: str = ""  # the server's execute-only binary (see preload.nondumpable)
-    holders: dict = field(default_factory=dict)  # server process title -> (pid, start) of its process
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
@@ -238,15 +264,14 @@ class Cluster:
             leader = self.known.get(lk)
             if leader is None or leader.kind not in (CLIENT, PARALLEL):
                 return Identity(UNKNOWN, f"parallel worker of unidentified PID {lpid}", self.strictest)
+            if not self.shares_parallel_segment(pid, lpid):
+                raise Provisional  # before it attached its leader's segment, or not its worker at all
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
         if not has_socket(pid):  # no client: a server process, autovacuum or a background worker
-            title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
-            if title_of is not None:
-                holder = self.holders.get(title_of)
-                if holder is None or holder == (pid, start_time(pid)) or not _alive(holder):
-                    self.holders[title_of] = (pid, start_time(pid))
+            if any(rest == t or rest.startswith(t + " ") for t in SERVER_TITLES):
+                if self.in_postmaster_table(pid):
                     return SERVER_ID
-                return Identity(UNKNOWN, f"a second {title_of!r}", self.strictest)
+                raise Provisional  # the postmaster has not noted it yet, or it is not what it says
             if any(rest.startswith(t) for t in REPLICATION_TITLES):
                 return Identity(CLIENT, rest[:80], self.sessions_strictest)
             return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
@@ -255,6 +280,57 @@ class Cluster:
             return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
         label = "role " + " or ".join(json.dumps(r) for r in sorted(roles))
         return Identity(CLIENT, f"client backend of {label}", self.session_of(roles))
+
+    def in_postmaster_table(self, pid: int) -> bool:
+        """Whether the postmaster's own memory (its static data, which no backend can write) holds
+        `pid` beside the pid of another of its live children: PostgreSQL keeps its auxiliary
+        processes' pids side by side there (StartupPID, CheckpointerPID, ...); a background
+        worker's pid lives in the postmaster's heap, however the worker names itself."""
+        words = self.postmaster_data()
+        if not words:
+            return False
+        kids = set(children_of(self.pm[0])) - {pid}
+        for i, w in enumerate(words):
+            if w == pid and any(words[j] in kids for j in range(max(0, i - 8), min(len(words), i + 9))):
+                return True
+        return False
+
+    def postmaster_data(self) -> tuple:
+        """The postmaster's writable data and bss (the binary's rw mapping and the anonymous one that
+        follows it), as 32-bit words."""
+        with open(f"/proc/{self.pm[0]}/maps") as f:
+            maps = f.read().splitlines()
+        ranges = []
+        for i, line in enumerate(maps):
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == self.exec_path and parts[1] == "rw-p":
+                a, b = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((a, b))
+                nxt = maps[i + 1].split() if i + 1 < len(maps) else []
+                if len(nxt) == 5 and int(nxt[0].split("-")[0], 16) == b:
+                    ranges.append(tuple(int(x, 16) for x in nxt[0].split("-")))
+        data = b"".join(read_mem(self.pm[0], a, b - a) for a, b in ranges)
+        return struct.unpack(f"<{len(data) // 4}i", data[:len(data) // 4 * 4])
+
+    def shares_parallel_segment(self, pid: int, leader: int) -> bool:
+        """Whether `pid` maps a shared memory segment of its claimed leader that neither the
+        postmaster nor any other process of the server maps but the leader's parallel workers:
+        the segment the leader made for this parallel query."""
+        mine = shared_segments(pid) & shared_segments(leader)
+        mine -= shared_segments(self.pm[0])
+        if not mine:
+            return False
+        claim = f"{self.prefix}parallel worker for PID {leader}".encode()
+        for other in children_of(self.pm[0]):
+            if other in (pid, leader) or not mine:
+                continue
+            try:
+                if title(other).startswith(claim):
+                    continue
+                mine -= shared_segments(other)
+            except OSError:
+                continue
+        return bool(mine)
 
     def inherit(self, ppid: int) -> Identity:
         """A process forked by a backend (or deeper): its nearest known ancestor's identity."""
@@ -280,9 +356,13 @@ class Cluster:
             return SERVER_ID
         if ppid == self.pm[0]:
             text = title(tgid)
-            if text == self.pm_title:
-                return FRESH_ID  # forked, not yet told what it is: still the postmaster's code
-            ident = self.classify(tgid, text)
+            if text == self.pm_title:  # forked, not yet told what it is (or a worker pretending)
+                return Identity(FRESH, "new server process", self.strictest)
+            try:
+                ident = self.classify(tgid, text)
+            except Provisional:
+                shown = text.split(b"\0", 1)[0][:60]
+                return Identity(UNKNOWN, f"unconfirmed {shown!r}", self.strictest)
         else:
             ident = self.inherit(ppid)
         with self.lock:

@@ -666,3 +666,98 @@ def test_no_process_can_make_itself_the_postmasters_child(sbx):
         assert c.execute("SELECT try_clone_parent('/tmp/plpy_bg_sbx_cp')").fetchone()[0] == EPERM
         assert not os.path.isdir("/tmp/plpy_bg_sbx_cp")
         assert c.execute("SELECT try_exec()").fetchone()[0] == "ok"  # fork and spawn still work (clone3 falls back)
+
+
+# A background worker registered by native code in a backend runs the library it names before
+# any notified syscall: it may take any title, or copy the postmaster's. Compiled at test time
+# (no PostgreSQL headers: the magic block is written out) and loaded by the worker itself.
+WORKER_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+typedef struct { int len, version, funcmaxargs, indexmaxkeys, namedatalen, float8byval; char abi[32]; } magic;
+extern void proc_exit(int code) __attribute__((noreturn));  /* the server's: a clean exit, no crash restart */
+const magic *Pg_magic_func(void) {
+    static const magic m = {sizeof(magic), 1500, 100, 32, 64, 1, "PostgreSQL"};
+    return &m;
+}
+static void take_postmaster_title(void) {
+    char buf[4096], path[64]; unsigned long a = 0, b = 0; int fd; ssize_t n; char *p;
+    fd = open("/proc/self/stat", O_RDONLY); n = read(fd, buf, sizeof buf - 1); close(fd); buf[n] = 0;
+    p = strrchr(buf, ')') + 2;
+    for (int i = 3; i < 48; i++) p = strchr(p, ' ') + 1;
+    sscanf(p, "%lu %lu", &a, &b);
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int) getppid());
+    fd = open(path, O_RDONLY); n = read(fd, buf, sizeof buf); close(fd);
+    if (n > 0 && (unsigned long) n <= b - a) { memset((char *) a, 0, b - a); memcpy((char *) a, buf, n); }
+}
+void probe_main(unsigned long arg) {
+    char dir[256], out[300], cmd[600]; int r, e, st = 0; FILE *f; pid_t c;
+    if (arg & 1) take_postmaster_title();
+    snprintf(dir, sizeof dir, "%s/w%lu", DIR, arg >> 1);
+    r = mkdir(dir, 0755); e = errno;
+    snprintf(out, sizeof out, "%s.out", dir);
+    f = fopen(out, "w");
+    fprintf(f, "mkdir %s\n", r ? strerror(e) : "ok");
+    fflush(f);
+    snprintf(cmd, sizeof cmd, "mkdir %s.sh", dir);
+    c = fork();
+    if (c == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *) 0); _exit(126); }
+    waitpid(c, &st, 0);
+    fprintf(f, "exec %d\n", WEXITSTATUS(st));
+    fclose(f);
+    proc_exit(0);
+}
+"""
+
+START_WORKER = """CREATE OR REPLACE FUNCTION start_worker(name text, lib text, arg bigint) RETURNS bool
+LANGUAGE plpython3u AS $$
+import ctypes
+class BGW(ctypes.Structure):
+    _fields_ = [("bgw_name", ctypes.c_char * 96), ("bgw_type", ctypes.c_char * 96), ("bgw_flags", ctypes.c_int),
+                ("bgw_start_time", ctypes.c_int), ("bgw_restart_time", ctypes.c_int),
+                ("bgw_library_name", ctypes.c_char * 96), ("bgw_function_name", ctypes.c_char * 96),
+                ("bgw_main_arg", ctypes.c_uint64), ("bgw_extra", ctypes.c_char * 128), ("bgw_notify_pid", ctypes.c_int)]
+w = BGW(bgw_name=name.encode(), bgw_type=b"probe", bgw_flags=1, bgw_start_time=2, bgw_restart_time=-1,
+        bgw_library_name=lib.encode(), bgw_function_name=b"probe_main", bgw_main_arg=arg)
+pg = ctypes.CDLL(None)
+pg.RegisterDynamicBackgroundWorker.restype = ctypes.c_bool
+return bool(pg.RegisterDynamicBackgroundWorker(ctypes.byref(w), None))
+$$"""
+
+
+def test_a_background_worker_native_code_registers_gets_the_strictest_policy(sbx):
+    """Named after a running auxiliary process, after another session's parallel worker, after
+    nothing, or wearing the postmaster's own title: no name buys it more than the strictest
+    policy (here: no mkdir, as erin's list says, and no exec, as the job profile says)."""
+    d = Path(tempfile.mkdtemp(prefix="plpy_bg_bgw_"))
+    os.chmod(d, 0o755)
+    import pwd
+    os.chown(d, pwd.getpwnam("postgres").pw_uid, 0)
+    lib = d / "probe.so"
+    src = d / "probe.c"
+    src.write_text(WORKER_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", f'-DDIR="{d}"', "-o", str(lib), str(src)], check=True)
+    os.chmod(lib, 0o755)
+    with sbx.connect("alice") as other, sbx.connect("erin") as c:
+        c.execute(START_WORKER)
+        names = ["checkpointer", "walwriter", f"parallel worker for PID {other.info.backend_pid}", "innocent"]
+        variants = [(n, i << 1) for i, n in enumerate(names)] + [("innocent", (9 << 1) | 1)]
+        for name, arg in variants:
+            assert c.execute("SELECT start_worker(%s, %s, %s)", (name, str(lib), arg)).fetchone()[0]
+        deadline = time.monotonic() + 20
+        outs = {arg: d / f"w{arg >> 1}.out" for _, arg in variants}
+        while not all(p.exists() and "exec" in p.read_text() for p in outs.values()):
+            assert time.monotonic() < deadline, {a: p.exists() and p.read_text() for a, p in outs.items()}
+            time.sleep(0.2)
+    try:
+        for (name, arg), p in zip(variants, outs.values()):
+            text = p.read_text()
+            assert "mkdir Operation not permitted" in text, (name, text)
+            assert not (d / f"w{arg >> 1}").exists() and not (d / f"w{arg >> 1}.sh").exists(), (name, text)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -170,18 +170,18 @@ def exported_supervised(policy: P) -> list:
         return bpf.decode(f.read())
 
 
-def test_a_second_live_process_with_a_server_title_is_not_believed(monkeypatch):
+def test_a_server_title_is_believed_only_when_the_postmasters_table_holds_the_pid(monkeypatch):
     import plpy_bg.sandbox.supervisor as S
     c = cluster()
     monkeypatch.setattr(S, "has_socket", lambda pid: False)
-    monkeypatch.setattr(S, "start_time", lambda pid: 1000 + pid)
-    monkeypatch.setattr(S, "_alive", lambda key: True)
+    monkeypatch.setattr(S, "children_of", lambda pid: [101, 102, 202])
+    words = (0, 7, 102, 101, 0) + (0,) * 20 + (55, 0)  # CheckpointerPID beside BgWriterPID; 202 nowhere
+    monkeypatch.setattr(Cluster, "postmaster_data", lambda self: words)
     assert c.classify(101, b"postgres: 15/main: checkpointer\0").kind == "server"
-    assert c.classify(101, b"postgres: 15/main: checkpointer\0").kind == "server"  # the same one again
-    impostor = c.classify(202, b"postgres: 15/main: checkpointer\0")
-    assert impostor.kind == "unknown" and impostor.policy == c.strictest
+    with pytest.raises(S.Provisional):
+        c.classify(202, b"postgres: 15/main: checkpointer\0")  # a worker naming itself so
+    with pytest.raises(S.Provisional):
+        c.classify(55, b"postgres: 15/main: walwriter\0")  # a number in the table, no live neighbour
     assert c.classify(303, b"postgres: 15/main: pg_cron launcher\0").kind == "unknown"
     assert c.classify(404, b"postgres: 15/main: logical replication worker for subscription 7\0").policy \
         == c.sessions_strictest
-    monkeypatch.setattr(S, "_alive", lambda key: key[0] != 101)  # the checkpointer died (crash restart)
-    assert c.classify(505, b"postgres: 15/main: checkpointer\0").kind == "server"

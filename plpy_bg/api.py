@@ -17,7 +17,7 @@ import time
 
 from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.errors import DeadlockDetected, InvalidParameter, NullValue, PgError, cut_utf8
+from plpy_bg.errors import SANDBOX_REFUSAL, DeadlockDetected, InvalidParameter, NullValue, PgError, cut_utf8
 from plpy_bg import policy
 from plpy_bg.jobs import identmap
 from plpy_bg.jobs.limits import (DEFAULT_MAX_WORKERS, DEFAULT_QUEUE, GRACE_CAP_MS, MAX_MAX_WORKERS, MAX_QUEUE,
@@ -168,7 +168,12 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         run_sql = policy.row_text_sql(sql, classification)
         if run_sql is not None:
             req["run_sql"] = run_sql
-    return cl.request("launch", **req)
+    try:
+        return cl.request("launch", **req)
+    except PgError as e:
+        if e.message.startswith(SANDBOX_REFUSAL):  # said in the server log too, where DBAs look
+            plpy.warning(f"plpy_bg: {e.message}", hint=e.hint)
+        raise
 
 
 @sql_errors

@@ -87,6 +87,9 @@ class ObjectInUse(PgError):
     sqlstate = "55006"
 
 
+SANDBOX_REFUSAL = "background jobs are refused:"  # the start of every launch refused for the sandbox
+
+
 class WrongState(PgError):
     sqlstate = "55000"
 

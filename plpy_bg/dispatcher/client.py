@@ -181,8 +181,9 @@ def spawn(ctx: dict) -> None:
     python = os.path.join(sys.base_exec_prefix, "bin", "python3")
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
-    if os.environ.get("PLPY_BG_SUPERVISOR"):  # the dispatcher asks it whether the sandbox stands
-        env["PLPY_BG_SUPERVISOR"] = os.environ["PLPY_BG_SUPERVISOR"]
+    for name in ("PLPY_BG_SUPERVISOR", "PLPY_BG_SECCOMP_GLOBAL"):  # the sandbox the server started with
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     with open(ctx["path"] + ".log", "ab") as logf:
         subprocess.Popen(
             [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),

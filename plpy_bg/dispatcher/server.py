@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -46,12 +47,13 @@ from plpy_bg.dispatcher.host import Postmaster
 from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters, temp_file_limit_bytes
 from plpy_bg.dispatcher.sink import Budget, RowSink, SpoolFull
 from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
-from plpy_bg.errors import cut_utf8
+from plpy_bg.errors import SANDBOX_REFUSAL, cut_utf8
 from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
                             ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
                             WrongState)
 from plpy_bg.jobs import identmap
 from plpy_bg.sandbox import supervision
+from plpy_bg.sandbox.layers import ENV as GLOBAL_ENV
 from plpy_bg.jobs.limits import (ALL_ROW_BYTES, DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
                                  PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES, stored_sql)
 from plpy_bg.jobs import settings as jsettings
@@ -110,7 +112,6 @@ class Job:
     provenance: str | None = None  # JSON text, as the launcher sent it and the table stores it
     classification: str | None = None
     parent_cookie: int | None = None
-    filter_roles: tuple = ()  # roles whose job filters its worker's also meets (a child job's ancestors')
     session_user_id: int | None = None
     row_pending: tuple | None = None
     sent: bool = False  # the launch sent the job's SQL itself
@@ -209,6 +210,9 @@ class Dispatcher:
         # now is what every backend of this server starts with (0 or None: started unwrapped)
         self.postmaster_filters = seccomp_filters(postmaster.pid)
         self.supervisor_checked = (-10.0, False)
+        self.restriction_profiles: dict[str, str] = {}  # pool profile -> the restrictions' JSON
+        raw = os.environ.get(GLOBAL_ENV)
+        self.global_policy = json.loads(raw) if raw else None  # as the supervisor reports a policy
         self.warn_now = False  # a launch was refused for the sandbox: say so in the server log now
         self.socket_path = socket_path
         self.os_user = identmap.os_user()
@@ -331,9 +335,9 @@ class Dispatcher:
                        temp_file_limit=temp_file_limit_bytes(temp_limit))
             sandboxed = self.sandboxed((db, db_oid))  # the settings' own failure says what it is
             if sandboxed:  # before any job SQL: the job can never run unfiltered
-                if key[2] != "worker":  # a child job's: its ancestors' job filters too
-                    conn.execute("SELECT pg_catalog.set_config('plpy_bg.job_filter_roles', %s, false)",
-                                 (key[2][len("worker"):],))
+                if key[2] != "worker":  # held to its launcher's restrictions too
+                    conn.execute("SELECT pg_catalog.set_config('plpy_bg.job_restrictions', %s, false)",
+                                 (self.restriction_profiles[key[2]],))
                 conn.execute("SELECT plpy_bg.install_worker_filter()")
             w.filters = seccomp_filters(w.pid)
         except psycopg.OperationalError as e:
@@ -365,6 +369,27 @@ class Dispatcher:
             hit = self.server_cache[dbk] = ((path, on), now)
         return hit[0]
 
+    def profile_of(self, sess, dbk: tuple[str, int]) -> str:
+        """The pool profile of a launch: "worker" when the launching backend runs under the global
+        filter alone, else one per distinct set of restrictions (its policy and loaded filters,
+        as the supervisor holds them), so a worker is only reused under the same ones."""
+        if not self.postmaster_filters:
+            return "worker"
+        try:
+            r = supervision.restrictions(sess.peer_pid)
+        except (OSError, ValueError) as e:
+            raise WrongState(f"{SANDBOX_REFUSAL} the seccomp supervisor does not say what the "
+                             "launching session runs under", detail=str(e),
+                             hint="Start the supervisor (python3 build.py supervisor) and restart the server.") from None
+        policy = {"policy": r["policy"], "programs": r["programs"]}
+        if not r["programs"] and r["policy"] == self.global_policy:
+            return "worker"
+        text = json.dumps(policy, sort_keys=True)
+        profile = "worker:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        with self.lock:
+            self.restriction_profiles[profile] = text
+        return profile
+
     def supervisor_answers(self) -> bool:
         """The supervisor that holds this server's listener is alive (asked at most once a second)."""
         now = time.monotonic()
@@ -377,8 +402,11 @@ class Dispatcher:
         return self.supervisor_checked[1]
 
     def sandboxed(self, dbk: tuple[str, int]) -> bool:
-        """pgseccomp.enabled as the configuration files say (a session SET cannot turn it off)."""
-        return self.server_settings(dbk)[1]
+        """A server started sandboxed stays so until it restarts (an ALTER SYSTEM that turns
+        pgseccomp.enabled off counts at the next start); one started without its filter is
+        sandboxed when the configuration files say so (a session SET cannot turn it off)."""
+        files_on = self.server_settings(dbk)[1]  # read anyway: it also learns max_connections
+        return bool(self.postmaster_filters) or files_on
 
     def ensure_ident(self, dbk: tuple[str, int], role: str) -> bool:
         """Add the peer-map line for `role` and make the postmaster reload; True when the file changed."""
@@ -407,7 +435,7 @@ class Dispatcher:
         if not self.postmaster_filters and self.sandboxed(dbk):
             self.warn_now = True
             raise WrongState(
-                "background jobs are refused: pgseccomp.enabled is on but this server runs without its seccomp filter",
+                f"{SANDBOX_REFUSAL} pgseccomp.enabled is on but this server runs without its seccomp filter",
                 detail=f"The postmaster (pid {self.postmaster.pid}) carries no seccomp filter: it was not started "
                        "under plpy_bg's wrapper, so no process of this server is sandboxed.",
                 hint="Restart the server under the wrapper (python3 build.py serve, or pg_ctl -p <wrapper>; see "
@@ -415,7 +443,7 @@ class Dispatcher:
         if self.postmaster_filters and not self.supervisor_answers() and self.sandboxed(dbk):
             self.warn_now = True
             raise WrongState(
-                "background jobs are refused: the seccomp supervisor of this server does not answer",
+                f"{SANDBOX_REFUSAL} the seccomp supervisor of this server does not answer",
                 detail="Without it no session, job or parallel worker policy is applied, and every syscall "
                        "it would answer fails with ENOSYS.",
                 hint="Start the supervisor as root (python3 build.py supervisor), then restart the server "
@@ -436,11 +464,9 @@ class Dispatcher:
                     hint="Wait for, detach or cancel running jobs, or raise pg_background.max_workers.")
         with self.lock:
             parent = self.by_worker_pid.get(sess.peer_pid)
-        # a job's child job runs under its own role's job filter and every one its ancestors ran
-        # under, so SET ROLE to a role with a laxer profile opens nothing the parent could not
-        outer = () if parent is None else tuple(sorted(set(parent.filter_roles) | {parent.role}))
-        # by oid: a role renamed or dropped never reaches a worker logged in as another role
-        key = (req["db"], int(req["user_id"]), "worker" + (json.dumps(outer) if outer else ""), db_oid)
+        # by oid: a role renamed or dropped never reaches a worker logged in as another role; a job
+        # is held to what its launcher runs under (a parent job too), whatever role it runs as
+        key = (req["db"], int(req["user_id"]), self.profile_of(sess, dbk), db_oid)
         worker, _ = self.pool.acquire(key, req["role"])
         try:
             statements = int(req.get("statements") or 1)
@@ -454,7 +480,6 @@ class Dispatcher:
                 provenance=req.get("provenance_json"), classification=req.get("classification_json"),
                 session_user_id=req.get("session_user_id"), text=req.get("run_sql") or req["sql"],
                 row_text=bool(req.get("run_sql")))
-            job.filter_roles = outer
             if parent is not None:
                 job.parent_cookie = parent.cookie
             job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,

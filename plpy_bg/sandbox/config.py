@@ -52,12 +52,16 @@ class Policy:
     lists: dict = field(default_factory=dict)  # action -> tuple of syscall names
     families: tuple | None = None  # socket() families allowed; None: socket() is not limited by family
 
-    def action_of(self, syscall: str, args: tuple = ()) -> str:
+    def listed_action(self, syscall: str) -> str:
+        """What the lists (or the default) say of `syscall`, whatever its arguments."""
         for action in ACTIONS:
             if syscall in self.lists.get(action, ()):
-                break
-        else:
-            action = self.default
+                return action
+        return self.default
+
+    def action_of(self, syscall: str, args: tuple = ()) -> str:
+        """What the filter does with this call (socket() by its family, when families are limited)."""
+        action = self.listed_action(syscall)
         if (syscall == "socket" and self.families is not None and RANK[action] < RANK["error"]
                 and (not args or args[0] & 0xFFFFFFFF not in self.families)):
             return "error"
@@ -81,7 +85,7 @@ def meet(policies) -> "Policy":
     policies = list(policies)
     default = max((p.default for p in policies), key=RANK.__getitem__)
     names = {s for p in policies for lst in p.lists.values() for s in lst}
-    final = {s: max((p.action_of(s) for p in policies), key=RANK.__getitem__) for s in names}
+    final = {s: max((p.listed_action(s) for p in policies), key=RANK.__getitem__) for s in names}
     fams = [set(p.families) for p in policies if p.families is not None]
     return Policy(default, {a: tuple(sorted(s for s, x in final.items() if x == a)) for a in ACTIONS},
                   tuple(sorted(set.intersection(*fams))) if fams else None)

@@ -7,10 +7,12 @@ inherited by its children; a later filter can only add restrictions.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
 import re
+import struct
 
 import ctypes.util
 
@@ -135,6 +137,20 @@ def load(policy: Policy, notify: frozenset = frozenset()) -> int | None:
             raise OSError(-fd, os.strerror(-fd))
         return fd
     return None
+
+
+def load_raw(program: bytes) -> None:
+    """Load a filter program as another process loaded it (seccomp(2), no flags)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    code = ctypes.create_string_buffer(program, len(program))
+    prog = ctypes.create_string_buffer(struct.pack("<H6xQ", len(program) // 8, ctypes.addressof(code)), 16)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, as loading without CAP_SYS_ADMIN needs
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    if libc.syscall(317, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_void_p(ctypes.addressof(prog))) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 _SECCOMP = re.compile(r"^Seccomp:\s+(\d+)", re.M)

@@ -126,6 +126,19 @@ def load(source: str, policy: Policy) -> None:
     mark(source, policy)
 
 
+def load_raw(source: str, program: bytes) -> None:
+    """Load a filter program another process loaded (a launcher's, for its job); it shows in
+    seccomp_filter() through the policy it was met into."""
+    from plpy_bg.errors import PgError
+
+    try:
+        engine.load_raw(program)
+    except OSError as e:
+        raise PgError(f"could not load the {source} seccomp filter", detail=e.strerror,
+                      hint="The filters in force must allow the prctl and seccomp syscalls.",
+                      sqlstate="42501") from None
+
+
 def own_layers() -> list[Layer]:
     """The filters this process runs under beyond the global one (its children inherit them)."""
     s = supervised_layer()

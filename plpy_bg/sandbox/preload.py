@@ -95,7 +95,8 @@ def prepare(command: list[str]) -> Plan | None:
     sess = config.session_policy(get, engine.known, None, glob)
     sroles = {r: config.session_policy(get, engine.known, r, glob) for r in roles}
     job = config.job_policy(get, engine.known, None, sess)
-    jobr = {r: config.job_policy(get, engine.known, r, sroles.get(r, sess)) for r in jroles}
+    # every listed role's job policy stacks on its own session policy
+    jobr = {r: config.job_policy(get, engine.known, r, sroles.get(r, sess)) for r in set(roles) | set(jroles)}
     return Plan(glob, sess, sroles, job, jobr, values.get("cluster_name", ""))
 
 

@@ -69,6 +69,15 @@ def whoami(path: str | None = None, timeout: float = 2.0) -> dict:
         s.close()
 
 
+def restrictions(pid: int, path: str | None = None, timeout: float = 2.0) -> dict:
+    """What process `pid` of a supervised server runs under beyond the global filter."""
+    s = connect(path, timeout)
+    try:
+        return request(s, {"op": "restrictions", "pid": pid})
+    finally:
+        s.close()
+
+
 def recv_with_fd(s: socket.socket) -> tuple[bytes, int | None]:
     fds = array.array("i")
     data, anc, _flags, _addr = s.recvmsg(1 << 20, socket.CMSG_SPACE(fds.itemsize))

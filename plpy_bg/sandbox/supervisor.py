@@ -27,6 +27,7 @@ the server's OS user: a backend can neither signal it nor take its fds.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import errno
 import json
@@ -162,6 +163,7 @@ class Identity:
     label: str
     policy: config.Policy | None = None  # None: the global filter alone
     leader: tuple | None = None  # (pid, start) whose loaded filters also count (a parallel worker's)
+    roles: tuple = ()  # a client backend's login role (every candidate its title allows)
 
 
 SERVER_ID = Identity(SERVER, "server process")
@@ -225,6 +227,7 @@ class Cluster:
     job_roles: dict
     known: dict = field(default_factory=dict)  # (pid, start) -> Identity
     programs: dict = field(default_factory=dict)  # (pid, start) -> [decoded BPF programs]
+    raw_programs: dict = field(default_factory=dict)  # (pid, start) -> [the same, as loaded]
     lock: threading.Lock = field(default_factory=threading.Lock)
     names: dict = field(default_factory=dict)
     notifications: int = 0
@@ -273,13 +276,13 @@ class Cluster:
                     return SERVER_ID
                 raise Provisional  # the postmaster has not noted it yet, or it is not what it says
             if any(rest.startswith(t) for t in REPLICATION_TITLES):
-                return Identity(CLIENT, rest[:80], self.sessions_strictest)
+                return Identity(CLIENT, rest[:80], self.sessions_strictest, roles=("",))
             return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
         roles = role_candidates(rest)
         if not roles:
             return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
         label = "role " + " or ".join(json.dumps(r) for r in sorted(roles))
-        return Identity(CLIENT, f"client backend of {label}", self.session_of(roles))
+        return Identity(CLIENT, f"client backend of {label}", self.session_of(roles), roles=tuple(sorted(roles)))
 
     def in_postmaster_table(self, pid: int) -> bool:
         """Whether the postmaster's own memory (its static data, which no backend can write) holds
@@ -368,7 +371,13 @@ class Cluster:
         with self.lock:
             return self.known.setdefault(key, ident)
 
-    def whoami(self, pid: int) -> dict | None:
+    def job_of(self, roles) -> config.Policy:
+        """The job policy of a login role as the server started with it (strictest of candidates;
+        no role known: the strictest of all)."""
+        pols = [self.job_roles.get(r, self.job) for r in roles]
+        return config.meet(pols) if pols else self.strictest
+
+    def lookup(self, pid: int) -> tuple[tuple, Identity] | None:
         try:
             key = (pid, start_time(pid))
             ppid = status_ids(pid)[1]
@@ -379,11 +388,28 @@ class Cluster:
             ident = self.inherit(ppid)
             if ident.kind == UNKNOWN:
                 return None
-        if ident is None:
+        return None if ident is None else (key, ident)
+
+    def restrictions(self, pid: int) -> dict | None:
+        """What a process runs under beyond the global filter: its policy and every filter program it
+        (or, for a parallel worker, its leader) loaded, raw; a job it launches is held to them."""
+        found = self.lookup(pid)
+        if found is None:
             return None
+        key, ident = found
+        progs = list(self.raw_programs.get(key, ())) + list(self.raw_programs.get(ident.leader, ()))
+        return {"policy": (ident.policy or self.glob).as_dict(),
+                "programs": [base64.b64encode(p).decode() for p in progs]}
+
+    def whoami(self, pid: int) -> dict | None:
+        found = self.lookup(pid)
+        if found is None:
+            return None
+        key, ident = found
         progs = len(self.programs.get(key, ())) + len(self.programs.get(ident.leader, ()))
-        return {"kind": ident.kind, "label": ident.label, "programs": progs, "postmaster": self.pm[0],
-                "policy": (ident.policy or self.glob).as_dict()}
+        out = {"kind": ident.kind, "label": ident.label, "programs": progs, "postmaster": self.pm[0],
+               "policy": (ident.policy or self.glob).as_dict(), "job": self.job_of(ident.roles).as_dict()}
+        return out
 
     # ---- answers ----
     def decide(self, ident: Identity, name: str, n: Notif) -> tuple[str, int]:
@@ -413,7 +439,8 @@ class Cluster:
         try:
             head = read_mem(tid, n.args[2], 16)
             length, ptr = struct.unpack_from("<H6xQ", head)
-            prog = bpf.decode(read_mem(tid, ptr, length * 8))
+            raw = read_mem(tid, ptr, length * 8)
+            prog = bpf.decode(raw)
         except (OSError, bpf.BadProgram, struct.error):
             return False
         with self.lock:
@@ -421,6 +448,7 @@ class Cluster:
             if len(progs) >= MAX_PROGRAMS:
                 return False
             progs.append(prog)
+            self.raw_programs.setdefault(key, []).append(raw)
         return True
 
     def reads_own_binary(self, n: Notif) -> bool:
@@ -504,6 +532,7 @@ class Cluster:
             for key in [k for k in list(self.known) + list(self.programs) if not _alive(k)]:
                 self.known.pop(key, None)
                 self.programs.pop(key, None)
+                self.raw_programs.pop(key, None)
 
 
 def kill(key: tuple) -> None:
@@ -609,6 +638,10 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
                 return self.whoami(conn, pid)
+            if op == "restrictions":  # of another process of a server (the dispatcher asks of launchers)
+                if fd is not None:
+                    os.close(fd)
+                return self.restrictions(conn, int(msg.get("pid") or 0))
             if op == "stats" and uid == 0:
                 return self.reply(conn, servers=[{"postmaster": c.pm[0], "notifications": c.notifications,
                                                   "known": len(c.known)} for c in list(self.clusters)])
@@ -638,6 +671,13 @@ class Supervisor:
             if info is not None:
                 return self.reply(conn, **info)
         self.reply(conn, kind="none", label="not a process of a supervised server")
+
+    def restrictions(self, conn: socket.socket, pid: int) -> None:
+        for c in list(self.clusters):
+            info = c.restrictions(pid)
+            if info is not None:
+                return self.reply(conn, **info)
+        self.reply(conn, error=f"process {pid} is not a known process of a supervised server")
 
     def register(self, conn: socket.socket, pid: int, fd: int | None, msg: dict) -> None:
         """Two steps: the helper asks while it carries no filter yet, then sends the listener."""

@@ -1,21 +1,23 @@
 """The job filter of a job worker, installed before any of the job's SQL.
 
 The dispatcher runs `SELECT plpy_bg.install_worker_filter()` on each new
-worker connection when pgseccomp.enabled is on; that calls `install`.
+worker connection when the server is sandboxed; that calls `install`.
 
-Settings come from the configuration files (pg_file_settings: postgresql.conf,
-its includes and postgresql.auto.conf), never from current_setting(): without
-pgseccomp loaded the pgseccomp.* names are placeholders that any role may SET,
-or ALTER ROLE ... SET for itself, and that must not weaken its own filter.
-Only a superuser can change the files. Like pgseccomp's PGC_SIGHUP session
-settings, an edit counts for workers that start after it.
+On a sandboxed server the job policy is the one the server started with: the
+supervisor holds it, as the preload helper read it (files, includes,
+postgresql.auto.conf, -c options) and no later ALTER SYSTEM, SET or ALTER ROLE
+... SET changes it. The dispatcher adds what the launching backend runs under
+(its session policy and the filters it loaded, a parent job's included): a job
+is never laxer than the session, or the job, that launched it.
 """
 from __future__ import annotations
 
+import base64
 import json
+import os
 
-from plpy_bg.errors import PgError
-from plpy_bg.sandbox import config, engine, layers
+from plpy_bg.errors import PgError, WrongState
+from plpy_bg.sandbox import config, engine, layers, supervision
 
 FILE_SETTINGS = ("SELECT name, setting FROM pg_catalog.pg_file_settings "
                  "WHERE error IS NULL ORDER BY seqno")
@@ -43,20 +45,36 @@ def session_policy(plpy, get: config.Getter) -> config.Policy:
     return s.policy if s else config.session_policy(get, engine.known, session_user(plpy), configured_global(get))
 
 
-def also_roles(plpy) -> list[str]:
-    """Roles (JSON list in plpy_bg.job_filter_roles, set by the dispatcher) whose job filters this
-    worker's meets; any session may set it, and it can only make its own filter stricter."""
-    raw = plpy.execute("SELECT pg_catalog.current_setting('plpy_bg.job_filter_roles', true) AS r")[0]["r"]
+RESTRICTIONS = "plpy_bg.job_restrictions"
+
+
+def launcher_restrictions(plpy) -> tuple[config.Policy | None, list[bytes]]:
+    """What the launching backend runs under (JSON in plpy_bg.job_restrictions, set by the
+    dispatcher from the supervisor's answer); any session may set it: it can only tighten."""
+    raw = plpy.execute(f"SELECT pg_catalog.current_setting('{RESTRICTIONS}', true) AS r")[0]["r"]
     if not raw:
-        return []
+        return None, []
     try:
-        roles = json.loads(raw)
-    except ValueError:
-        roles = None
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise config.ConfigError(f'invalid value for parameter "plpy_bg.job_filter_roles": "{raw[:200]}"',
-                                 hint="It is a JSON list of role names, set by the dispatcher.")
-    return roles
+        d = json.loads(raw)
+        return config.Policy.from_dict(d["policy"]), [base64.b64decode(p) for p in d["programs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise config.ConfigError(f'invalid value for parameter "{RESTRICTIONS}"', detail=str(e)[:200],
+                                 hint="It is set by the dispatcher.") from None
+
+
+def job_policy(plpy) -> config.Policy | None:
+    """This worker's job policy; None when the server is not sandboxed."""
+    if layers.global_layer() is not None and os.environ.get(supervision.ENV):
+        try:
+            return config.Policy.from_dict(supervision.whoami()["job"])
+        except (OSError, ValueError, KeyError) as e:
+            raise WrongState("could not load the job filter: the seccomp supervisor does not answer",
+                             detail=str(e), hint="Start the supervisor (python3 build.py supervisor) and "
+                                                 "restart the server under the wrapper.") from None
+    get = file_settings(plpy)
+    if not config.enabled(get):
+        return None
+    return config.job_policy(get, engine.known, session_user(plpy), session_policy(plpy, get))
 
 
 def install(plpy, before_load=None) -> bool:
@@ -71,20 +89,18 @@ def install(plpy, before_load=None) -> bool:
     if layers.done("job"):
         return False
     try:
-        get = file_settings(plpy)
-        if not config.enabled(get):
+        policy = job_policy(plpy)
+        if policy is None:
             layers.mark("job")
             return False
-        policy = config.job_policy(get, engine.known, session_user(plpy), session_policy(plpy, get))
-        outer = also_roles(plpy)
-        if outer:  # a child job: each ancestor's job filter as well (this can only tighten)
-            glob = configured_global(get)
-            policy = config.meet([policy] + [config.job_policy(get, engine.known, r,
-                                                               config.session_policy(get, engine.known, r, glob))
-                                             for r in outer])
+        launcher, programs = launcher_restrictions(plpy)
+        if launcher is not None:
+            policy = config.meet([policy, launcher])
         if before_load is not None:
             before_load()
         layers.load("job", policy)
+        for prog in programs:  # the launcher's own filters, as it loaded them
+            layers.load_raw("job", prog)
     except PgError as e:
         e.raise_in(plpy)
     return True

@@ -112,36 +112,6 @@ def test_set_client_filter_refuses_bad_lists(sc):
             c.execute("SELECT set_client_filter('deny', NULL, NULL, NULL, NULL)")
 
 
-def system(sc, *statements):
-    """ALTER SYSTEM of custom settings (known to the session as placeholders first), then reload."""
-    with sc.connect() as c:
-        c.execute("SET plpy_bg.job_roles = ''")
-        c.execute("SET \"job_syscall_error.erin\" = ''")
-        c.execute("SET \"job_socket_families.sockrole\" = ''")
-        for s in statements:
-            c.execute(s)
-        c.execute("SELECT pg_reload_conf()")
-
-
-def test_per_role_job_lists_for_job_workers(sc):
-    sc.sql("DROP ROLE IF EXISTS erin; CREATE ROLE erin LOGIN; GRANT pgbackground_role TO erin")
-    sc.sql("SELECT grant_pg_background_privileges('erin')")
-    # ALTER SYSTEM takes a custom setting once the session knows it as a placeholder
-    system(sc, "ALTER SYSTEM SET plpy_bg.job_roles = 'erin'",
-           "ALTER SYSTEM SET \"job_syscall_error.erin\" = 'mkdir'")
-    try:
-        with sc.connect("erin") as c:
-            h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_erin')")
-            assert result(c, h, "r text") == [(os.strerror(1),)]
-            # a client session of erin keeps its session policy: job lists are for jobs
-            assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_erin')").fetchone()[0] == "ok"
-        with sc.connect("alice") as c:
-            h = launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_alice')")
-            assert result(c, h, "r text") == [("ok",)]
-    finally:
-        system(sc, "ALTER SYSTEM RESET plpy_bg.job_roles", "ALTER SYSTEM RESET \"job_syscall_error.erin\"")
-
-
 JOB_PROBES = """CREATE EXTENSION IF NOT EXISTS dblink;
 CREATE OR REPLACE FUNCTION try_socket(family int) RETURNS text LANGUAGE plpython3u AS $$
 import socket, os
@@ -187,19 +157,26 @@ def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
         assert c.execute("SELECT try_socket(1)").fetchone()[0] == "ok"  # the session itself may
 
 
-def test_a_child_job_is_held_to_its_parents_job_filter(sc):
-    """A job that SETs ROLE to a role whose jobs may open Unix sockets and launches a child job
-    there: the child runs under that role's job filter and its parent's, so no socket."""
-    sc.sql(JOB_PROBES)
-    sc.sql("DROP ROLE IF EXISTS sockrole; CREATE ROLE sockrole LOGIN; GRANT pgbackground_role TO sockrole")
-    sc.sql("SELECT grant_pg_background_privileges('sockrole')")
-    system(sc, "ALTER SYSTEM SET plpy_bg.job_roles = 'sockrole'",
-           "ALTER SYSTEM SET \"job_socket_families.sockrole\" = 'unix'")
-    try:
-        with sc.connect("sockrole") as c:  # its own jobs may
-            assert result(c, launch(c, "SELECT try_socket(1)")) == [("ok",)]
-        with sc.connect() as c:
-            c.execute("""CREATE OR REPLACE FUNCTION child_as_sockrole(q text) RETURNS text LANGUAGE plpgsql AS $f$
+RESTRICTED_CONF = """plpy_bg.job_roles = 'sockrole, erin'
+job_socket_families.sockrole = 'unix'
+job_syscall_error.erin = 'mkdir'
+pgseccomp.session_roles = 'boss'
+session_syscall_error.boss = 'mkdir'
+"""
+
+
+@pytest.fixture(scope="module")
+def rs(own_pg):
+    """A server of the module's own started with per-role job lists and a restricted session role."""
+    with open(own_pg.cluster.datadir / "postgresql.conf", "a") as f:
+        f.write(RESTRICTED_CONF)
+    own_pg.restart()
+    own_pg.sql(PERSONALITY + JOB_PROBES)
+    for r in ("sockrole", "erin", "boss"):
+        own_pg.sql(f"DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN; GRANT pgbackground_role TO {r}")
+        own_pg.sql(f"SELECT grant_pg_background_privileges('{r}')")
+    own_pg.sql("GRANT sockrole TO boss; ALTER ROLE boss SUPERUSER")
+    own_pg.sql("""CREATE OR REPLACE FUNCTION child_as_sockrole(q text) RETURNS text LANGUAGE plpgsql AS $f$
 DECLARE h record; r text;
 BEGIN
     SET LOCAL ROLE sockrole;
@@ -207,10 +184,61 @@ BEGIN
     SELECT x INTO r FROM public.pg_background_result_v2(h.pid, h.cookie) AS (x text);
     RETURN r;
 END $f$""")
-            h = launch(c, "SELECT child_as_sockrole('SELECT try_socket(1)')")
-            assert result(c, h) == [(os.strerror(1),)]
+    return own_pg
+
+
+def test_per_role_job_lists_for_job_workers(rs):
+    with rs.connect("erin") as c:
+        assert result(c, launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_erin')"), "r text") == [(os.strerror(1),)]
+        # a client session of erin keeps its session policy: job lists are for jobs
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_erin')").fetchone()[0] == "ok"
+    with rs.connect("sockrole") as c:
+        assert result(c, launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_sock')"), "r text") == [("ok",)]
+        assert result(c, launch(c, "SELECT try_socket(1)")) == [("ok",)]  # its jobs may open Unix sockets
+        assert result(c, launch(c, "SELECT try_socket(2)")) == [(os.strerror(1),)]
+
+
+def test_a_child_job_is_held_to_its_parents_job_filter(rs):
+    """A job that SETs ROLE to a role whose jobs may open Unix sockets and launches a child job
+    there: the child runs under that role's job filter and its parent's, so no socket."""
+    with rs.connect() as c:
+        h = launch(c, "SELECT child_as_sockrole('SELECT try_socket(1)')")
+        assert result(c, h) == [(os.strerror(1),)]
+
+
+def test_a_session_cannot_escape_its_policy_through_a_job_of_another_role(rs):
+    """boss's sessions may not mkdir; a job it launches as sockrole (whose jobs may) may not either."""
+    with rs.connect("boss") as c:
+        assert c.execute("SELECT try_mkdir('/tmp/plpy_bg_sc_boss')").fetchone()[0] == os.strerror(1)
+        c.execute("SET ROLE sockrole")
+        assert result(c, launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_boss')")) == [(os.strerror(1),)]
+        c.execute("RESET ROLE")
+    with rs.connect("sockrole") as c:  # its own sessions' jobs may
+        assert result(c, launch(c, "SELECT try_mkdir('/tmp/plpy_bg_sc_boss')")) == [("ok",)]
+
+
+def test_a_superuser_job_cannot_turn_the_sandbox_off_until_a_restart(rs):
+    """ALTER SYSTEM and a reload from inside a job change nothing the running server enforces:
+    policies are those the server started with."""
+    try:
+        with rs.connect() as c:
+            h = launch(c, "ALTER SYSTEM SET pgseccomp.enabled = off")
+            result(c, h)
+            c.execute("ALTER SYSTEM SET plpy_bg.job_syscall_default = 'allow'")
+            c.execute("SELECT pg_reload_conf()")
+            import time
+            time.sleep(5.5)  # past the dispatcher's settings cache
+            hs = [launch(c, "SELECT pg_sleep(1)") for _ in range(3)]  # fresh workers are opened now
+            h = launch(c, "COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")
+            with pytest.raises(psycopg.Error):
+                result(c, h)
+            for x in hs:
+                result(c, x, "r text")
     finally:
-        system(sc, "ALTER SYSTEM RESET plpy_bg.job_roles", "ALTER SYSTEM RESET \"job_socket_families.sockrole\"")
+        with rs.connect() as c:
+            c.execute("ALTER SYSTEM RESET pgseccomp.enabled")
+            c.execute("ALTER SYSTEM RESET plpy_bg.job_syscall_default")
+            c.execute("SELECT pg_reload_conf()")
 
 
 def test_a_jobs_parallel_worker_cannot_exec(sc):
@@ -307,8 +335,8 @@ def test_launches_refuse_when_the_supervisor_does_not_answer(tmp_path_factory):
             assert "build.py supervisor" in e.value.diag.message_hint
             # and the server's log says so, where DBAs look
             deadline = time.monotonic() + 10
-            while "WARNING:  plpy_bg: pgseccomp.enabled is on but the seccomp supervisor does not answer" \
-                    not in c.logfile.read_text():
+            while "WARNING:  plpy_bg: background jobs are refused: the seccomp supervisor of this server does " \
+                    "not answer" not in c.logfile.read_text():
                 assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
                 time.sleep(0.2)
     finally:

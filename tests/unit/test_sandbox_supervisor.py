@@ -185,3 +185,10 @@ def test_a_server_title_is_believed_only_when_the_postmasters_table_holds_the_pi
     assert c.classify(303, b"postgres: 15/main: pg_cron launcher\0").kind == "unknown"
     assert c.classify(404, b"postgres: 15/main: logical replication worker for subscription 7\0").policy \
         == c.sessions_strictest
+
+
+def test_meet_keeps_a_family_limited_socket_in_its_list():
+    j = P("error", {"allow": ("read", "socket")}, families=(1,))
+    m = config.meet([j])
+    assert m.listed_action("socket") == "allow" and m.families == (1,)
+    assert m.action_of("socket", (1,)) == "allow" and m.action_of("socket", (2,)) == "error"

@@ -58,12 +58,16 @@ class Plan:
         out = set(IDENTITY_SYSCALLS)
         for p in (self.session, self.job, *self.session_roles.values(), *self.job_roles.values()):
             # listed log actions too: the supervisor logs them (a default of log is the kernel's alone)
-            out |= {s for a in ("log", "error", "kill") for s in p.lists.get(a, ())}
+            mine = {s for a in ("log", "error", "kill") for s in p.lists.get(a, ())}
             if p.default in ("error", "kill"):
-                out |= {s for s in engine.all_syscalls()
-                        if config.RANK[p.action_of(s)] >= config.RANK["error"]}
+                mine |= {s for s in engine.all_syscalls() if config.RANK[p.listed_action(s)] >= config.RANK["error"]}
             if p.families is not None:
-                out.add("socket")
+                mine.add("socket")
+            if p.families == () or config.RANK[p.listed_action("socket")] >= config.RANK["error"]:
+                # a listening socket is one the process made (no backend inherits one), and this
+                # policy refuses socket(): the postmaster's accept per connection need not wait
+                mine -= LISTENING_SYSCALLS
+            out |= mine
         return frozenset(s for s in out if self.glob.action_of(s) in ("allow", "log")
                          and s not in engine.NEVER_NOTIFIED and s not in ("seccomp", "prctl"))
 
@@ -78,6 +82,7 @@ class Plan:
 # access(): every backend's InitPostgres checks its database directory with it, after the role is
 # known and before any of its user's code, so a backend is named then; exec: children are named
 IDENTITY_SYSCALLS = ("access", "execve", "execveat")
+LISTENING_SYSCALLS = frozenset({"accept", "accept4", "listen", "bind"})
 
 
 def prepare(command: list[str]) -> Plan | None:

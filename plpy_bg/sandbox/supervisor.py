@@ -102,6 +102,17 @@ def status_ids(tid: int) -> tuple[int, int]:
     return tgid, ppid
 
 
+def caller(tid: int) -> tuple[int, int, int]:
+    """(tgid, ppid, start time of the tgid) of a calling thread: one read of its stat when it is
+    its process's only thread (a backend's usual case)."""
+    with open(f"/proc/{tid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    if int(fields[17]) == 1:  # num_threads: the thread is the process
+        return tid, int(fields[1]), int(fields[19])
+    tgid, ppid = status_ids(tid)
+    return tgid, ppid, start_time(tgid)
+
+
 def start_time(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[19])
@@ -121,8 +132,12 @@ def title(pid: int) -> bytes:
 
 
 def has_socket(pid: int) -> bool:
+    """Whether the process holds a socket beyond its standard streams (which systemd may make a
+    socket for every process of the server)."""
     d = f"/proc/{pid}/fd"
     for name in os.listdir(d):
+        if name in ("0", "1", "2"):
+            continue
         try:
             if os.readlink(f"{d}/{name}").startswith("socket:"):
                 return True
@@ -465,8 +480,8 @@ class Cluster:
     def answer(self, n: Notif) -> Resp | None:
         resp = Resp(id=n.id)
         try:
-            tgid, ppid = status_ids(n.pid)
-            key = (tgid, start_time(tgid))
+            tgid, ppid, start = caller(n.pid)
+            key = (tgid, start)
             ident = self.identify(tgid, ppid, key)
             name = self.names.get(n.nr) or f"#{n.nr}"
             if name == "access" and ident.kind in (SERVER, FRESH) and self.reads_own_binary(n):

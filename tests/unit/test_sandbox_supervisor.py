@@ -192,3 +192,12 @@ def test_meet_keeps_a_family_limited_socket_in_its_list():
     m = config.meet([j])
     assert m.listed_action("socket") == "allow" and m.families == (1,)
     assert m.action_of("socket", (1,)) == "allow" and m.action_of("socket", (2,)) == "error"
+
+
+def test_accept_is_not_handed_over_for_a_policy_that_refuses_every_socket():
+    g = P("allow", {})
+    no_sockets = P("error", {"allow": ("read", "socket")}, families=())
+    assert "accept4" not in Plan(g, g, {}, no_sockets, {}, "").notify()
+    # a policy that lets socket() through but not accept: the supervisor must see accept
+    listener_denied = P("allow", {"error": ("accept4",)})
+    assert "accept4" in Plan(g, listener_denied, {}, no_sockets, {}, "").notify()

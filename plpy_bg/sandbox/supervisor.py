@@ -57,6 +57,7 @@ FD_SYNC_WAKE_UP = 1
 SECCOMP_SET_MODE_FILTER = 1
 MAX_PROGRAMS = 32
 MAX_REGISTRATIONS = 64
+PROVISIONAL_TRIES = 40  # an unconfirmed claim is asked again this often, ever later (about 4 s in all)
 MAX_REQUESTS = 32  # requests served at once; more are closed unanswered
 REQUEST_TIMEOUT = 5.0
 ANSWER_THREADS = 1  # RECV blocks; a second reader could wait past the server's end
@@ -167,9 +168,7 @@ STARTUP_STATES = ("authentication", "startup")  # a backend's title before its f
 # whatever its library says: the strictest policy.
 SERVER_TITLES = ("checkpointer", "background writer", "walwriter", "startup", "archiver", "logger",
                  "autovacuum launcher", "walreceiver")
-# logical replication's launcher and workers (triggers of the subscription's tables): the strictest
-# session policy, so that they keep their sockets unless every session is denied them
-REPLICATION_TITLES = ("logical replication launcher", "logical replication worker")
+
 
 
 @dataclass(frozen=True)
@@ -247,6 +246,8 @@ class Cluster:
     names: dict = field(default_factory=dict)
     notifications: int = 0
     exec_path: str = ""  # the server's execute-only binary (see preload.nondumpable)
+    aux_slots: dict | None = None  # title -> address of the postmaster's pid variable (see calibrate)
+    pending: dict = field(default_factory=dict)  # (pid, start) -> (tries, next try): unconfirmed claims
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
@@ -286,36 +287,73 @@ class Cluster:
                 raise Provisional  # before it attached its leader's segment, or not its worker at all
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
         if not has_socket(pid):  # no client: a server process, autovacuum or a background worker
-            if any(rest == t or rest.startswith(t + " ") for t in SERVER_TITLES):
-                if self.in_postmaster_table(pid):
+            title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+            if title_of is not None:
+                if self.in_postmaster_table(pid, title_of):
                     return SERVER_ID
                 raise Provisional  # the postmaster has not noted it yet, or it is not what it says
-            if any(rest.startswith(t) for t in REPLICATION_TITLES):
-                return Identity(CLIENT, rest[:80], self.sessions_strictest, roles=("",))
             return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
         roles = role_candidates(rest)
         if not roles:
             return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
+        if self.aux_slots is None:  # the last moment at which no client's code has run
+            self.calibrate()
         label = "role " + " or ".join(json.dumps(r) for r in sorted(roles))
         return Identity(CLIENT, f"client backend of {label}", self.session_of(roles), roles=tuple(sorted(roles)))
 
-    def in_postmaster_table(self, pid: int) -> bool:
-        """Whether the postmaster's own memory (its static data, which no backend can write) holds
-        `pid` beside the pid of another of its live children: PostgreSQL keeps its auxiliary
-        processes' pids side by side there (StartupPID, CheckpointerPID, ...); a background
-        worker's pid lives in the postmaster's heap, however the worker names itself."""
-        words = self.postmaster_data()
-        if not words:
+    def in_postmaster_table(self, pid: int, title_of: str) -> bool:
+        """Whether the postmaster's own static variable for `title_of` (CheckpointerPID, ...: no
+        backend can write the postmaster's memory) holds `pid`. The variables' places are learned
+        once, before any backend's code ran (see `calibrate`); a background worker's pid is kept
+        in the postmaster's heap, whatever the worker calls itself."""
+        if self.aux_slots is None:
+            self.calibrate()
+        slot = (self.aux_slots or {}).get(title_of)
+        if slot is None:
             return False
-        kids = set(children_of(self.pm[0])) - {pid}
-        for i, w in enumerate(words):
-            if w == pid and any(words[j] in kids for j in range(max(0, i - 8), min(len(words), i + 9))):
-                return True
-        return False
+        try:
+            return struct.unpack("<i", read_mem(self.pm[0], slot, 4))[0] == pid
+        except OSError:
+            return False
 
-    def postmaster_data(self) -> tuple:
+    def calibrate(self) -> None:
+        """Find the postmaster's static pid variables of its auxiliary processes, while only
+        PostgreSQL's own code has run (before the first client backend is named): the live
+        checkpointer's pid must be in exactly one place, with the background writer's and WAL
+        writer's beside it as PostgreSQL 15 declares them (StartupPID, BgWriterPID,
+        CheckpointerPID, WalWriterPID, WalReceiverPID, AutoVacPID, PgArchPID, SysLoggerPID, laid
+        out from the highest address down). Anything else: no process is believed auxiliary."""
+        self.aux_slots = {}
+        base, words = self.postmaster_data(with_base=True)
+        named = {}
+        for kid in children_of(self.pm[0]):
+            try:
+                shown = title(kid).split(b"\0", 1)[0].decode("utf-8", "replace").rstrip()
+            except OSError:
+                continue
+            rest = shown[len(self.prefix):] if shown.startswith(self.prefix) else ""
+            t = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+            if t is not None:
+                named.setdefault(t, []).append(kid)
+        ckpt = named.get("checkpointer", [])
+        places = [i for i, w in enumerate(words) if len(ckpt) == 1 and w == ckpt[0]]
+        if len(places) != 1:
+            log.warning("could not find the postmaster's table of auxiliary processes: none is believed")
+            return
+        c = places[0]
+        layout = {"startup": 2, "background writer": 1, "checkpointer": 0, "walwriter": -1,
+                  "walreceiver": -2, "autovacuum launcher": -3, "archiver": -4, "logger": -5}
+        for t, off in layout.items():
+            live = named.get(t, [])
+            if len(live) > 1 or (live and not 0 <= c + off < len(words)) or (live and words[c + off] != live[0]):
+                log.warning("the postmaster's table of auxiliary processes is not laid out as expected "
+                            "(%s): none is believed", t)
+                return
+        self.aux_slots = {t: base + 4 * (c + off) for t, off in layout.items() if 0 <= c + off < len(words)}
+
+    def postmaster_data(self, with_base: bool = False):
         """The postmaster's writable data and bss (the binary's rw mapping and the anonymous one that
-        follows it), as 32-bit words."""
+        follows it, contiguous), as 32-bit words (and the address of the first)."""
         with open(f"/proc/{self.pm[0]}/maps") as f:
             maps = f.read().splitlines()
         ranges = []
@@ -328,7 +366,8 @@ class Cluster:
                 if len(nxt) == 5 and int(nxt[0].split("-")[0], 16) == b:
                     ranges.append(tuple(int(x, 16) for x in nxt[0].split("-")))
         data = b"".join(read_mem(self.pm[0], a, b - a) for a, b in ranges)
-        return struct.unpack(f"<{len(data) // 4}i", data[:len(data) // 4 * 4])
+        words = struct.unpack(f"<{len(data) // 4}i", data[:len(data) // 4 * 4])
+        return (ranges[0][0] if ranges else 0, words) if with_base else words
 
     def shares_parallel_segment(self, pid: int, leader: int) -> bool:
         """Whether `pid` maps a shared memory segment of its claimed leader that neither the
@@ -376,11 +415,18 @@ class Cluster:
             text = title(tgid)
             if text == self.pm_title:  # forked, not yet told what it is (or a worker pretending)
                 return Identity(FRESH, "new server process", self.strictest)
+            tries, next_try = self.pending.get(key, (0, 0.0))
+            unconfirmed = Identity(UNKNOWN, "unconfirmed server process", self.strictest)
+            if time.monotonic() < next_try:
+                return unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
             try:
                 ident = self.classify(tgid, text)
             except Provisional:
-                shown = text.split(b"\0", 1)[0][:60]
-                return Identity(UNKNOWN, f"unconfirmed {shown!r}", self.strictest)
+                if tries < PROVISIONAL_TRIES:
+                    self.pending[key] = (tries + 1, time.monotonic() + 0.005 * (tries + 1))
+                    return unconfirmed
+                ident = unconfirmed  # never borne out: the strictest policy for good
+            self.pending.pop(key, None)
         else:
             ident = self.inherit(ppid)
         with self.lock:
@@ -544,10 +590,11 @@ class Cluster:
 
     def prune(self) -> None:
         with self.lock:
-            for key in [k for k in list(self.known) + list(self.programs) if not _alive(k)]:
+            for key in [k for k in list(self.known) + list(self.programs) + list(self.pending) if not _alive(k)]:
                 self.known.pop(key, None)
                 self.programs.pop(key, None)
                 self.raw_programs.pop(key, None)
+                self.pending.pop(key, None)
 
 
 def kill(key: tuple) -> None:

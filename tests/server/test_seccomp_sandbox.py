@@ -745,7 +745,8 @@ def test_a_background_worker_native_code_registers_gets_the_strictest_policy(sbx
     os.chmod(lib, 0o755)
     with sbx.connect("alice") as other, sbx.connect("erin") as c:
         c.execute(START_WORKER)
-        names = ["checkpointer", "walwriter", f"parallel worker for PID {other.info.backend_pid}", "innocent"]
+        names = ["checkpointer", "walwriter", f"parallel worker for PID {other.info.backend_pid}", "innocent",
+                 "logical replication launcher"]
         variants = [(n, i << 1) for i, n in enumerate(names)] + [("innocent", (9 << 1) | 1)]
         for name, arg in variants:
             assert c.execute("SELECT start_worker(%s, %s, %s)", (name, str(lib), arg)).fetchone()[0]

@@ -170,21 +170,42 @@ def exported_supervised(policy: P) -> list:
         return bpf.decode(f.read())
 
 
-def test_a_server_title_is_believed_only_when_the_postmasters_table_holds_the_pid(monkeypatch):
+def test_a_server_title_is_believed_only_at_its_own_slot_of_the_postmasters_table(monkeypatch):
+    import struct
     import plpy_bg.sandbox.supervisor as S
     c = cluster()
+    # the postmaster's static data: WalWriterPID, CheckpointerPID, BgWriterPID side by side at 40..42;
+    # a setting someone made equal to a worker's pid (777) sits a few words away
+    words = [0] * 64
+    words[40], words[41], words[42], words[36] = 103, 101, 102, 777
+    titles = {101: "checkpointer", 102: "background writer", 103: "walwriter", 777: "checkpointer"}
     monkeypatch.setattr(S, "has_socket", lambda pid: False)
-    monkeypatch.setattr(S, "children_of", lambda pid: [101, 102, 202])
-    words = (0, 7, 102, 101, 0) + (0,) * 20 + (55, 0)  # CheckpointerPID beside BgWriterPID; 202 nowhere
-    monkeypatch.setattr(Cluster, "postmaster_data", lambda self: words)
+    monkeypatch.setattr(S, "children_of", lambda pid: [101, 102, 103])  # at calibration: no worker yet
+    monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
+    monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
+    monkeypatch.setattr(S, "read_mem", lambda pid, addr, n: struct.pack("<i", words[(addr - 1000) // 4]))
     assert c.classify(101, b"postgres: 15/main: checkpointer\0").kind == "server"
+    assert c.aux_slots["checkpointer"] == 1000 + 4 * 41 and c.aux_slots["walreceiver"] == 1000 + 4 * 39
     with pytest.raises(S.Provisional):
-        c.classify(202, b"postgres: 15/main: checkpointer\0")  # a worker naming itself so
+        c.classify(777, b"postgres: 15/main: checkpointer\0")  # a worker naming itself so
     with pytest.raises(S.Provisional):
-        c.classify(55, b"postgres: 15/main: walwriter\0")  # a number in the table, no live neighbour
-    assert c.classify(303, b"postgres: 15/main: pg_cron launcher\0").kind == "unknown"
-    assert c.classify(404, b"postgres: 15/main: logical replication worker for subscription 7\0").policy \
-        == c.sessions_strictest
+        c.classify(102, b"postgres: 15/main: walwriter\0")  # a real pid, in another process's slot
+    assert c.classify(303, b"postgres: 15/main: logical replication launcher\0").policy == c.strictest
+
+
+def test_a_table_not_laid_out_as_expected_believes_no_one(monkeypatch):
+    import plpy_bg.sandbox.supervisor as S
+    c = cluster()
+    words = [0] * 64
+    words[41], words[20] = 101, 102  # the background writer is not beside the checkpointer
+    titles = {101: "checkpointer", 102: "background writer"}
+    monkeypatch.setattr(S, "has_socket", lambda pid: False)
+    monkeypatch.setattr(S, "children_of", lambda pid: [101, 102])
+    monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
+    monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
+    with pytest.raises(S.Provisional):
+        c.classify(101, b"postgres: 15/main: checkpointer\0")
+    assert c.aux_slots == {}
 
 
 def test_meet_keeps_a_family_limited_socket_in_its_list():

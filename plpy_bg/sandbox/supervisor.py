@@ -103,11 +103,19 @@ def status_ids(tid: int) -> tuple[int, int]:
     return tgid, ppid
 
 
+def _read(path: str, n: int = 4096) -> bytes:
+    """One read of a /proc file with a bare fd: what every notification pays, kept cheap."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, n)
+    finally:
+        os.close(fd)
+
+
 def caller(tid: int) -> tuple[int, int, int]:
     """(tgid, ppid, start time of the tgid) of a calling thread: one read of its stat when it is
     its process's only thread (a backend's usual case)."""
-    with open(f"/proc/{tid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
+    fields = _read(f"/proc/{tid}/stat", 1024).rsplit(b")", 1)[1].split()
     if int(fields[17]) == 1:  # num_threads: the thread is the process
         return tid, int(fields[1]), int(fields[19])
     tgid, ppid = status_ids(tid)
@@ -115,8 +123,7 @@ def caller(tid: int) -> tuple[int, int, int]:
 
 
 def start_time(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[19])
+    return int(_read(f"/proc/{pid}/stat", 1024).rsplit(b")", 1)[1].split()[19])
 
 
 def seccomp_mode(pid: int) -> int:
@@ -128,22 +135,21 @@ def seccomp_mode(pid: int) -> int:
 
 
 def title(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read(4096)
+    return _read(f"/proc/{pid}/cmdline")
 
 
 def has_socket(pid: int) -> bool:
     """Whether the process holds a socket beyond its standard streams (which systemd may make a
     socket for every process of the server)."""
-    d = f"/proc/{pid}/fd"
-    for name in os.listdir(d):
-        if name in ("0", "1", "2"):
-            continue
-        try:
-            if os.readlink(f"{d}/{name}").startswith("socket:"):
-                return True
-        except OSError:
-            continue
+    with os.scandir(f"/proc/{pid}/fd") as entries:
+        for e in entries:
+            if e.name in ("0", "1", "2"):
+                continue
+            try:
+                if os.readlink(e.path).startswith("socket:"):
+                    return True
+            except OSError:
+                continue
     return False
 
 

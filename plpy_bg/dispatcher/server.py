@@ -137,6 +137,7 @@ class Job:
 class Session:
     sock: socket.socket
     peer_pid: int
+    peer_start: int | None = None  # the peer's start time at connect: its pid names no later process
     jobs: dict = field(default_factory=dict)  # cookie -> Job, launched here and not detached
     running: set = field(default_factory=set)  # cookies of those still running
     launched: int = 0
@@ -376,7 +377,7 @@ class Dispatcher:
         if not self.postmaster_filters:
             return "worker"
         try:
-            r = supervision.restrictions(sess.peer_pid)
+            r = supervision.restrictions(sess.peer_pid, sess.peer_start)
         except (OSError, ValueError) as e:
             raise WrongState(f"{SANDBOX_REFUSAL} the seccomp supervisor does not say what the "
                              "launching session runs under", detail=str(e),
@@ -1268,8 +1269,17 @@ class Dispatcher:
             if uid not in (os.geteuid(), 0):
                 conn.close()
                 continue
-            sess = Session(sock=conn, peer_pid=pid, budget=Budget(SESSION_ROW_BYTES, self.all_rows))
+            sess = Session(sock=conn, peer_pid=pid, peer_start=process_start(pid),
+                           budget=Budget(SESSION_ROW_BYTES, self.all_rows))
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def process_start(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def trim_memory() -> None:

@@ -69,11 +69,12 @@ def whoami(path: str | None = None, timeout: float = 2.0) -> dict:
         s.close()
 
 
-def restrictions(pid: int, path: str | None = None, timeout: float = 2.0) -> dict:
-    """What process `pid` of a supervised server runs under beyond the global filter."""
+def restrictions(pid: int, start: int | None, path: str | None = None, timeout: float = 2.0) -> dict:
+    """What process `pid` (started at `start`, as /proc/<pid>/stat counts) of a supervised server
+    runs under beyond the global filter; refused when that pid now names another process."""
     s = connect(path, timeout)
     try:
-        return request(s, {"op": "restrictions", "pid": pid})
+        return request(s, {"op": "restrictions", "pid": pid, "start": start})
     finally:
         s.close()
 

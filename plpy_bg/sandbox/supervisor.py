@@ -709,7 +709,7 @@ class Supervisor:
             if op == "restrictions":  # of another process of a server (the dispatcher asks of launchers)
                 if fd is not None:
                     os.close(fd)
-                return self.restrictions(conn, int(msg.get("pid") or 0))
+                return self.restrictions(conn, int(msg.get("pid") or 0), msg.get("start"))
             if op == "stats" and uid == 0:
                 return self.reply(conn, servers=[{"postmaster": c.pm[0], "notifications": c.notifications,
                                                   "known": len(c.known)} for c in list(self.clusters)])
@@ -740,7 +740,12 @@ class Supervisor:
                 return self.reply(conn, **info)
         self.reply(conn, kind="none", label="not a process of a supervised server")
 
-    def restrictions(self, conn: socket.socket, pid: int) -> None:
+    def restrictions(self, conn: socket.socket, pid: int, start) -> None:
+        try:
+            if start is None or start_time(pid) != int(start):
+                return self.reply(conn, error=f"process {pid} is not the one that connected")
+        except (OSError, ValueError):
+            return self.reply(conn, error=f"process {pid} is gone")
         for c in list(self.clusters):
             info = c.restrictions(pid)
             if info is not None:

@@ -68,9 +68,12 @@ class Baseline:
             cur = f"pg_catalog.current_setting({literal(n)})"
             item = f"pg_catalog.textcat('{i}:', {cur})"
             if self.changed[i]:
-                items.append(item)
+                expr = item
             else:  # current_setting() of a listed setting is never NULL: <> is IS DISTINCT FROM here
-                items.append(f"CASE WHEN {cur} OPERATOR(pg_catalog.<>) {literal(self.values[i])} THEN {item} END")
+                expr = f"CASE WHEN {cur} OPERATOR(pg_catalog.<>) {literal(self.values[i])} THEN {item} END"
+            if self.superuser_only[i]:  # read only for a superuser (after SET ROLE some may not be read)
+                expr = f"CASE WHEN r.rolsuper THEN {expr} END"
+            items.append(expr)
         return f"pg_catalog.array_remove(ARRAY[{', '.join(items)}]::pg_catalog.text[], NULL)"
 
     def inherit(self, items: list[str], superuser: bool) -> list[list[str]]:

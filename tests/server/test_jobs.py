@@ -317,3 +317,14 @@ def test_one_query_and_other_statements_give_the_same_rows(pg, sql, rows):
     with pg.connect("alice") as c:
         h = launch(c, sql)
         assert result(c, h, "a text, b text") == rows
+
+
+def test_a_superuser_session_can_launch_after_set_role(pg):
+    """The session's settings baseline is read as the superuser; after SET ROLE to an ordinary
+    role, a superuser-only setting (dynamic_library_path) is neither read nor sent."""
+    with pg.connect() as c:
+        assert result(c, launch(c, "SELECT current_user::text")) == [("postgres",)]
+        c.execute("SET ROLE alice")
+        assert result(c, launch(c, "SELECT current_user::text")) == [("alice",)]
+        c.execute("RESET ROLE")
+        assert result(c, launch(c, "SELECT current_user::text")) == [("postgres",)]

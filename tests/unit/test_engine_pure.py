@@ -129,7 +129,8 @@ def test_settings_baseline_sends_changed_and_nondefault():
     assert b.inherit(["1:a:b"], False) == [["work_mem", "a:b"]]  # a colon in a value stays
     sql = b.values_sql()
     assert "CASE" not in sql.split(",")[0]  # changed at the baseline: always sent
-    assert sql.count("CASE WHEN") == 2 and "E'4MB'" in sql
+    assert sql.count("CASE WHEN") == 3 and "E'4MB'" in sql
+    assert "CASE WHEN r.rolsuper THEN CASE WHEN pg_catalog.current_setting(E'session_replication_role')" in sql
 
 
 def test_settings_literal_survives_quotes_and_backslashes():

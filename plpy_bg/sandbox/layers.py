@@ -115,24 +115,21 @@ def rows(layers: list[Layer]) -> list[tuple[str, int, str, str]]:
 
 def load(source: str, policy: Policy) -> None:
     """Load `policy` as this process's `source` layer; a refusal by the filters in force is 42501."""
-    from plpy_bg.errors import PgError
-
-    try:
-        engine.load(policy)
-    except OSError as e:
-        raise PgError(f"could not load the {source} seccomp filter", detail=e.strerror,
-                      hint="The filters in force must allow the prctl and seccomp syscalls.",
-                      sqlstate="42501") from None
+    _load(source, lambda: engine.load(policy))
     mark(source, policy)
 
 
 def load_raw(source: str, program: bytes) -> None:
     """Load a filter program another process loaded (a launcher's, for its job); it shows in
     seccomp_filter() through the policy it was met into."""
+    _load(source, lambda: engine.load_raw(program))
+
+
+def _load(source: str, load_it) -> None:
     from plpy_bg.errors import PgError
 
     try:
-        engine.load_raw(program)
+        load_it()
     except OSError as e:
         raise PgError(f"could not load the {source} seccomp filter", detail=e.strerror,
                       hint="The filters in force must allow the prctl and seccomp syscalls.",

@@ -1276,8 +1276,7 @@ class Dispatcher:
 
 def process_start(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
+        return supervision.start_time(pid)
     except (OSError, ValueError, IndexError):
         return None
 

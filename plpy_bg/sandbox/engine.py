@@ -148,10 +148,9 @@ def load_raw(program: bytes) -> None:
     libc.syscall.restype = ctypes.c_long
     code = ctypes.create_string_buffer(program, len(program))
     prog = ctypes.create_string_buffer(struct.pack("<H6xQ", len(program) // 8, ctypes.addressof(code)), 16)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, as loading without CAP_SYS_ADMIN needs
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    if libc.syscall(317, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_void_p(ctypes.addressof(prog))) != 0:
+    # PR_SET_NO_NEW_PRIVS, as loading without CAP_SYS_ADMIN needs; then SECCOMP_SET_MODE_FILTER
+    if (libc.prctl(38, 1, 0, 0, 0) != 0 or
+            libc.syscall(317, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_void_p(ctypes.addressof(prog))) != 0):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 

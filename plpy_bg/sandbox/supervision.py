@@ -60,23 +60,43 @@ def request(s: socket.socket, msg: dict, fd: int | None = None) -> dict:
     return _recv_line(s)
 
 
-def whoami(path: str | None = None, timeout: float = 2.0) -> dict:
-    """What the supervisor applies to this process: kind, label, policy (a Policy dict), programs."""
+def ask(msg: dict, path: str | None = None, timeout: float = 2.0) -> dict:
+    """One question on a connection of its own."""
     s = connect(path, timeout)
     try:
-        return request(s, {"op": "whoami"})
+        return request(s, msg)
     finally:
         s.close()
 
 
-def restrictions(pid: int, start: int | None, path: str | None = None, timeout: float = 2.0) -> dict:
+def whoami(path: str | None = None) -> dict:
+    """What the supervisor applies to this process: kind, label, policy (a Policy dict), programs."""
+    return ask({"op": "whoami"}, path)
+
+
+def restrictions(pid: int, start: int | None, path: str | None = None) -> dict:
     """What process `pid` (started at `start`, as /proc/<pid>/stat counts) of a supervised server
     runs under beyond the global filter; refused when that pid now names another process."""
-    s = connect(path, timeout)
+    return ask({"op": "restrictions", "pid": pid, "start": start}, path)
+
+
+def read_proc(path: str, n: int = 4096) -> bytes:
+    """One read of a /proc file with a bare fd (the supervisor pays it on every notification)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return request(s, {"op": "restrictions", "pid": pid, "start": start})
+        return os.read(fd, n)
     finally:
-        s.close()
+        os.close(fd)
+
+
+def stat_fields(pid: int) -> list[bytes]:
+    """/proc/<pid>/stat after the command name: [0] is the state, [1] the ppid, [19] the start time."""
+    return read_proc(f"/proc/{pid}/stat", 1024).rsplit(b")", 1)[1].split()
+
+
+def start_time(pid: int) -> int:
+    """When `pid` started (clock ticks since boot): with the pid, a process no later one can be taken for."""
+    return int(stat_fields(pid)[19])
 
 
 def recv_with_fd(s: socket.socket) -> tuple[bytes, int | None]:

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from plpy_bg.sandbox import bpf, config, supervision
+from plpy_bg.sandbox.supervision import read_proc, start_time, stat_fields
 
 log = logging.getLogger("plpy_bg.supervisor")
 
@@ -88,54 +89,40 @@ class Resp(ctypes.Structure):
 
 # ---- /proc, read as root -------------------------------------------------------------
 
+def status_fields(pid: int, *names: bytes) -> dict[bytes, int]:
+    """Integer fields of /proc/<pid>/status (Tgid, PPid, Seccomp, ...)."""
+    out = {}
+    for line in read_proc(f"/proc/{pid}/status", 8192).split(b"\n"):
+        key = line.split(b":", 1)[0]
+        if key in names:
+            out[key] = int(line.split()[1])
+    return out
+
+
 def status_ids(tid: int) -> tuple[int, int]:
     """(tgid, ppid) of a thread."""
-    tgid = ppid = None
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                tgid = int(line.split()[1])
-            elif line.startswith(b"PPid:"):
-                ppid = int(line.split()[1])
-                break
-    if tgid is None or ppid is None:
+    f = status_fields(tid, b"Tgid", b"PPid")
+    if len(f) != 2:
         raise ProcessLookupError(tid)
-    return tgid, ppid
-
-
-def _read(path: str, n: int = 4096) -> bytes:
-    """One read of a /proc file with a bare fd: what every notification pays, kept cheap."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, n)
-    finally:
-        os.close(fd)
+    return f[b"Tgid"], f[b"PPid"]
 
 
 def caller(tid: int) -> tuple[int, int, int]:
     """(tgid, ppid, start time of the tgid) of a calling thread: one read of its stat when it is
     its process's only thread (a backend's usual case)."""
-    fields = _read(f"/proc/{tid}/stat", 1024).rsplit(b")", 1)[1].split()
+    fields = stat_fields(tid)
     if int(fields[17]) == 1:  # num_threads: the thread is the process
         return tid, int(fields[1]), int(fields[19])
     tgid, ppid = status_ids(tid)
     return tgid, ppid, start_time(tgid)
 
 
-def start_time(pid: int) -> int:
-    return int(_read(f"/proc/{pid}/stat", 1024).rsplit(b")", 1)[1].split()[19])
-
-
 def seccomp_mode(pid: int) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Seccomp:"):
-                return int(line.split()[1])
-    return 0
+    return status_fields(pid, b"Seccomp").get(b"Seccomp", 0)
 
 
 def title(pid: int) -> bytes:
-    return _read(f"/proc/{pid}/cmdline")
+    return read_proc(f"/proc/{pid}/cmdline")
 
 
 def has_socket(pid: int) -> bool:
@@ -198,9 +185,8 @@ def children_of(pid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
-                        out.append(int(name))
+                if int(stat_fields(int(name))[1]) == pid:
+                    out.append(int(name))
             except (OSError, ValueError, IndexError):
                 continue
     return out
@@ -260,6 +246,8 @@ class Cluster:
         self.prefix = "postgres: " + (f"{self.cluster_name}: " if self.cluster_name else "")
         self.sessions_strictest = config.meet([self.session, *self.session_roles.values()])
         self.strictest = config.meet([self.sessions_strictest, self.job, *self.job_roles.values()])
+        self.fresh = Identity(FRESH, "new server process", self.strictest)
+        self.unconfirmed = Identity(UNKNOWN, "unconfirmed server process", self.strictest)
 
     @classmethod
     def from_registration(cls, fd: int, pm_pid: int, msg: dict) -> "Cluster":
@@ -420,9 +408,9 @@ class Cluster:
         if ppid == self.pm[0]:
             text = title(tgid)
             if text == self.pm_title:  # forked, not yet told what it is (or a worker pretending)
-                return Identity(FRESH, "new server process", self.strictest)
+                return self.fresh
             tries, next_try = self.pending.get(key, (0, 0.0))
-            unconfirmed = Identity(UNKNOWN, "unconfirmed server process", self.strictest)
+            unconfirmed = self.unconfirmed
             if time.monotonic() < next_try:
                 return unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
             try:

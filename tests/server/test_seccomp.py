@@ -6,6 +6,7 @@ seccomp, these tests fail: they never skip.
 """
 import os
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import build
 from plpy_bg.cluster import Cluster, ClusterError
 from tests.fix_pg import Server, launch, result
+from tests.server.test_seccomp_sandbox import sandbox_probes
 
 pytestmark = pytest.mark.server
 
@@ -35,6 +37,13 @@ return re.search(r"^Seccomp:\\s+(\\d+)", open("/proc/self/status").read(), re.M)
 $$;
 GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_seccomp() TO PUBLIC;
 """
+
+
+def in_server_log(c: Cluster, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in c.logfile.read_text():
+        assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
+        time.sleep(0.2)
 
 
 def seccomp_mode(pid: int) -> str:
@@ -112,26 +121,11 @@ def test_set_client_filter_refuses_bad_lists(sc):
             c.execute("SELECT set_client_filter('deny', NULL, NULL, NULL, NULL)")
 
 
-JOB_PROBES = """CREATE EXTENSION IF NOT EXISTS dblink;
-CREATE OR REPLACE FUNCTION try_socket(family int) RETURNS text LANGUAGE plpython3u AS $$
-import socket, os
-try:
-    socket.socket(family, socket.SOCK_STREAM).close(); return "ok"
-except OSError as e:
-    return os.strerror(e.errno)
-$$;
-CREATE OR REPLACE FUNCTION par_exec() RETURNS text LANGUAGE plpython3u PARALLEL SAFE AS $$
-import subprocess, os
-try:
-    subprocess.run(["/bin/true"], check=True); r = "ok"
-except OSError as e:
-    r = os.strerror(e.errno)
-return r + " " + str(os.getpid())
-$$;
-DROP TABLE IF EXISTS one_row; CREATE TABLE one_row AS SELECT 1 AS a;
-GRANT SELECT ON one_row TO PUBLIC;
-GRANT EXECUTE ON FUNCTION try_socket(int), par_exec() TO PUBLIC;
-"""
+JOB_PROBES = ("CREATE EXTENSION IF NOT EXISTS dblink;\n"
+              + sandbox_probes("try_socket", "par_exec", replace=True)
+              + "DROP TABLE IF EXISTS one_row; CREATE TABLE one_row AS SELECT 1 AS a;\n"
+                "GRANT SELECT ON one_row TO PUBLIC;\n"
+                "GRANT EXECUTE ON FUNCTION try_socket(int), par_exec() TO PUBLIC;\n")
 
 
 def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
@@ -148,7 +142,6 @@ def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
         h = launch(c, "SELECT try_socket(1) || ',' || try_socket(2) || ',' || try_socket(10)")
         assert result(c, h) == [(",".join([os.strerror(1)] * 3),)]
         h = launch(c, "SELECT pg_background_progress(42, 'half way'); SELECT pg_sleep(0.5); SELECT 'done'")
-        import time
         deadline = time.monotonic() + 10
         while c.execute("SELECT (pg_background_get_progress_v2(%s, %s)).progress_pct", h).fetchone()[0] != 42:
             assert time.monotonic() < deadline
@@ -226,7 +219,6 @@ def test_a_superuser_job_cannot_turn_the_sandbox_off_until_a_restart(rs):
             result(c, h)
             c.execute("ALTER SYSTEM SET plpy_bg.job_syscall_default = 'allow'")
             c.execute("SELECT pg_reload_conf()")
-            import time
             time.sleep(5.5)  # past the dispatcher's settings cache
             hs = [launch(c, "SELECT pg_sleep(1)") for _ in range(3)]  # fresh workers are opened now
             h = launch(c, "COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")
@@ -294,12 +286,7 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
                 launch(conn, "SELECT 1")
             assert "runs without its seccomp filter" in e.value.diag.message_primary
             assert "wrapper" in e.value.diag.message_hint
-            import time
-            deadline = time.monotonic() + 10
-            while "WARNING:  plpy_bg: pgseccomp.enabled is on but the server was started without" \
-                    not in c.logfile.read_text():
-                assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
-                time.sleep(0.2)
+            in_server_log(c, "WARNING:  plpy_bg: pgseccomp.enabled is on but the server was started without")
             first = conn.execute("SELECT syscall, context FROM seccomp_filter()").fetchone()
             assert first[0] == "(none)" and "without plpy_bg's wrapper" in first[1]
         c.restart(wrapper=build.preload_wrapper())
@@ -327,18 +314,14 @@ def test_launches_refuse_when_the_supervisor_does_not_answer(tmp_path_factory):
         with s.connect() as conn:
             assert result(conn, launch(conn, "SELECT 1")) == [("1",)]
             sup.stop()
-            import time
             time.sleep(1.2)  # the dispatcher asks at most once a second
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
                 launch(conn, "SELECT 1")
             assert "supervisor of this server does not answer" in e.value.diag.message_primary
             assert "build.py supervisor" in e.value.diag.message_hint
             # and the server's log says so, where DBAs look
-            deadline = time.monotonic() + 10
-            while "WARNING:  plpy_bg: background jobs are refused: the seccomp supervisor of this server does " \
-                    "not answer" not in c.logfile.read_text():
-                assert time.monotonic() < deadline, c.logfile.read_text()[-3000:]
-                time.sleep(0.2)
+            in_server_log(c, "WARNING:  plpy_bg: background jobs are refused: the seccomp supervisor of this "
+                             "server does not answer")
     finally:
         c.destroy()
         sup.stop()

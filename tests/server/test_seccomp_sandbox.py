@@ -85,6 +85,17 @@ GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_filters(), try_
   par_mkdir(text), par_exec() TO PUBLIC;
 """
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+
+
+def sandbox_probes(*names: str, replace: bool = False) -> str:
+    """The CREATE FUNCTION statements of PROBES named (for another module's server)."""
+    out = []
+    for stmt in PROBES.split("$$;\n"):
+        head = stmt.strip()
+        if any(head.startswith(f"CREATE FUNCTION {n}(") for n in names):
+            text = head + "$$;\n"
+            out.append(text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1) if replace else text)
+    return "".join(out)
 PARALLEL = ("SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; "
             "SET parallel_leader_participation = off")
 

@@ -18,6 +18,7 @@ import time
 
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import ConnectionFailure, PgError
+from plpy_bg.sandbox import supervision
 
 GD_KEY = "plpy_bg.client"
 CTX_KEY = "plpy_bg.cluster"
@@ -181,7 +182,7 @@ def spawn(ctx: dict) -> None:
     python = os.path.join(sys.base_exec_prefix, "bin", "python3")
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
-    for name in ("PLPY_BG_SUPERVISOR", "PLPY_BG_SECCOMP_GLOBAL"):  # the sandbox the server started with
+    for name in (supervision.ENV, supervision.GLOBAL_ENV):  # the sandbox the server started with
         if os.environ.get(name):
             env[name] = os.environ[name]
     with open(ctx["path"] + ".log", "ab") as logf:

@@ -53,7 +53,6 @@ from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidPar
                             WrongState)
 from plpy_bg.jobs import identmap
 from plpy_bg.sandbox import supervision
-from plpy_bg.sandbox.layers import ENV as GLOBAL_ENV
 from plpy_bg.jobs.limits import (ALL_ROW_BYTES, DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
                                  PROGRESS_MSG_LIMIT, SESSION_MAX_JOBS, SESSION_ROW_BYTES, stored_sql)
 from plpy_bg.jobs import settings as jsettings
@@ -212,7 +211,7 @@ class Dispatcher:
         self.postmaster_filters = seccomp_filters(postmaster.pid)
         self.supervisor_checked = (-10.0, False)
         self.restriction_profiles: dict[str, str] = {}  # pool profile -> the restrictions' JSON
-        raw = os.environ.get(GLOBAL_ENV)
+        raw = os.environ.get(supervision.GLOBAL_ENV)
         self.global_policy = json.loads(raw) if raw else None  # as the supervisor reports a policy
         self.warn_now = False  # a launch was refused for the sandbox: say so in the server log now
         self.socket_path = socket_path

@@ -18,10 +18,10 @@ import json
 import os
 from dataclasses import dataclass
 
-from plpy_bg.sandbox import engine
+from plpy_bg.sandbox import engine, supervision
 from plpy_bg.sandbox.config import RANK, Policy
 
-ENV = "PLPY_BG_SECCOMP_GLOBAL"
+ENV = supervision.GLOBAL_ENV
 DEFAULT_ROW = "<default>"  # pgseccomp's name for the row of the default action
 
 
@@ -52,7 +52,6 @@ _supervised: list = []  # [Layer | None] once asked
 
 def supervised_layer() -> Layer | None:
     """The session policy the supervisor applies to this backend, when it differs from the global."""
-    from plpy_bg.sandbox import supervision
     if _supervised:
         return _supervised[0]
     g = global_layer()

@@ -13,6 +13,7 @@ import os
 import socket
 
 ENV = "PLPY_BG_SUPERVISOR"  # the socket path, handed to the server by the preload helper
+GLOBAL_ENV = "PLPY_BG_SECCOMP_GLOBAL"  # the global policy loaded, likewise (see layers.global_layer)
 DEFAULT_SOCKET = "/run/plpy_bg/seccomp.sock"
 TIMEOUT = 10.0
 

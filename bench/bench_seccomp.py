@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the seccomp sandbox costs: pgbench TPS with session policies in force for every client.
 
-    /usr/bin/python3 bench/bench_seccomp.py [--seconds 5] [--rounds 3]
+    /usr/bin/python3 bench/bench_seccomp.py [--seconds 3] [--rounds 15]
 
 Two clusters run side by side: one plain, one started through the preload helper
 with the shipped global deny and job-worker profiles and a session policy for every
@@ -9,9 +9,11 @@ client (pgseccomp.session_syscall_error: no programs, no links, no device nodes)
 answered by a supervisor of the bench's own. Rounds interleave the variants (TPS
 varies 6-18% between runs here); the table shows median ratios of sandboxed to
 plain for pgbench's select-only and TPC-B-like scripts, with a connection per
-transaction (-C) too, the notifications the supervisor answered per second, and
-the cost of one notified syscall (access() in a PL/Python loop, sandboxed minus
-plain). Prints a table and adds it, dated, under "## seccomp" in bench/RESULTS.md.
+transaction (-C) too, the notifications the supervisor answered per second and
+its time per answer (the identification of each new backend, up to the answer's
+send), and the cost of one notified syscall (access() in a PL/Python loop,
+sandboxed minus plain). With -C the supervisor's cost is a few percent at most
+and TPS varies more than that between runs: take many short rounds (3 s x 15). Prints a table and adds it, dated, under "## seccomp" in bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -54,13 +56,15 @@ def pgbench(c: Cluster, args: list[str]) -> float:
     return float(line.split("=")[1].split()[0])
 
 
-def notifications(sup: T.Supervisor, pm: int) -> int:
+def notifications(sup: T.Supervisor, pm: int) -> tuple[int, float]:
+    """(notifications answered, seconds spent answering them) for the server of postmaster `pm`."""
     s = supervision.connect(sup.socket)
     try:
         servers = supervision.request(s, {"op": "stats"})["servers"]
     finally:
         s.close()
-    return next(x["notifications"] for x in servers if x["postmaster"] == pm)
+    x = next(x for x in servers if x["postmaster"] == pm)
+    return x["notifications"], x["answering_s"]
 
 
 def access_cost(c: Cluster, n: int = 20000) -> float:
@@ -70,8 +74,8 @@ def access_cost(c: Cluster, n: int = 20000) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
@@ -98,15 +102,19 @@ def main() -> None:
                      "TPC-B-like, -C": ["-C"]}
         tps = {(w, v): [] for w in workloads for v in ("plain", "sandboxed")}
         rate = {w: [] for w in workloads}
+        cost = {w: [] for w in workloads}  # the supervisor's seconds per notification
         pm = filt.postmaster_pid()
         for r in range(args.rounds):
             order = [(w, v) for w in workloads for v in ("plain", "sandboxed")]
             for w, v in (order if r % 2 == 0 else list(reversed(order))):
                 c = plain if v == "plain" else filt
-                n0, t0 = notifications(sup, pm), time.monotonic()
+                (n0, a0), t0 = notifications(sup, pm), time.monotonic()
                 tps[(w, v)].append(pgbench(c, common + workloads[w]))
                 if v == "sandboxed":
-                    rate[w].append((notifications(sup, pm) - n0) / (time.monotonic() - t0))
+                    n1, a1 = notifications(sup, pm)
+                    rate[w].append((n1 - n0) / (time.monotonic() - t0))
+                    if n1 - n0 >= 100:
+                        cost[w].append((a1 - a0) / (n1 - n0))
             print(f"round {r + 1}: " + ", ".join(f"{w}/{v} {x[-1]:.0f}" for (w, v), x in tps.items()), flush=True)
         per_call = statistics.median(access_cost(filt) - access_cost(plain) for _ in range(3))
     finally:
@@ -122,14 +130,15 @@ def main() -> None:
         "Sandboxed: global deny + job-worker profiles, a session policy for every client (no exec, no "
         "links, no device nodes), the supervisor answering; plain: no filter.",
         "",
-        "| workload | plain TPS | sandboxed TPS | median ratio | notifications/s |",
-        "|---|---|---|---|---|",
+        "| workload | plain TPS | sandboxed TPS | median ratio | notifications/s | µs per notification |",
+        "|---|---|---|---|---|---|",
     ]
     for w in workloads:
         ratios = [s / p for s, p in zip(tps[(w, "sandboxed")], tps[(w, "plain")])]
+        per = f"{statistics.median(cost[w]) * 1e6:.0f}" if cost[w] else "-"
         lines.append(f"| {w} | {statistics.median(tps[(w, 'plain')]):,.0f} | "
                      f"{statistics.median(tps[(w, 'sandboxed')]):,.0f} | {statistics.median(ratios):.3f} | "
-                     f"{statistics.median(rate[w]):,.0f} |")
+                     f"{statistics.median(rate[w]):,.0f} | {per} |")
     lines += ["", f"One notified syscall (access() in a PL/Python loop, sandboxed minus plain): "
                   f"{per_call:.1f} µs.", ""]
     table = "\n".join(lines)

@@ -125,19 +125,25 @@ def title(pid: int) -> bytes:
     return read_proc(f"/proc/{pid}/cmdline")
 
 
-def has_socket(pid: int) -> bool:
-    """Whether the process holds a socket beyond its standard streams (which systemd may make a
-    socket for every process of the server)."""
+def is_socket(pid: int, fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    except OSError:
+        return False
+
+
+def socket_fd(pid: int, hint: int = 0) -> int:
+    """A socket the process holds beyond its standard streams (which systemd may make a socket for
+    every process of the server), or 0. `hint`, the number found last time, is looked at first: a
+    backend keeps its client socket at the number the postmaster's accept() gave it, much the same
+    each time."""
+    if hint > 2 and is_socket(pid, hint):
+        return hint
     with os.scandir(f"/proc/{pid}/fd") as entries:
         for e in entries:
-            if e.name in ("0", "1", "2"):
-                continue
-            try:
-                if os.readlink(e.path).startswith("socket:"):
-                    return True
-            except OSError:
-                continue
-    return False
+            if e.name not in ("0", "1", "2") and is_socket(pid, int(e.name)):
+                return int(e.name)
+    return 0
 
 
 def read_mem(pid: int, addr: int, n: int) -> bytes:
@@ -237,9 +243,11 @@ class Cluster:
     lock: threading.Lock = field(default_factory=threading.Lock)
     names: dict = field(default_factory=dict)
     notifications: int = 0
+    answering: float = 0.0  # seconds spent answering notifications (stats: the supervisor's cost)
     exec_path: str = ""  # the server's execute-only binary (see preload.nondumpable)
     aux_slots: dict | None = None  # title -> address of the postmaster's pid variable (see calibrate)
     pending: dict = field(default_factory=dict)  # (pid, start) -> (tries, next try): unconfirmed claims
+    socket_hint: int = 0  # the fd number of the last client socket found (see socket_fd)
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
@@ -280,7 +288,10 @@ class Cluster:
             if not self.shares_parallel_segment(pid, lpid):
                 raise Provisional  # before it attached its leader's segment, or not its worker at all
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
-        if not has_socket(pid):  # no client: a server process, autovacuum or a background worker
+        sock = socket_fd(pid, self.socket_hint)
+        if sock:
+            self.socket_hint = sock
+        else:  # no client: a server process, autovacuum or a background worker
             title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
             if title_of is not None:
                 if self.in_postmaster_table(pid, title_of):
@@ -571,11 +582,13 @@ class Cluster:
             self.notifications += 1
             if self.notifications % 4096 == 0:
                 self.prune()
+            t0 = time.perf_counter()
             try:
                 resp = self.answer(buf)
             except Exception:  # never leave a backend waiting: refuse, and keep serving
                 log.exception("answering a notification")
                 resp = Resp(id=buf.id, val=-1, error=-errno.ENOSYS)
+            self.answering += time.perf_counter() - t0  # before SEND: a sync wake-up may run the caller first
             if resp is not None:
                 try:
                     _ioctl(self.fd, NOTIF_SEND, resp)
@@ -700,6 +713,7 @@ class Supervisor:
                 return self.restrictions(conn, int(msg.get("pid") or 0), msg.get("start"))
             if op == "stats" and uid == 0:
                 return self.reply(conn, servers=[{"postmaster": c.pm[0], "notifications": c.notifications,
+                                                  "answering_s": round(c.answering, 6),
                                                   "known": len(c.known)} for c in list(self.clusters)])
             if op == "register" and uid in self.uids:
                 return self.register(conn, pid, fd, msg)

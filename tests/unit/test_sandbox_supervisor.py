@@ -179,7 +179,7 @@ def test_a_server_title_is_believed_only_at_its_own_slot_of_the_postmasters_tabl
     words = [0] * 64
     words[40], words[41], words[42], words[36] = 103, 101, 102, 777
     titles = {101: "checkpointer", 102: "background writer", 103: "walwriter", 777: "checkpointer"}
-    monkeypatch.setattr(S, "has_socket", lambda pid: False)
+    monkeypatch.setattr(S, "socket_fd", lambda pid, hint=0: 0)
     monkeypatch.setattr(S, "children_of", lambda pid: [101, 102, 103])  # at calibration: no worker yet
     monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
     monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
@@ -199,7 +199,7 @@ def test_a_table_not_laid_out_as_expected_believes_no_one(monkeypatch):
     words = [0] * 64
     words[41], words[20] = 101, 102  # the background writer is not beside the checkpointer
     titles = {101: "checkpointer", 102: "background writer"}
-    monkeypatch.setattr(S, "has_socket", lambda pid: False)
+    monkeypatch.setattr(S, "socket_fd", lambda pid, hint=0: 0)
     monkeypatch.setattr(S, "children_of", lambda pid: [101, 102])
     monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
     monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
@@ -222,3 +222,24 @@ def test_accept_is_not_handed_over_for_a_policy_that_refuses_every_socket():
     # a policy that lets socket() through but not accept: the supervisor must see accept
     listener_denied = P("allow", {"error": ("accept4",)})
     assert "accept4" in Plan(g, listener_denied, {}, no_sockets, {}, "").notify()
+
+
+def test_socket_fd_looks_at_the_hint_first_and_scans_when_it_misses():
+    import subprocess
+    import sys
+    import plpy_bg.sandbox.supervisor as S
+    code = ("import os, socket, sys, time\nf = open('/dev/null')\na, b = socket.socketpair()\n"
+            "print(f.fileno(), a.fileno(), flush=True)\ntime.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    plain = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        file_fd, sock_fd = map(int, holder.stdout.readline().split())
+        assert S.socket_fd(holder.pid, sock_fd) == sock_fd
+        assert S.socket_fd(holder.pid, file_fd) in (sock_fd, sock_fd + 1)  # a miss: the scan finds one
+        assert S.socket_fd(holder.pid, 999) in (sock_fd, sock_fd + 1)
+        assert S.socket_fd(plain.pid, 1) == 0  # standard streams never count, hinted or not
+    finally:
+        for p in (holder, plain):
+            p.kill()
+            p.wait()
+        holder.stdout.close()

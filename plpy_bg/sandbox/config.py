@@ -283,6 +283,14 @@ def job_policy(get: Getter, known, role: str | None, session: Policy) -> Policy:
     return p
 
 
+def named_at_start(session_roles: dict, job_roles: dict) -> bool:
+    """Whether every backend must be named as it starts, its title read before any of its code
+    runs: only when some role has lists of its own, since only then does the role a title names
+    decide a policy. Otherwise all client backends share their policies, and a process is named
+    when it first makes a notified syscall (native code that retitles a backend gains nothing)."""
+    return bool(session_roles or job_roles)
+
+
 def names(roles: tuple[str, ...] = (), jroles: tuple[str, ...] = ()) -> list[str]:
     """Every setting name this module reads, for readers that must ask one by one."""
     out = ["pgseccomp.enabled", "pgseccomp.session_roles", "plpy_bg.job_roles",

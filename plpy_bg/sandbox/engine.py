@@ -68,13 +68,14 @@ CLONE_PARENT = 0x00008000
 NEVER_NOTIFIED = ("clone", "clone3", "fork", "vfork")  # a fork must never wait for, or need, the supervisor
 
 
-def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter":
+def build(policy: Policy, notify: frozenset = frozenset(), narrow_access: bool = False) -> "sc.SyscallFilter":
     """A filter doing what `policy` says; with `notify`, the global filter of a supervised server.
 
     Syscalls in `notify` (allowed by `policy`) go to the supervisor; a seccomp() call asking for
     a new listener is refused, so no process of the server can answer notifications itself, and
     prctl(PR_SET_SECCOMP) is refused so that every later filter is loaded where the supervisor
-    sees it. Limits on socket() families are compared on its first argument.
+    sees it. Limits on socket() families are compared on its first argument. With
+    `narrow_access`, only access(path, R_OK) goes to the supervisor (see preload.IDENTITY_SYSCALLS).
     """
     f = sc.SyscallFilter(_ACTION[policy.default])
     # a binary search over syscall numbers: every syscall of every process runs this filter, and
@@ -90,7 +91,10 @@ def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter"
                 f.add_rule(_ACTION[action], name)
     for name in sorted(notify - special):
         if policy.action_of(name) in ("allow", "log"):
-            f.add_rule(sc.NOTIFY, name)
+            if name == "access" and narrow_access:
+                f.add_rule(sc.NOTIFY, name, sc.Arg(1, sc.EQ, os.R_OK))
+            else:
+                f.add_rule(sc.NOTIFY, name)
     if policy.families is not None:
         base = policy.action_of("socket", (policy.families[0],)) if policy.families else "error"
         for fam in range(AF_MAX):
@@ -129,10 +133,10 @@ def build(policy: Policy, notify: frozenset = frozenset()) -> "sc.SyscallFilter"
     return f
 
 
-def load(policy: Policy, notify: frozenset = frozenset()) -> int | None:
+def load(policy: Policy, notify: frozenset = frozenset(), narrow_access: bool = False) -> int | None:
     """Load `policy` into this process (no_new_privs is set, as unprivileged loading needs);
     with `notify`, return the new listener's fd."""
-    f = build(policy, notify)
+    f = build(policy, notify, narrow_access)
     f.load()
     if notify:
         fd = sc._libseccomp.seccomp_notify_fd(f._filter)

@@ -55,7 +55,16 @@ class Plan:
     def notify(self) -> frozenset:
         """Syscalls the global filter hands to the supervisor: those some policy restricts beyond
         the global filter, and those that tell who a process is (never a fork: see engine)."""
-        out = set(IDENTITY_SYSCALLS)
+        return frozenset(s for s in self.restricted() | set(IDENTITY_SYSCALLS) if self.glob.action_of(s) in ("allow", "log")
+                         and s not in engine.NEVER_NOTIFIED and s not in ("seccomp", "prctl"))
+
+    def narrow_access(self) -> bool:
+        """Hand over only access(R_OK): no backend is named at its start, and no policy restricts access."""
+        return not self.named_at_start() and "access" not in self.restricted()
+
+    def restricted(self) -> set:
+        """Syscalls some session or job policy restricts (or logs) beyond what it allows outright."""
+        out = set()
         for p in (self.session, self.job, *self.session_roles.values(), *self.job_roles.values()):
             # listed log actions too: the supervisor logs them (a default of log is the kernel's alone)
             mine = {s for a in ("log", "error", "kill") for s in p.lists.get(a, ())}
@@ -68,8 +77,10 @@ class Plan:
                 # policy refuses socket(): the postmaster's accept per connection need not wait
                 mine -= LISTENING_SYSCALLS
             out |= mine
-        return frozenset(s for s in out if self.glob.action_of(s) in ("allow", "log")
-                         and s not in engine.NEVER_NOTIFIED and s not in ("seccomp", "prctl"))
+        return out
+
+    def named_at_start(self) -> bool:
+        return config.named_at_start(self.session_roles, self.job_roles)
 
     def registration(self, argv: list[str]) -> dict:
         return {"op": "register", "argv": argv, "cluster_name": self.cluster_name,
@@ -80,7 +91,9 @@ class Plan:
 
 
 # access(): every backend's InitPostgres checks its database directory with it, after the role is
-# known and before any of its user's code, so a backend is named then; exec: children are named
+# known and before any of its user's code, so a backend is named then (when roles have lists of
+# their own; else only access(R_OK), which the postmaster asks of its execute-only binary, is
+# handed over); exec: children are named
 IDENTITY_SYSCALLS = ("access", "execve", "execveat")
 LISTENING_SYSCALLS = frozenset({"accept", "accept4", "listen", "bind"})
 
@@ -136,7 +149,7 @@ def register(plan: Plan, argv: list[str], path: str) -> None:
                                       "python3 build.py supervisor); see README, Seccomp sandbox.") from None
     try:
         supervision.request(s, {"op": "register"})
-        fd = engine.load(plan.glob, plan.notify())
+        fd = engine.load(plan.glob, plan.notify(), narrow_access=plan.narrow_access())
         try:
             supervision.request(s, dict(plan.registration(argv), exec_path=argv[0]), fd=fd)
         finally:

@@ -125,25 +125,86 @@ def title(pid: int) -> bytes:
     return read_proc(f"/proc/{pid}/cmdline")
 
 
-def is_socket(pid: int, fd: int) -> bool:
+_libc_syscall = _libc.syscall
+_libc_syscall.restype = ctypes.c_long
+SYS_PIDFD_GETFD = 438
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLMSG_ERROR = 4, 20, 1, 2
+UDIAG_SHOW_VFS, UNIX_DIAG_VFS, TCP_ESTABLISHED = 0x2, 1, 1
+
+
+def socket_ino(pid: int, fd: int) -> int:
+    """The socket inode behind a process's fd, or 0 when the fd is not a socket."""
     try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
-        return False
+        return 0
+    return int(link[8:-1]) if link.startswith("socket:[") else 0
 
 
-def socket_fd(pid: int, hint: int = 0) -> int:
-    """A socket the process holds beyond its standard streams (which systemd may make a socket for
-    every process of the server), or 0. `hint`, the number found last time, is looked at first: a
-    backend keeps its client socket at the number the postmaster's accept() gave it, much the same
-    each time."""
-    if hint > 2 and is_socket(pid, hint):
-        return hint
+def socket_fds(pid: int, hint: int = 0):
+    """(fd, socket inode) of each socket the process holds beyond its standard streams (which
+    systemd may make a socket for every process of the server); `hint` is looked at first: a
+    backend keeps its client socket at the number the postmaster's accept() gave it, much the
+    same each time."""
+    if hint > 2:
+        ino = socket_ino(pid, hint)
+        if ino:
+            yield hint, ino
     with os.scandir(f"/proc/{pid}/fd") as entries:
-        for e in entries:
-            if e.name not in ("0", "1", "2") and is_socket(pid, int(e.name)):
-                return int(e.name)
-    return 0
+        names = [e.name for e in entries]
+    for name in names:
+        fd = int(name)
+        if fd > 2 and fd != hint:
+            ino = socket_ino(pid, fd)
+            if ino:
+                yield fd, ino
+
+
+def peer_fd(pid: int, fd: int) -> int:
+    """A copy of another process's fd (pidfd_getfd: root may, the server's uid may not)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = _libc_syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(fd),
+                            ctypes.c_long(0))
+        if got < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return got
+    finally:
+        os.close(pidfd)
+
+
+def unix_bound_file(ino: int) -> tuple | None:
+    """For a Unix socket: ((inode, device) of the file it is bound to, or None; whether it is
+    connected). A socket that accept() returned carries its listener's file, even when that file
+    was since renamed or replaced. None: not a Unix socket."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, UDIAG_SHOW_VFS, 0xFFFFFFFF, 0xFFFFFFFF)
+        s.sendto(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + req, (0, 0))
+        data = s.recv(8192)
+    finally:
+        s.close()
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        return None
+    connected = data[18] == TCP_ESTABLISHED  # unix_diag_msg's state
+    off = 32  # nlmsghdr, then unix_diag_msg
+    while off + 4 <= min(length, len(data)):
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        if atype == UNIX_DIAG_VFS:
+            return struct.unpack_from("=II", data, off + 4), connected
+        off += (alen + 3) & ~3
+    return None, connected
+
+
+def socket_name(pid: int, fd: int) -> tuple:
+    """(family, address) a process's socket is bound to, read from a copy of it."""
+    dup = peer_fd(pid, fd)
+    with socket.socket(fileno=dup) as s:
+        return s.family, s.getsockname(), s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
 
 
 def read_mem(pid: int, addr: int, n: int) -> bytes:
@@ -225,6 +286,13 @@ def role_candidates(rest: str) -> set[str]:
     return out
 
 
+def client_shaped(rest: str) -> bool:
+    """Whether a title after the prefix reads 'U D H ACTIVITY' (or 'walsender U H ACTIVITY'): a host
+    ('[local]' or 'address(port)') after at least two words."""
+    tokens = rest.split(" ")
+    return any(t == "[local]" or (t.endswith(")") and "(" in t) for t in tokens[2:-1])
+
+
 @dataclass
 class Cluster:
     """One registered server: its policies, its listener and what is known of its processes."""
@@ -247,7 +315,8 @@ class Cluster:
     exec_path: str = ""  # the server's execute-only binary (see preload.nondumpable)
     aux_slots: dict | None = None  # title -> address of the postmaster's pid variable (see calibrate)
     pending: dict = field(default_factory=dict)  # (pid, start) -> (tries, next try): unconfirmed claims
-    socket_hint: int = 0  # the fd number of the last client socket found (see socket_fd)
+    socket_hint: int = 0  # the fd number of the last client socket found (see socket_fds)
+    listeners: dict | None = None  # what the postmaster listens on (see learn_listeners)
 
     def __post_init__(self):
         self.pm_title = b"\0".join(a.encode() for a in self.argv) + b"\0"
@@ -256,6 +325,9 @@ class Cluster:
         self.strictest = config.meet([self.sessions_strictest, self.job, *self.job_roles.values()])
         self.fresh = Identity(FRESH, "new server process", self.strictest)
         self.unconfirmed = Identity(UNKNOWN, "unconfirmed server process", self.strictest)
+        self.eager = config.named_at_start(self.session_roles, self.job_roles)
+        self.client = Identity(CLIENT, "client backend", self.session)  # when roles have no lists of their own
+        self.naming = threading.RLock()  # one naming at a time: notifications and questions both name
 
     @classmethod
     def from_registration(cls, fd: int, pm_pid: int, msg: dict) -> "Cluster":
@@ -288,16 +360,17 @@ class Cluster:
             if not self.shares_parallel_segment(pid, lpid):
                 raise Provisional  # before it attached its leader's segment, or not its worker at all
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
-        sock = socket_fd(pid, self.socket_hint)
-        if sock:
-            self.socket_hint = sock
-        else:  # no client: a server process, autovacuum or a background worker
+        if not self.client_socket(pid):  # no client: a server process, autovacuum or a background worker
             title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
             if title_of is not None:
                 if self.in_postmaster_table(pid, title_of):
                     return SERVER_ID
                 raise Provisional  # the postmaster has not noted it yet, or it is not what it says
             return Identity(UNKNOWN, f"server process titled {shown[:80]!r}", self.strictest)
+        if not self.eager:  # every client backend runs under the same policies: no role to read
+            if not client_shaped(rest):
+                return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
+            return self.client
         roles = role_candidates(rest)
         if not roles:
             return Identity(UNKNOWN, f"client backend titled {shown[:80]!r}", self.strictest)
@@ -305,6 +378,49 @@ class Cluster:
             self.calibrate()
         label = "role " + " or ".join(json.dumps(r) for r in sorted(roles))
         return Identity(CLIENT, f"client backend of {label}", self.session_of(roles), roles=tuple(sorted(roles)))
+
+    def client_socket(self, pid: int) -> int:
+        """The fd of a connection the postmaster accepted on one of its listening sockets, or 0: a
+        socket the process made (a socketpair, a connection to the server or to a listener of its
+        own, even one bound where the server's socket file was) does not count."""
+        if self.listeners is None:
+            self.learn_listeners()
+        for fd, ino in socket_fds(pid, self.socket_hint):
+            if self.accepted(pid, fd, ino):
+                self.socket_hint = fd
+                return fd
+        return 0
+
+    def accepted(self, pid: int, fd: int, ino: int) -> bool:
+        try:
+            unix = unix_bound_file(ino)
+            if unix is not None:  # the file its listener was bound to, whatever is at that path now
+                return unix[1] and unix[0] in self.listeners["unix"]
+            family, name, listening = socket_name(pid, fd)
+        except OSError:
+            return False
+        if listening or family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        return any(family == lf and name[1] == lport and lhost in ("0.0.0.0", "::", name[0])
+                   for lf, lhost, lport in self.listeners["inet"])
+
+    def learn_listeners(self) -> None:
+        """The postmaster's listening sockets: only the postmaster opens or closes its fds."""
+        out = {"unix": set(), "inet": set()}
+        for fd, ino in socket_fds(self.pm[0]):
+            try:
+                family, name, listening = socket_name(self.pm[0], fd)
+                if not listening:
+                    continue
+                if family == socket.AF_UNIX:
+                    unix = unix_bound_file(ino)
+                    if unix is not None and unix[0] is not None:
+                        out["unix"].add(unix[0])
+                elif family in (socket.AF_INET, socket.AF_INET6):
+                    out["inet"].add((family, name[0], name[1]))
+            except OSError:
+                continue
+        self.listeners = out
 
     def in_postmaster_table(self, pid: int, title_of: str) -> bool:
         """Whether the postmaster's own static variable for `title_of` (CheckpointerPID, ...: no
@@ -355,6 +471,23 @@ class Cluster:
                             "(%s): none is believed", t)
                 return
         self.aux_slots = {t: base + 4 * (c + off) for t, off in layout.items() if 0 <= c + off < len(words)}
+
+    def calibrate_soon(self, timeout: float = 120.0) -> None:
+        """Calibrate as soon as the checkpointer and the background writer run, which PostgreSQL
+        starts before it admits any client: then no client's code has run yet, whether or not a
+        backend is named as it starts."""
+        deadline = time.monotonic() + timeout
+        while self.aux_slots is None and time.monotonic() < deadline:
+            try:
+                titles = {title(k).split(b"\0", 1)[0].rstrip() for k in children_of(self.pm[0])}
+            except OSError:
+                titles = set()
+            if all(f"{self.prefix}{t}".encode() in titles for t in ("checkpointer", "background writer")):
+                with self.naming:
+                    if self.aux_slots is None:
+                        self.calibrate()
+                return
+            time.sleep(0.01)
 
     def postmaster_data(self, with_base: bool = False):
         """The postmaster's writable data and bss (the binary's rw mapping and the anonymous one that
@@ -407,10 +540,19 @@ class Cluster:
                 break
             if k in self.known:
                 return self.known[k]
+            if up == self.pm[0] and not self.eager:
+                return self.identify(p, up, k)  # the backend it descends from, named now
             p = up
         return Identity(UNKNOWN, "process of no known ancestor", self.strictest)
 
     def identify(self, tgid: int, ppid: int, key: tuple) -> Identity:
+        ident = self.known.get(key)
+        if ident is not None:
+            return ident
+        with self.naming:
+            return self._identify(tgid, ppid, key)
+
+    def _identify(self, tgid: int, ppid: int, key: tuple) -> Identity:
         ident = self.known.get(key)
         if ident is not None:
             return ident
@@ -437,10 +579,12 @@ class Cluster:
         with self.lock:
             return self.known.setdefault(key, ident)
 
-    def job_of(self, roles) -> config.Policy:
+    def job_of(self, ident: Identity) -> config.Policy:
         """The job policy of a login role as the server started with it (strictest of candidates;
-        no role known: the strictest of all)."""
-        pols = [self.job_roles.get(r, self.job) for r in roles]
+        no role known: the strictest of all; no role with lists of its own: the job policy)."""
+        if ident is self.client:
+            return self.job
+        pols = [self.job_roles.get(r, self.job) for r in ident.roles]
         return config.meet(pols) if pols else self.strictest
 
     def lookup(self, pid: int) -> tuple[tuple, Identity] | None:
@@ -450,7 +594,9 @@ class Cluster:
         except OSError:
             return None
         ident = self.known.get(key)
-        if ident is None and ppid != self.pm[0]:
+        if ident is None and ppid == self.pm[0] and not self.eager:
+            ident = self.identify(pid, ppid, key)  # named when first asked about
+        elif ident is None and ppid != self.pm[0]:
             ident = self.inherit(ppid)
             if ident.kind == UNKNOWN:
                 return None
@@ -474,7 +620,7 @@ class Cluster:
         key, ident = found
         progs = len(self.programs.get(key, ())) + len(self.programs.get(ident.leader, ()))
         out = {"kind": ident.kind, "label": ident.label, "programs": progs, "postmaster": self.pm[0],
-               "policy": (ident.policy or self.glob).as_dict(), "job": self.job_of(ident.roles).as_dict()}
+               "policy": (ident.policy or self.glob).as_dict(), "job": self.job_of(ident).as_dict()}
         return out
 
     # ---- answers ----
@@ -786,6 +932,7 @@ class Supervisor:
         log.info("registered the server of postmaster %d (%s)", pid, c.cluster_name or " ".join(c.argv)[:120])
         for _ in range(ANSWER_THREADS):
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        threading.Thread(target=c.calibrate_soon, daemon=True).start()
         self.reply(conn, registered=True)
 
     def _serve(self, c: Cluster) -> None:

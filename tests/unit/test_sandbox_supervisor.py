@@ -179,7 +179,7 @@ def test_a_server_title_is_believed_only_at_its_own_slot_of_the_postmasters_tabl
     words = [0] * 64
     words[40], words[41], words[42], words[36] = 103, 101, 102, 777
     titles = {101: "checkpointer", 102: "background writer", 103: "walwriter", 777: "checkpointer"}
-    monkeypatch.setattr(S, "socket_fd", lambda pid, hint=0: 0)
+    monkeypatch.setattr(Cluster, "client_socket", lambda self, pid: 0)
     monkeypatch.setattr(S, "children_of", lambda pid: [101, 102, 103])  # at calibration: no worker yet
     monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
     monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
@@ -199,7 +199,7 @@ def test_a_table_not_laid_out_as_expected_believes_no_one(monkeypatch):
     words = [0] * 64
     words[41], words[20] = 101, 102  # the background writer is not beside the checkpointer
     titles = {101: "checkpointer", 102: "background writer"}
-    monkeypatch.setattr(S, "socket_fd", lambda pid, hint=0: 0)
+    monkeypatch.setattr(Cluster, "client_socket", lambda self, pid: 0)
     monkeypatch.setattr(S, "children_of", lambda pid: [101, 102])
     monkeypatch.setattr(S, "title", lambda pid: f"postgres: 15/main: {titles[pid]}\0".encode())
     monkeypatch.setattr(Cluster, "postmaster_data", lambda self, with_base=False: (1000, tuple(words)))
@@ -224,22 +224,52 @@ def test_accept_is_not_handed_over_for_a_policy_that_refuses_every_socket():
     assert "accept4" in Plan(g, listener_denied, {}, no_sockets, {}, "").notify()
 
 
-def test_socket_fd_looks_at_the_hint_first_and_scans_when_it_misses():
+def test_only_a_connection_a_listener_accepted_is_a_client_socket(tmp_path):
+    """A socketpair, a connection the process made, a listener of its own bound where the
+    server's socket file was: none is a client socket; what the listener accepted is."""
     import subprocess
     import sys
     import plpy_bg.sandbox.supervisor as S
-    code = ("import os, socket, sys, time\nf = open('/dev/null')\na, b = socket.socketpair()\n"
-            "print(f.fileno(), a.fileno(), flush=True)\ntime.sleep(30)\n")
+    path = str(tmp_path / "srv.sock")
+    code = f"""import os, socket, sys, time
+srv = socket.socket(socket.AF_UNIX); srv.bind({path!r}); srv.listen()
+pair = socket.socketpair()
+out = socket.socket(socket.AF_UNIX); out.connect({path!r}); acc, _ = srv.accept()
+tcp = socket.socket(); tcp.bind(("127.0.0.1", 0)); tcp.listen()
+tout = socket.create_connection(tcp.getsockname()); tacc, _ = tcp.accept()
+os.rename({path!r}, {path!r} + ".orig")
+fake = socket.socket(socket.AF_UNIX); fake.bind({path!r}); fake.listen()
+fout = socket.socket(socket.AF_UNIX); fout.connect({path!r}); facc, _ = fake.accept()
+print(srv.fileno(), tcp.fileno(), pair[0].fileno(), out.fileno(), acc.fileno(), tout.fileno(), tacc.fileno(),
+      fout.fileno(), facc.fileno(), flush=True)
+time.sleep(30)
+"""
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    plain = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
-        file_fd, sock_fd = map(int, holder.stdout.readline().split())
-        assert S.socket_fd(holder.pid, sock_fd) == sock_fd
-        assert S.socket_fd(holder.pid, file_fd) in (sock_fd, sock_fd + 1)  # a miss: the scan finds one
-        assert S.socket_fd(holder.pid, 999) in (sock_fd, sock_fd + 1)
-        assert S.socket_fd(plain.pid, 1) == 0  # standard streams never count, hinted or not
+        srv, tcp, pair, out, acc, tout, tacc, fout, facc = map(int, holder.stdout.readline().split())
+        c = cluster()
+        c.pm = (holder.pid, 0)  # the holder's listeners stand for the postmaster's: only srv and tcp listen
+        c.learn_listeners()
+        assert len(c.listeners["unix"]) == 2 and len(c.listeners["inet"]) == 1  # srv's file, and fake's
+        c.listeners["unix"] = {S.unix_bound_file(S.socket_ino(holder.pid, srv))[0]}  # as learned before the swap
+        fds = dict(S.socket_fds(holder.pid))
+        verdicts = {fd: c.accepted(holder.pid, fd, fds[fd]) for fd in (srv, tcp, pair, out, acc, tout, tacc, fout, facc)}
+        assert verdicts == {srv: False, tcp: False, pair: False, out: False, acc: True, tout: False, tacc: True,
+                            fout: False, facc: False}
+        assert [fd for fd, _ in S.socket_fds(holder.pid, acc)][0] == acc  # the hint first
+        assert c.client_socket(holder.pid) == acc and c.socket_hint == acc
     finally:
-        for p in (holder, plain):
-            p.kill()
-            p.wait()
+        holder.kill()
+        holder.wait()
         holder.stdout.close()
+
+
+def test_lazy_naming_only_without_role_lists():
+    c = cluster()
+    assert c.eager == bool(c.session_roles or c.job_roles)
+    lazy = Cluster(fd=-1, pm=(1, 0), argv=["postgres"], cluster_name="", glob=P("allow", {}),
+                   session=P("allow", {"error": ("execve",)}), session_roles={}, job=P("error", {"allow": ("read",)}),
+                   job_roles={})
+    assert not lazy.eager and lazy.job_of(lazy.client) == lazy.job
+    lazy.listeners = {"unix": set(), "inet": set()}
+    assert lazy.classify(5, b"postgres: innocent\0").policy == lazy.strictest

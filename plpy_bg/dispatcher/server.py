@@ -122,10 +122,13 @@ class Job:
         return self.db, self.db_oid
 
     def listing(self) -> dict:
+        """A row of pg_background_list_v2, in pg_background's words: `running` or `stopped` (how it
+        ended is in last_error and in the pg_background_jobs view)."""
         err = self.last_error
         return {
             "pid": self.pid, "cookie": self.cookie, "launched_at": self.launched_at.isoformat(),
-            "user_id": self.user_id, "queue_size": self.queue_size, "state": self.state,
+            "user_id": self.user_id, "queue_size": self.queue_size,
+            "state": "stopped" if self.state in TERMINAL else self.state,
             "sql_preview": self.preview,
             "last_error": cut_utf8(err["message"], LAST_ERROR_LIMIT) if err else None,
             "consumed": self.consumed,

@@ -264,6 +264,23 @@ def test_list_stats_progress(pg):
         assert after[0] == before[0] + 1 and after[1] == before[1] + 1 and after[4] == 0 and after[6] == 16
 
 
+def test_list_v2_says_running_and_stopped_as_pg_background(pg):
+    """Cleanup written for pg_background (WHERE state = 'stopped') finds ended jobs; how each
+    ended is in last_error and in the pg_background_jobs view."""
+    with pg.connect("bob") as c:
+        ok = launch(c, "SELECT 1", fn="pg_background_submit_v2")
+        bad = launch(c, "SELECT 1/0", fn="pg_background_submit_v2")
+        slow = launch(c, "SELECT pg_sleep(30)", fn="pg_background_submit_v2")
+        assert wait(c, ok) and wait(c, bad)
+        states = dict(((r[0], r[1]), (r[2], r[3])) for r in c.execute(
+            f"SELECT pid, cookie, state, last_error FROM pg_background_list_v2() AS ({LIST_COLS})"))
+        assert states[ok] == ("stopped", None)
+        assert states[bad][0] == "stopped" and "division by zero" in states[bad][1]
+        assert states[slow] == ("running", None)
+        assert {job_row(pg, ok[1])["state"], job_row(pg, bad[1])["state"]} == {"completed", "failed"}
+        c.execute("SELECT pg_background_cancel_v2(%s, %s)", slow)
+
+
 def test_progress_outside_a_job_is_an_error(pg):
     with pg.connect("alice") as c:
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="inside a background job"):

@@ -58,6 +58,7 @@ FD_SYNC_WAKE_UP = 1
 SECCOMP_SET_MODE_FILTER = 1
 MAX_PROGRAMS = 32
 MAX_REGISTRATIONS = 64
+CALIBRATION_TRIES = 25  # looks at the postmaster's table, 20 ms apart
 PROVISIONAL_TRIES = 40  # an unconfirmed claim is asked again this often, ever later (about 4 s in all)
 MAX_REQUESTS = 32  # requests served at once; more are closed unanswered
 REQUEST_TIMEOUT = 5.0
@@ -201,10 +202,15 @@ def unix_bound_file(ino: int) -> tuple | None:
 
 
 def socket_name(pid: int, fd: int) -> tuple:
-    """(family, address) a process's socket is bound to, read from a copy of it."""
+    """(family, address, listening, a connected stream) of a process's socket, read from a copy of it."""
     dup = peer_fd(pid, fd)
     with socket.socket(fileno=dup) as s:
-        return s.family, s.getsockname(), s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        try:
+            s.getpeername()
+            connected = s.type == socket.SOCK_STREAM
+        except OSError:
+            connected = False
+        return s.family, s.getsockname(), s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), connected
 
 
 def read_mem(pid: int, addr: int, n: int) -> bytes:
@@ -396,11 +402,11 @@ class Cluster:
             unix = unix_bound_file(ino)
             if unix is not None:  # the file its listener was bound to, whatever is at that path now
                 return unix[1] and unix[0] in self.listeners["unix"]
-            family, name, listening = socket_name(pid, fd)
+            family, name, listening, connected = socket_name(pid, fd)
         except OSError:
             return False
-        if listening or family not in (socket.AF_INET, socket.AF_INET6):
-            return False
+        if listening or not connected or family not in (socket.AF_INET, socket.AF_INET6):
+            return False  # a datagram socket may share a TCP listener's address and port
         return any(family == lf and name[1] == lport and lhost in ("0.0.0.0", "::", name[0])
                    for lf, lhost, lport in self.listeners["inet"])
 
@@ -409,7 +415,7 @@ class Cluster:
         out = {"unix": set(), "inet": set()}
         for fd, ino in socket_fds(self.pm[0]):
             try:
-                family, name, listening = socket_name(self.pm[0], fd)
+                family, name, listening, _ = socket_name(self.pm[0], fd)
                 if not listening:
                     continue
                 if family == socket.AF_UNIX:
@@ -443,9 +449,26 @@ class Cluster:
         checkpointer's pid must be in exactly one place, with the background writer's and WAL
         writer's beside it as PostgreSQL 15 declares them (StartupPID, BgWriterPID,
         CheckpointerPID, WalWriterPID, WalReceiverPID, AutoVacPID, PgArchPID, SysLoggerPID, laid
-        out from the highest address down). Anything else: no process is believed auxiliary."""
+        out from the highest address down). A process started while this looks (its title set
+        before the postmaster noted its pid) makes it look again; anything else: no process is
+        believed auxiliary."""
+        why = ""
+        for _ in range(CALIBRATION_TRIES):
+            named = self.aux_children()
+            base, words = self.postmaster_data(with_base=True)
+            if named != self.aux_children():
+                why = "auxiliary processes started meanwhile"
+            else:
+                slots, why = self.aux_layout(named, base, words)
+                if slots is not None:
+                    self.aux_slots = slots
+                    return
+            time.sleep(0.02)
+        log.warning("the postmaster's table of auxiliary processes was not found (%s): none is believed", why)
         self.aux_slots = {}
-        base, words = self.postmaster_data(with_base=True)
+
+    def aux_children(self) -> dict:
+        """title -> pids of the postmaster's children titled as an auxiliary process."""
         named = {}
         for kid in children_of(self.pm[0]):
             try:
@@ -456,21 +479,22 @@ class Cluster:
             t = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
             if t is not None:
                 named.setdefault(t, []).append(kid)
+        return named
+
+    @staticmethod
+    def aux_layout(named: dict, base: int, words) -> tuple[dict | None, str]:
         ckpt = named.get("checkpointer", [])
         places = [i for i, w in enumerate(words) if len(ckpt) == 1 and w == ckpt[0]]
         if len(places) != 1:
-            log.warning("could not find the postmaster's table of auxiliary processes: none is believed")
-            return
+            return None, f"the checkpointer's pid is in {len(places)} places"
         c = places[0]
         layout = {"startup": 2, "background writer": 1, "checkpointer": 0, "walwriter": -1,
                   "walreceiver": -2, "autovacuum launcher": -3, "archiver": -4, "logger": -5}
         for t, off in layout.items():
             live = named.get(t, [])
             if len(live) > 1 or (live and not 0 <= c + off < len(words)) or (live and words[c + off] != live[0]):
-                log.warning("the postmaster's table of auxiliary processes is not laid out as expected "
-                            "(%s): none is believed", t)
-                return
-        self.aux_slots = {t: base + 4 * (c + off) for t, off in layout.items() if 0 <= c + off < len(words)}
+                return None, f"not laid out as expected ({t})"
+        return {t: base + 4 * (c + off) for t, off in layout.items() if 0 <= c + off < len(words)}, ""
 
     def calibrate_soon(self, timeout: float = 120.0) -> None:
         """Calibrate as soon as the checkpointer and the background writer run, which PostgreSQL
@@ -560,20 +584,20 @@ class Cluster:
             return SERVER_ID
         if ppid == self.pm[0]:
             text = title(tgid)
-            if text == self.pm_title:  # forked, not yet told what it is (or a worker pretending)
-                return self.fresh
-            tries, next_try = self.pending.get(key, (0, 0.0))
-            unconfirmed = self.unconfirmed
-            if time.monotonic() < next_try:
-                return unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
-            try:
-                ident = self.classify(tgid, text)
-            except Provisional:
-                if tries < PROVISIONAL_TRIES:
-                    self.pending[key] = (tries + 1, time.monotonic() + 0.005 * (tries + 1))
-                    return unconfirmed
-                ident = unconfirmed  # never borne out: the strictest policy for good
-            self.pending.pop(key, None)
+            if text == self.pm_title:  # PostgreSQL titles its children before any handed-over syscall:
+                ident = self.fresh  # one still wearing the postmaster's title is strictest for good
+            else:
+                tries, next_try = self.pending.get(key, (0, 0.0))
+                if time.monotonic() < next_try:
+                    return self.unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
+                try:
+                    ident = self.classify(tgid, text)
+                except Provisional:
+                    if tries < PROVISIONAL_TRIES:
+                        self.pending[key] = (tries + 1, time.monotonic() + 0.005 * (tries + 1))
+                        return self.unconfirmed
+                    ident = self.unconfirmed  # never borne out: the strictest policy for good
+                self.pending.pop(key, None)
         else:
             ident = self.inherit(ppid)
         with self.lock:

@@ -6,8 +6,8 @@ over), so no backend is named as it starts and a new connection costs the superv
 nothing; `eager` has a role with lists of its own (erin: no mkdir), so every backend is
 named at its start. In both, a background worker registered by native code that calls
 itself a client backend and holds sockets (a socketpair, connections to the server over
-Unix and TCP sockets) is not taken for one: only a connection the postmaster accepted is a
-client's. If the kernel refuses seccomp these tests fail; they never skip.
+Unix and TCP sockets, a datagram socket bound to the server's own address and port) is not
+taken for one: only a connection the postmaster accepted is a client's. If the kernel refuses seccomp these tests fail; they never skip.
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ HOLDER_C = S.WORKER_C.replace("void probe_main(unsigned long arg) {", r"""
 #include <sys/un.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
-static int held[4];
+static int held[5];
 static void hold_sockets(void) {
-    struct sockaddr_un u; struct sockaddr_in in;
+    struct sockaddr_un u; struct sockaddr_in in, d;
     socketpair(AF_UNIX, SOCK_STREAM, 0, held);
     held[2] = socket(AF_UNIX, SOCK_STREAM, 0);
     memset(&u, 0, sizeof u); u.sun_family = AF_UNIX; strncpy(u.sun_path, SOCKPATH, sizeof u.sun_path - 1);
@@ -46,6 +46,11 @@ static void hold_sockets(void) {
     memset(&in, 0, sizeof in); in.sin_family = AF_INET; in.sin_port = htons(PORT);
     in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     connect(held[3], (struct sockaddr *) &in, sizeof in);
+    held[4] = socket(AF_INET, SOCK_DGRAM, 0);  /* a datagram socket on the server's own address and port */
+    memset(&d, 0, sizeof d); d.sin_family = AF_INET; d.sin_port = htons(PORT);
+    d.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(held[4], (struct sockaddr *) &d, sizeof d);
+    connect(held[4], (struct sockaddr *) &in, sizeof in);
 }
 void probe_main(unsigned long arg) {
     if (arg & (1UL << 40)) { hold_sockets(); arg &= ~(1UL << 40); }

@@ -273,3 +273,18 @@ def test_lazy_naming_only_without_role_lists():
     assert not lazy.eager and lazy.job_of(lazy.client) == lazy.job
     lazy.listeners = {"unix": set(), "inet": set()}
     assert lazy.classify(5, b"postgres: innocent\0").policy == lazy.strictest
+
+
+def test_a_child_still_wearing_the_postmasters_title_is_strictest_for_good(monkeypatch):
+    """PostgreSQL titles its children before any handed-over syscall: one seen with the
+    postmaster's title (a worker setting itself up before it retitles) never becomes more."""
+    import plpy_bg.sandbox.supervisor as S
+    c = cluster(**{"erin": P("allow", {"error": ("mkdir",)})})
+    shown = {"t": c.pm_title}
+    monkeypatch.setattr(S, "title", lambda pid: shown["t"])
+    monkeypatch.setattr(Cluster, "client_socket", lambda self, pid: 7)
+    c.aux_slots = {}  # calibrated
+    assert c.identify(42, c.pm[0], (42, 9)).policy == c.strictest
+    shown["t"] = b"postgres: 15/main: alice db [local] startup\0"
+    assert c.identify(42, c.pm[0], (42, 9)).policy == c.strictest
+    assert c.identify(43, c.pm[0], (43, 9)).kind == "client"  # a child titled at once is named

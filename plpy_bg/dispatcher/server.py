@@ -49,8 +49,8 @@ from plpy_bg.dispatcher.sink import Budget, RowSink, SpoolFull
 from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
 from plpy_bg.errors import SANDBOX_REFUSAL, cut_utf8
 from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
-                            ObjectNotFound, PgError, TooManyConnections, TooManyWorkers,
-                            WrongState)
+                            FeatureNotSupported, ObjectNotFound, PgError, TooManyConnections,
+                            TooManyWorkers, WrongState)
 from plpy_bg.jobs import identmap
 from plpy_bg.sandbox import supervision
 from plpy_bg.jobs.limits import (ALL_ROW_BYTES, DATABASES_PER_CONNECTIONS, DISPATCHER_DATABASES, LAST_ERROR_LIMIT,
@@ -100,6 +100,7 @@ class Job:
     detached: bool = False
     progress: tuple | None = None
     cancel_requested: bool = False
+    cancel_called: bool = False  # cancel_v2 named it, even after it ended: pg_background counts it canceled
     terminate_at: float | None = None
     terminated: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -654,13 +655,6 @@ class Dispatcher:
             s = job.session
             if s is not None:
                 s.running.discard(job.cookie)
-                s.total_ms += (job.finished - job.started) * 1000
-                if state == "completed":
-                    s.completed += 1
-                elif state == "canceled":
-                    s.canceled += 1
-                else:
-                    s.failed += 1
             self._forget_if_done(job)
         job.sink.finish({"tag": tag, "error": error, "state": state})
         job.done.set()
@@ -684,6 +678,7 @@ class Dispatcher:
             if len(sess.jobs) <= SESSION_KEEP:
                 break
             if j.state in TERMINAL and (j.mode == "submit" or j.consumed):
+                self._count_release(sess, j)
                 del sess.jobs[cookie]
                 j.detached = True
                 self._forget_if_done(j)
@@ -718,10 +713,13 @@ class Dispatcher:
             with self.lock:
                 job = sess.jobs.get(cookie) or self.jobs.get(cookie)
             if job is None or job.pid != pid:
-                if op == "detach":
-                    raise ObjectNotFound(f"PID {pid} is not attached to this session")
-                raise ObjectNotFound(f"no background job with pid {pid} and this cookie",
-                                     detail="The job may have ended and been detached, or the handle is wrong.",
+                with self.lock:
+                    held = any(j.pid == pid for j in sess.jobs.values())
+                if held and op in ("detach", "cancel", "wait"):  # pg_background's SQLSTATEs for a stale cookie
+                    raise WrongState(f"cookie mismatch for PID {pid}",
+                                     hint="The worker may have been restarted or the handle is stale.")
+                raise ObjectNotFound(f"PID {pid} is not attached to this session" + (" (cookie mismatch)" if held else ""),
+                                     detail="The job may have ended and been detached or read, or the handle is wrong.",
                                      hint="Use the (pid, cookie) handle returned by pg_background_launch_v2.")
         if job.user_id != uid and job.user_id not in (req.get("privs_of") or ()):
             if "privs_of" not in req:
@@ -738,8 +736,23 @@ class Dispatcher:
                                  detail="Only the session that launched a job can read its results.")
         return job
 
+    @staticmethod
+    def _count_release(sess: Session, job: Job) -> None:
+        """A session stops holding a handle: pg_background counts the job's outcome then, as it
+        stands (canceled if cancel_v2 named it, failed if it has an error, completed otherwise)."""
+        if sess.jobs.get(job.cookie) is not job:
+            return
+        sess.total_ms += (time.monotonic() - job.started) * 1000
+        if job.cancel_called:
+            sess.canceled += 1
+        elif job.last_error is not None:
+            sess.failed += 1
+        else:
+            sess.completed += 1
+
     def detach(self, sess: Session, job: Job) -> None:
         with self.lock:
+            self._count_release(sess, job)
             job.detached = True
             sess.jobs.pop(job.cookie, None)
             sess.running.discard(job.cookie)
@@ -1025,11 +1038,11 @@ class Dispatcher:
         if op == "fetch":
             job = self.find(sess, req, "result")
             if job.mode == "submit":
-                raise WrongState(f"background job with pid {job.pid} was submitted without results",
-                                 hint="Use pg_background_launch_v2 to keep results, or pg_background_wait_v2 to wait.")
+                raise FeatureNotSupported(f"results are disabled for PID {job.pid} (submitted via submit_v2)",
+                                          hint="Use pg_background_launch_v2 to keep results, or pg_background_wait_v2 to wait.")
             if job.consumed and not req.get("continuing"):
-                raise WrongState(f"results of background job with pid {job.pid} were already consumed",
-                                 hint="Results can be read once.")
+                raise ObjectNotFound(f"results for PID {job.pid} have already been consumed",
+                                     hint="Results can be read once.")
             if not job.consumed:
                 job.consumed = True
                 self.store(job.dbk).write(FLAGS, {"cookie": job.cookie, "consumed": True,
@@ -1040,8 +1053,7 @@ class Dispatcher:
                 frames.append(P.pack_json(b"Z", final))
                 job.sink = ENDED  # read once: nothing more to keep
                 job.delivered = True
-                if job.mode == "v1":
-                    self.detach(sess, job)
+                self.detach(sess, job)  # read to the end: no longer attached (as pg_background)
             else:
                 frames.append(P.pack_json(b"A", {}))
             return b"".join(frames)
@@ -1056,6 +1068,7 @@ class Dispatcher:
             return {}
         if op == "cancel":
             job = self.find(sess, req, "cancel")
+            job.cancel_called = True
             self.cancel(job, int(req.get("grace_ms") or 0))
             return {"done": job.done.is_set()}
         if op == "list":  # this session's jobs of roles whose privileges the caller has
@@ -1068,7 +1081,7 @@ class Dispatcher:
             return {"jobs": [j.listing() for j in jobs if j.user_id == uid or j.user_id in privs]}
         if op == "stats":
             with self.lock:
-                active = len(sess.running)
+                active = len(sess.jobs)  # handles held, ended or not (pg_background's count)
                 ended = sess.completed + sess.failed + sess.canceled
             return {"workers_launched": sess.launched, "workers_completed": sess.completed,
                     "workers_failed": sess.failed, "workers_canceled": sess.canceled,
@@ -1078,14 +1091,17 @@ class Dispatcher:
             with self.lock:
                 job = self.by_worker_pid.get(sess.peer_pid)
             if job is None:
-                raise WrongState("pg_background_progress can only be called inside a background job")
+                raise FeatureNotSupported("pg_background_progress can only be called inside a background job")
             msg = cut_utf8(req.get("msg"), PROGRESS_MSG_LIMIT)
             job.progress = (req.get("pct"), msg)
             self.store(job.dbk).write_latest(("progress", job.cookie), PROGRESS,
                                             {"cookie": job.cookie, "pct": req.get("pct"), "msg": msg})
             return {}
-        if op == "get_progress":
-            job = self.find(sess, req, "progress")
+        if op == "get_progress":  # a handle not held (or stale) reads as NULL, as in pg_background
+            try:
+                job = self.find(sess, req, "progress")
+            except (ObjectNotFound, WrongState):
+                return {"progress": None}
             return {"progress": job.progress}
         if op == "job_info":
             with self.lock:

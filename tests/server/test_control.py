@@ -14,23 +14,56 @@ pytestmark = pytest.mark.server
 def test_wrong_cookie_and_stale_pid(pg):
     with pg.connect("alice") as c:
         h = launch(c, "SELECT pg_sleep(0.2)")
-        with pytest.raises(psycopg.errors.UndefinedObject, match="no background job"):
+        # pg_background's answers: a pid this session does not hold is 42704; a stale cookie of a
+        # pid it holds is 42704 for results, 55000 for wait, cancel and detach, NULL for progress
+        with pytest.raises(psycopg.errors.UndefinedObject, match=r"not attached to this session \(cookie mismatch\)"):
             result(c, (h[0], h[1] ^ 1))
-        with pytest.raises(psycopg.errors.UndefinedObject, match="no background job"):
+        with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {h[0] + 100000} is not attached"):
             c.execute("SELECT pg_background_wait_v2(%s, %s)", (h[0] + 100000, h[1]))
-        with pytest.raises(psycopg.errors.UndefinedObject):
-            c.execute("SELECT pg_background_detach_v2(%s, %s)", (h[0], h[1] + 1))
+        for fn in ("pg_background_detach_v2", "pg_background_wait_v2", "pg_background_cancel_v2"):
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match=f"cookie mismatch for PID {h[0]}"):
+                c.execute(f"SELECT {fn}(%s, %s)", (h[0], h[1] + 1))
+        assert c.execute("SELECT * FROM pg_background_get_progress_v2(%s, %s)", (h[0], h[1] + 1)).fetchone() \
+            == (None, None)
         assert wait(c, h)  # the real job was not touched
         assert result(c, h, "r text") == [("",)]
+
+
+def test_a_pg_background_style_session_counts_as_pg_background(pg):
+    """Launch, read, wait, cancel (also of a job that had ended), clean up by list_v2's state, and
+    read the stats as pg_background documents them: an outcome counts when the session lets the
+    handle go (read to the end or detached); canceled wins when cancel_v2 named the job."""
+    with pg.connect("bob") as c:
+        st0 = c.execute("SELECT * FROM pg_background_stats_v2()").fetchone()
+        ok = launch(c, "SELECT 1")
+        bad = launch(c, "SELECT 1/0")
+        slow = launch(c, "SELECT pg_sleep(30)")
+        ended = launch(c, "SELECT 2")
+        assert result(c, ok, "a int") == [(1,)]  # read to the end: counted completed
+        assert wait(c, bad) and wait(c, ended)
+        c.execute("SELECT pg_background_cancel_v2(%s, %s)", slow)
+        c.execute("SELECT pg_background_cancel_v2(%s, %s)", ended)  # after it ended
+        assert wait(c, slow)
+        st1 = c.execute("SELECT * FROM pg_background_stats_v2()").fetchone()
+        assert (st1[0] - st0[0], st1[1] - st0[1], st1[2] - st0[2], st1[3] - st0[3], st1[4] - st0[4]) == (4, 1, 0, 0, 3)
+        cleaned = c.execute(f"SELECT pg_background_detach_v2(pid, cookie) FROM pg_background_list_v2() "
+                            f"AS ({LIST_COLS}) WHERE state = 'stopped'").fetchall()
+        assert len(cleaned) == 3
+        assert c.execute(f"SELECT count(*) FROM pg_background_list_v2() AS ({LIST_COLS})").fetchone()[0] == 0
+        st2 = c.execute("SELECT * FROM pg_background_stats_v2()").fetchone()
+        assert (st2[1] - st0[1], st2[2] - st0[2], st2[3] - st0[3], st2[4] - st0[4]) == (1, 1, 2, 0)
+        assert st2[5] > 0  # average milliseconds from launch to release
+        with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {bad[0]} is not attached"):
+            c.execute("SELECT pg_background_detach_v2(%s, %s)", bad)
 
 
 def test_consumed_and_detached_handles(pg):
     with pg.connect("alice") as c:
         h = launch(c, "SELECT 1")
         result(c, h, "a int")
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="already consumed"):
-            result(c, h, "a int")
         # read to the end, the job is no longer attached (as in pg_background)
+        with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {h[0]} is not attached to this session"):
+            result(c, h, "a int")
         with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {h[0]} is not attached to this session"):
             c.execute("SELECT pg_background_detach_v2(%s, %s)", h)
         h = launch(c, "SELECT 1")
@@ -224,7 +257,7 @@ def test_submit_has_no_results(pg):
     with pg.connect("alice") as c:
         h = launch(c, "SELECT 1", fn="pg_background_submit_v2")
         assert wait(c, h)
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="submitted without results"):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="results are disabled"):
             result(c, h, "a int")
 
 

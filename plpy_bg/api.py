@@ -296,6 +296,34 @@ def result_v2(plpy, GD, pid, cookie):
     return _result_rows(plpy, GD, pid, cookie)
 
 
+ENDED_SQL = """
+SELECT j.state, j.error::pg_catalog.text AS error FROM plpy_bg.jobs j
+WHERE j.pid OPERATOR(pg_catalog.=) $1 AND j.cookie OPERATOR(pg_catalog.=) $2
+"""
+
+
+def _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms: int) -> dict | None:
+    """Wait up to `slice_ms` for the job: its end ({"state", "error"}), or None while it runs.
+
+    A job no session holds any more (it ended and was read, detached, or its launcher is
+    gone) is answered from the job table, as the caller may read it (its own jobs; a
+    superuser all): a real handle always says how its job ended.
+    """
+    try:
+        r = cl.request_as(who, "wait", pid=pid, cookie=cookie, slice_ms=slice_ms)
+    except PgError as e:
+        if cookie is None or e.sqlstate not in ("42704", "55000"):
+            raise
+        rows = _plan(plpy, GD, "ended", ENDED_SQL, ["pg_catalog.int4", "pg_catalog.int8"]).execute([pid, cookie])
+        if not rows:
+            raise
+        if rows[0]["state"] == "running":  # its end is being written
+            time.sleep(min(slice_ms, 50) / 1000)
+            return None
+        return {"state": rows[0]["state"], "error": json.loads(rows[0]["error"]) if rows[0]["error"] else None}
+    return r if r["done"] else None
+
+
 def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
     """True once the job has ended; False when `timeout_ms` passed first.
 
@@ -311,7 +339,7 @@ def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
         if deadline is not None:
             left = (deadline - time.monotonic()) * 1000
             slice_ms = max(0, min(slice_ms, int(left)))
-        if cl.request_as(who, "wait", pid=pid, cookie=cookie, slice_ms=slice_ms)["done"]:
+        if _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms) is not None:
             return True
         if deadline is not None:
             if time.monotonic() >= deadline:
@@ -334,6 +362,44 @@ def wait_v2_timeout(plpy, GD, pid, cookie, timeout_ms) -> bool:
     if timeout_ms < 0:
         raise InvalidParameter(f"timeout must not be negative: {timeout_ms}")
     return _wait(plpy, GD, pid, cookie, timeout_ms)
+
+
+@sql_errors
+def await_job(plpy, GD, pid, cookie, timeout_ms) -> None:
+    """CALL pg_background_await: wait for a job, committing between checks so that this session
+    holds no snapshot (CREATE INDEX CONCURRENTLY in the job waits for none of ours); raise the
+    job's error if it failed, 57014 when `timeout_ms` passes first."""
+    _handle(pid, cookie)
+    if timeout_ms is not None and timeout_ms < 0:
+        raise InvalidParameter(f"timeout must not be negative: {timeout_ms}")
+    try:
+        plpy.commit()
+    except plpy.SPIError:
+        raise PgError("pg_background_await cannot run inside a transaction block", sqlstate="25001",
+                      detail="It commits between checks so that it holds no snapshot the job could wait for.",
+                      hint="CALL it on its own, after the transaction that launched the job has committed "
+                           "(psql: a separate command, not inside -1 or BEGIN); inside a transaction, use "
+                           "pg_background_wait_v2.") from None
+    cl = dclient.get(plpy, GD)
+    who = Caller(plpy, GD)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    while True:
+        slice_ms = SLICE_MS
+        if deadline is not None:
+            slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
+        end = _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms)
+        if end is not None:
+            if end["state"] == "completed":
+                return
+            if end.get("error"):
+                _raise_job_error(end, pid)
+            raise PgError(f"background job {pid} ended {end['state']}", sqlstate="XX000",
+                          hint="See the pg_background_jobs view.")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PgError(f"canceling wait: background job {pid} did not end within {timeout_ms} ms",
+                          sqlstate="57014", hint="The job runs on; CALL pg_background_await again to wait longer.")
+        plpy.execute("SELECT 1")  # lets the backend act on cancel and statement_timeout
+        plpy.commit()  # and ends the transaction that took a snapshot for it
 
 
 @sql_errors

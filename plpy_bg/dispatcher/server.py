@@ -1061,7 +1061,7 @@ class Dispatcher:
             job = self.find(sess, req, "wait")
             job.sink.allow_spill()  # waiting must never hang on a full result queue
             done = job.done.wait(max(0, req.get("slice_ms", 200)) / 1000)
-            return {"done": done, "state": job.state}
+            return {"done": done, "state": job.state, "error": job.last_error if done else None}
         if op == "detach":
             job = self.find(sess, req, "detach")
             self.detach(sess, job)

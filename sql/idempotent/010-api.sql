@@ -114,6 +114,17 @@ from plpy_bg import api
 return api.wait_v2_timeout(plpy, GD, pid, cookie, timeout_ms)
 $python$;
 
+-- A procedure, so that it may commit between checks; no SET clause (a procedure with one
+-- cannot commit), so every name inside plpy_bg.api is schema-qualified
+CREATE OR REPLACE PROCEDURE @extschema@.pg_background_await(pid pg_catalog.int4, cookie pg_catalog.int8,
+                                                           timeout_ms pg_catalog.int4 DEFAULT NULL)
+LANGUAGE plpython3u
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+api.await_job(plpy, GD, pid, cookie, timeout_ms)
+$python$;
+
 CREATE OR REPLACE FUNCTION @extschema@.pg_background_list_v2()
 RETURNS SETOF pg_catalog.record
 LANGUAGE plpython3u VOLATILE SECURITY INVOKER

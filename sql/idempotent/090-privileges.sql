@@ -71,7 +71,8 @@ AS $$ SELECT unnest(ARRAY[
     'FUNCTION %I.pg_background_list_v2()',
     'FUNCTION %I.pg_background_stats_v2()',
     'FUNCTION %I.pg_background_progress(pg_catalog.int4, pg_catalog.text)',
-    'FUNCTION %I.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8)'
+    'FUNCTION %I.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8)',
+    'ROUTINE %I.pg_background_await(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4)'
 ]) $$;
 
 CREATE OR REPLACE FUNCTION @extschema@.grant_pg_background_privileges(
@@ -102,6 +103,7 @@ BEGIN
                   role_name);
         _sql := pg_catalog.replace(_sql, 'GRANT TYPE', 'GRANT USAGE ON TYPE');
         _sql := pg_catalog.replace(_sql, 'GRANT FUNCTION', 'GRANT EXECUTE ON FUNCTION');
+        _sql := pg_catalog.replace(_sql, 'GRANT ROUTINE', 'GRANT EXECUTE ON ROUTINE');
         EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     END LOOP;
     _sql := pg_catalog.format('GRANT USAGE ON SCHEMA plpy_bg TO %I', role_name);
@@ -139,6 +141,7 @@ BEGIN
         _sql := pg_catalog.format('REVOKE %s FROM %I', pg_catalog.format(_obj, _schema), role_name);
         _sql := pg_catalog.replace(_sql, 'REVOKE TYPE', 'REVOKE USAGE ON TYPE');
         _sql := pg_catalog.replace(_sql, 'REVOKE FUNCTION', 'REVOKE EXECUTE ON FUNCTION');
+        _sql := pg_catalog.replace(_sql, 'REVOKE ROUTINE', 'REVOKE EXECUTE ON ROUTINE');
         EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     END LOOP;
     _sql := pg_catalog.format('REVOKE SELECT ON %I.pg_background_jobs FROM %I', _schema, role_name);
@@ -152,6 +155,57 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     RAISE NOTICE 'error revoking plpy_bg privileges from %: %', role_name, SQLERRM;
     RETURN false;
+END;
+$function$;
+
+-- pg_background 1.8's helper: DROP EXTENSION leaves the executor role. Everything this
+-- extension granted it in this database is revoked first; what it holds elsewhere is the
+-- DBA's to revoke (the error says where).
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_drop_executor_role()
+RETURNS pg_catalog.void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _sql pg_catalog.text;
+    _detail pg_catalog.text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'pgbackground_role') THEN
+        RETURN;
+    END IF;
+    FOR _sql IN
+        SELECT CASE d.classid
+                 WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   THEN pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM pgbackground_role', d.objid::pg_catalog.regprocedure)
+                 WHEN 'pg_catalog.pg_class'::pg_catalog.regclass
+                   THEN pg_catalog.format('REVOKE ALL ON %s %s FROM pgbackground_role',
+                          CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, d.objid::pg_catalog.regclass)
+                 WHEN 'pg_catalog.pg_type'::pg_catalog.regclass
+                   THEN pg_catalog.format('REVOKE ALL ON TYPE %s FROM pgbackground_role', d.objid::pg_catalog.regtype)
+                 ELSE pg_catalog.format('REVOKE ALL ON SCHEMA %I FROM pgbackground_role', n.nspname)
+               END
+        FROM pg_catalog.pg_depend d
+        JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
+        LEFT JOIN pg_catalog.pg_class c ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+             AND c.oid OPERATOR(pg_catalog.=) d.objid
+        LEFT JOIN pg_catalog.pg_namespace n ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+             AND n.oid OPERATOR(pg_catalog.=) d.objid
+        LEFT JOIN pg_catalog.pg_type t ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+             AND t.oid OPERATOR(pg_catalog.=) d.objid
+        WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+          AND e.extname OPERATOR(pg_catalog.=) 'plpy_bg' AND d.deptype OPERATOR(pg_catalog.=) 'e'
+          AND (d.classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc', 'pg_catalog.pg_class']::pg_catalog.regclass[])
+               OR n.oid IS NOT NULL OR t.oid IS NOT NULL)
+    LOOP
+        EXECUTE _sql;
+    END LOOP;
+    DROP ROLE pgbackground_role;
+EXCEPTION WHEN dependent_objects_still_exist THEN
+    GET STACKED DIAGNOSTICS _detail = PG_EXCEPTION_DETAIL;
+    RAISE EXCEPTION 'role "pgbackground_role" cannot be dropped because some objects depend on it'
+        USING ERRCODE = '2BP01', DETAIL = _detail,
+              HINT = 'Drop plpy_bg (or revoke what the role holds) in the other databases named, and REASSIGN '
+                     'OWNED BY pgbackground_role where it owns something; then call this again.';
 END;
 $function$;
 
@@ -171,8 +225,10 @@ REVOKE ALL ON FUNCTION @extschema@.pg_background_list_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_stats_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_progress(pg_catalog.int4, pg_catalog.text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE @extschema@.pg_background_await(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.pg_background_drop_executor_role() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.pool_workers() FROM PUBLIC;

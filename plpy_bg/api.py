@@ -19,7 +19,7 @@ from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.errors import SANDBOX_REFUSAL, DeadlockDetected, InvalidParameter, NullValue, PgError, cut_utf8
 from plpy_bg import policy
-from plpy_bg.jobs import identmap
+from plpy_bg.jobs import gucs, identmap
 from plpy_bg.jobs.limits import (DEFAULT_MAX_WORKERS, DEFAULT_QUEUE, GRACE_CAP_MS, MAX_MAX_WORKERS, MAX_QUEUE,
                                  MIN_QUEUE, PROGRESS_MSG_LIMIT)
 from plpy_bg.policy import native
@@ -126,6 +126,7 @@ class Caller(dclient.Identity):
 def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     check_sql(sql)
     be = native.backend(plpy)
+    gucs.define(be.lib)
     uid, suid = be.user_id(), be.session_user_id()
     base = jsettings.baseline(plpy, GD)
     plan = GD.get("plpy_bg.plan.context")
@@ -444,7 +445,14 @@ def list_v2(plpy, GD):
 
 
 @sql_errors
+def define_settings(plpy) -> None:
+    """pg_background's settings, in this backend (CREATE EXTENSION calls it; so does a launch)."""
+    gucs.define(native.backend(plpy).lib)
+
+
+@sql_errors
 def stats_v2(plpy, GD) -> dict:
+    gucs.define(native.backend(plpy).lib)
     r = _plan(plpy, GD, "maxw", "SELECT pg_catalog.current_setting('pg_background.max_workers', true) AS v",
               []).execute([])
     st = dclient.get(plpy, GD).request("stats")

@@ -244,3 +244,11 @@ EXCEPTION WHEN OTHERS THEN
         USING HINT = 'Add the line  plpy_bg postgres "plpy_bg_dispatcher"  to pg_ident.conf and reload.';
 END
 $do$;
+
+-- pg_background's settings, defined in this session at once (SHOW, ALTER SYSTEM); every other
+-- backend defines them at its first plpy_bg call, as a C library does when it loads
+DO LANGUAGE plpython3u $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+api.define_settings(plpy)
+$python$;

@@ -1,8 +1,34 @@
-"""pg_background users' habits on a cluster of the module's own: the executor role's helper."""
+"""pg_background users' habits on a cluster of the module's own: its settings, the executor
+role's helper."""
 import psycopg
 import pytest
 
 pytestmark = pytest.mark.server
+
+
+def test_pg_background_settings_are_defined_as_its_library_defines_them(own_pg):
+    with own_pg.connect("alice") as c:  # defined at the session's first plpy_bg call
+        c.execute("SELECT * FROM pg_background_stats_v2()")
+        assert [c.execute(f"SHOW pg_background.{n}").fetchone()[0]
+                for n in ("max_workers", "default_queue_size", "worker_timeout")] == ["16", "64kB", "0"]
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("SET pg_background.max_workers = 0")  # 1 .. 1000, checked by the server
+        c.execute("SET pg_background.worker_timeout = '5s'")
+        assert c.execute("SELECT current_setting('pg_background.worker_timeout')").fetchone()[0] == "5s"
+        assert c.execute("SELECT max_workers FROM pg_background_stats_v2()").fetchone()[0] == 16
+    with own_pg.connect("postgres") as c:
+        c.execute("SELECT * FROM pg_background_stats_v2()")
+        c.execute("ALTER SYSTEM SET pg_background.max_workers = 3")  # README's way
+        c.execute("SELECT pg_reload_conf()")
+    try:
+        with own_pg.connect("alice") as c:  # a fresh session: the server's file names it
+            assert c.execute("SHOW pg_background.max_workers").fetchone()[0] == "3"
+            assert c.execute("SELECT max_workers FROM pg_background_stats_v2()").fetchone()[0] == 3
+    finally:
+        with own_pg.connect("postgres") as c:
+            c.execute("SELECT * FROM pg_background_stats_v2()")
+            c.execute("ALTER SYSTEM RESET pg_background.max_workers")
+            c.execute("SELECT pg_reload_conf()")
 
 
 def test_drop_executor_role_revokes_then_drops_and_says_what_holds_it(own_pg):

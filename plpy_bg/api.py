@@ -11,17 +11,16 @@ the backend itself (GetUserId), never from a query a caller could shape.
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 
 from plpy_bg.dispatcher import client as dclient
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.errors import SANDBOX_REFUSAL, DeadlockDetected, InvalidParameter, NullValue, PgError, cut_utf8
+from plpy_bg.errors import SANDBOX_REFUSAL, DeadlockDetected, InvalidParameter, PgError, require as _require, sql_errors
 from plpy_bg import policy
 from plpy_bg.jobs import gucs, identmap
 from plpy_bg.jobs.limits import (DEFAULT_MAX_WORKERS, DEFAULT_QUEUE, GRACE_CAP_MS, MAX_MAX_WORKERS, MAX_QUEUE,
-                                 MIN_QUEUE, PROGRESS_MSG_LIMIT)
+                                 MIN_QUEUE)
 from plpy_bg.policy import native
 from plpy_bg.jobs import settings as jsettings
 from plpy_bg.jobs.settings import UNITS_BYTES as _UNITS_BYTES, UNITS_MS as _UNITS_MS, parse_setting
@@ -55,17 +54,6 @@ SELECT u FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS u WHERE pg_catalog.pg_h
 """
 
 
-def sql_errors(fn):
-    """Raise PgError in the backend with all its fields (plpy.error needs keyword args)."""
-    @functools.wraps(fn)
-    def wrap(plpy, *a, **kw):
-        try:
-            return fn(plpy, *a, **kw)
-        except PgError as e:
-            e.raise_in(plpy)
-    return wrap
-
-
 def _plan(plpy, GD, key: str, sql: str, types: list[str]):
     k = "plpy_bg.plan." + key
     p = GD.get(k)
@@ -75,11 +63,6 @@ def _plan(plpy, GD, key: str, sql: str, types: list[str]):
 
 
 # ---- argument checks --------------------------------------------------------
-
-def _require(name: str, value) -> None:
-    if value is None:
-        raise NullValue(f"{name} must not be null")
-
 
 def check_sql(sql) -> str:
     _require("SQL text of a background job", sql)
@@ -458,15 +441,6 @@ def stats_v2(plpy, GD) -> dict:
     st = dclient.get(plpy, GD).request("stats")
     st["max_workers"] = parse_setting("pg_background.max_workers", r[0]["v"], DEFAULT_MAX_WORKERS, {"": 1}, "")
     return st
-
-
-@sql_errors
-def progress(plpy, GD, pct, msg) -> None:
-    _require("pct", pct)
-    if not 0 <= pct <= 100:
-        raise InvalidParameter(f"progress must be between 0 and 100: {pct}")
-    # cut here, not only in the dispatcher: a 100 kB message costs the socket nothing then
-    dclient.get(plpy, GD).request("progress", pct=pct, msg=cut_utf8(msg, PROGRESS_MSG_LIMIT))
 
 
 @sql_errors

@@ -5,6 +5,8 @@ PostgreSQL error with the same SQLSTATE, message, detail and hint.
 """
 from __future__ import annotations
 
+import functools
+
 
 def cut_utf8(text: str | None, limit: int) -> str | None:
     """`text` cut at `limit` bytes without splitting a UTF-8 sequence."""
@@ -116,3 +118,19 @@ class ConnectionFailure(PgError):
 
 class DeadlockDetected(PgError):
     sqlstate = "40P01"
+
+
+def sql_errors(fn):
+    """Raise PgError in the backend with all its fields (plpy.error needs keyword args)."""
+    @functools.wraps(fn)
+    def wrap(plpy, *a, **kw):
+        try:
+            return fn(plpy, *a, **kw)
+        except PgError as e:
+            e.raise_in(plpy)
+    return wrap
+
+
+def require(name: str, value) -> None:
+    if value is None:
+        raise NullValue(f"{name} must not be null")

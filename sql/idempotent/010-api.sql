@@ -151,8 +151,8 @@ LANGUAGE plpython3u VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
-from plpy_bg import api
-return api.progress(plpy, GD, pct, msg)
+from plpy_bg.jobs import progress
+return progress.report(plpy, GD, pct, msg)
 $python$;
 
 CREATE OR REPLACE FUNCTION @extschema@.pg_background_get_progress_v2(pid pg_catalog.int4, cookie pg_catalog.int8)

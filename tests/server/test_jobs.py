@@ -349,3 +349,18 @@ def test_a_superuser_session_can_launch_after_set_role(pg):
         assert result(c, launch(c, "SELECT current_user::text")) == [("alice",)]
         c.execute("RESET ROLE")
         assert result(c, launch(c, "SELECT current_user::text")) == [("postgres",)]
+
+
+def test_a_fresh_workers_first_progress_is_seen_at_once(pg):
+    """Reported on a worker just opened (a role of its own: no warm worker), visible to
+    get_progress_v2 while the job still runs (the message carries the call's clock; the
+    delay is measured, not asserted, beyond that: README, Measured)."""
+    pg.sql("DROP ROLE IF EXISTS fresh_prog; CREATE ROLE fresh_prog LOGIN; GRANT pgbackground_role TO fresh_prog; "
+           "SELECT grant_pg_background_privileges('fresh_prog')")
+    with pg.connect("fresh_prog") as c:
+        h = launch(c, "SELECT pg_background_progress(10, clock_timestamp()::text); SELECT pg_sleep(1)")
+        seen = wait_for(lambda: c.execute(
+            "SELECT clock_timestamp() - p.progress_msg::timestamptz FROM pg_background_get_progress_v2(%s, %s) p "
+            "WHERE p.progress_msg IS NOT NULL", h).fetchone(), interval=0.001)
+        assert seen[0].total_seconds() < 1.0, seen  # the job sleeps 1 s after it
+        assert wait(c, h)

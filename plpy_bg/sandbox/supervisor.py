@@ -565,18 +565,21 @@ class Cluster:
             if k in self.known:
                 return self.known[k]
             if up == self.pm[0] and not self.eager:
-                return self.identify(p, up, k)  # the backend it descends from, named now
+                return self.identify(p, up, k, asked=True)  # the backend it descends from, named now
             p = up
         return Identity(UNKNOWN, "process of no known ancestor", self.strictest)
 
-    def identify(self, tgid: int, ppid: int, key: tuple) -> Identity:
+    def identify(self, tgid: int, ppid: int, key: tuple, asked: bool = False) -> Identity:
+        """The process's identity, named now if it has none. `asked`: someone asked about it (at
+        a moment of their choosing): a process not yet nameable is answered strictly, and neither
+        kept so nor charged a try."""
         ident = self.known.get(key)
         if ident is not None:
             return ident
         with self.naming:
-            return self._identify(tgid, ppid, key)
+            return self._identify(tgid, ppid, key, asked)
 
-    def _identify(self, tgid: int, ppid: int, key: tuple) -> Identity:
+    def _identify(self, tgid: int, ppid: int, key: tuple, asked: bool) -> Identity:
         ident = self.known.get(key)
         if ident is not None:
             return ident
@@ -584,22 +587,25 @@ class Cluster:
             return SERVER_ID
         if ppid == self.pm[0]:
             text = title(tgid)
-            if text == self.pm_title:  # PostgreSQL titles its children before any handed-over syscall:
-                ident = self.fresh  # one still wearing the postmaster's title is strictest for good
-            else:
-                tries, next_try = self.pending.get(key, (0, 0.0))
-                if time.monotonic() < next_try:
-                    return self.unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
-                try:
-                    ident = self.classify(tgid, text)
-                except Provisional:
-                    if tries < PROVISIONAL_TRIES:
-                        self.pending[key] = (tries + 1, time.monotonic() + 0.005 * (tries + 1))
-                        return self.unconfirmed
-                    ident = self.unconfirmed  # never borne out: the strictest policy for good
-                self.pending.pop(key, None)
+            if text == self.pm_title:  # forked, not yet told what it is (or a worker pretending)
+                return self.fresh
+            tries, next_try = self.pending.get(key, (0, 0.0))
+            if time.monotonic() < next_try:
+                return self.unconfirmed  # asked again only after a pause: a claim costs a few reads of /proc
+            try:
+                ident = self.classify(tgid, text)
+            except Provisional:
+                if asked:
+                    return self.unconfirmed
+                if tries < PROVISIONAL_TRIES:
+                    self.pending[key] = (tries + 1, time.monotonic() + 0.005 * (tries + 1))
+                    return self.unconfirmed
+                ident = self.unconfirmed  # never borne out: the strictest policy for good
+            self.pending.pop(key, None)
         else:
             ident = self.inherit(ppid)
+            if ident is self.fresh or ident is self.unconfirmed:
+                return ident  # its ancestor is not nameable yet: neither is it
         with self.lock:
             return self.known.setdefault(key, ident)
 
@@ -619,7 +625,7 @@ class Cluster:
             return None
         ident = self.known.get(key)
         if ident is None and ppid == self.pm[0] and not self.eager:
-            ident = self.identify(pid, ppid, key)  # named when first asked about
+            ident = self.identify(pid, ppid, key, asked=True)  # named when first asked about
         elif ident is None and ppid != self.pm[0]:
             ident = self.inherit(ppid)
             if ident.kind == UNKNOWN:

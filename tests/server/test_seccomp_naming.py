@@ -208,3 +208,34 @@ def test_with_role_lists_every_connection_is_named_at_its_start(eager):
         with eager.connect("alice") as c:
             c.execute("SELECT 1")
     assert notifications(eager) - before >= 10
+
+
+def test_a_question_asked_early_names_no_backend_for_good(lazy):
+    """Anyone of the server's uid may ask the supervisor about any process, at a moment of their
+    choosing (here: as each new backend forks, still wearing the postmaster's title): the
+    backends are answered strictly then, and named as clients once they can be."""
+    import threading
+    from plpy_bg.sandbox import supervisor as sup
+    pm, stop, asked = lazy.cluster.postmaster_pid(), threading.Event(), set()
+
+    def racer():
+        while not stop.is_set():
+            for kid in sup.children_of(pm):
+                if kid not in asked:
+                    asked.add(kid)
+                    try:
+                        supervision.restrictions(kid, supervision.start_time(kid), lazy.sup.socket)
+                    except OSError:
+                        pass
+
+    t = threading.Thread(target=racer, daemon=True)
+    t.start()
+    try:
+        got = []
+        for i in range(20):
+            with lazy.connect("alice") as c:
+                got.append(c.execute(f"SELECT try_mkdir('/tmp/plpy_bg_nam_race{i}')").fetchone()[0])
+    finally:
+        stop.set()
+        t.join(5)
+    assert got == ["ok"] * 20 and len(asked) >= 20

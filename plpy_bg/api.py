@@ -29,7 +29,7 @@ CANCEL_GRACE_MS = 1000
 SLICE_MS = 200
 
 CONTEXT_SQL = """
-SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser,
+SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser, r.rolcanlogin AS can_login,
   pg_catalog.current_setting('pg_background.max_workers', true) AS max_workers,
   pg_catalog.current_setting('pg_background.default_queue_size', true) AS default_queue_size,
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
@@ -38,6 +38,8 @@ SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser,
   {vals} AS vals
 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1
 """
+
+JOB_LOGIN_SQL = "SELECT plpy_bg.job_login($1) AS login"
 
 BLOCKED_BY_ME = """
 SELECT EXISTS (
@@ -139,10 +141,13 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     # provenance and policy before anything runs: a refused job never reaches the dispatcher
     prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))
     classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path, job_oid=uid)
+    # a NOLOGIN role's jobs log in as its shadow (plpy_bg.job_login) and SET ROLE to it
+    login = r["cu"] if r["can_login"] else _plan(plpy, GD, "login", JOB_LOGIN_SQL, ["pg_catalog.oid"]).execute(
+        [uid])[0]["login"]
     cl = dclient.get(plpy, GD)
     req = {
         "mode": mode, "db": GD[dclient.CTX_KEY]["db"], "db_oid": GD[dclient.CTX_KEY]["db_oid"],
-        "role": r["cu"], "user_id": uid,
+        "role": r["cu"], "login": login, "user_id": uid,
         "session_user_id": suid, "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),

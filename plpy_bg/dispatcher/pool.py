@@ -98,6 +98,8 @@ class Worker:
     conn: psycopg.Connection
     pid: int
     login: str = ""  # the role name it logged in with
+    login_oid: int | None = None
+    become: tuple | None = None  # ("role", name): a shadow login's role, set before every job
     temp_file_limit: int | None = None  # the role's, in bytes: bounds the rows spooled for its jobs
     process: Process | None = None
     created: float = field(default_factory=time.monotonic)
@@ -114,8 +116,20 @@ class Worker:
         """SIGTERM the backend, as pg_terminate_backend does; never a signal to a recycled pid."""
         return self.process.signal(signal.SIGTERM)
 
+    def login_holds(self) -> bool:
+        """A shadow login is still a member of its role (it may have been dropped and made again
+        while this worker was idle; SET ROLE would then fail)."""
+        try:
+            return bool(self.run_simple(
+                f"SELECT 1 FROM pg_catalog.pg_auth_members WHERE member OPERATOR(pg_catalog.=) {int(self.login_oid)} "
+                f"AND roleid OPERATOR(pg_catalog.=) {int(self.key[1])}"))
+        except Exception:
+            return False
+
     def apply_settings(self, settings: list) -> None:
         """Set the job's settings; nothing to do when the worker already has exactly these."""
+        if self.become is not None:  # first: no inherited setting is named role (jobs.settings.NEVER)
+            settings = [self.become, *settings]
         if settings == self.applied:
             return
         sql = settings_sql(settings, self.applied or [])
@@ -286,7 +300,11 @@ class Pool:
                     found = w
                     break
                 stale.append(w)
-            if stack is not None and not stack:
+        if found is not None and found.become is not None and not found.login_holds():
+            stale.append(found)
+            found = None
+        with self.lock:
+            if stack is not None and not stack and self.idle.get(key) is stack:
                 del self.idle[key]
         for w in stale:
             self.close(w)

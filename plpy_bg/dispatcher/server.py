@@ -184,6 +184,14 @@ DATABASE_OID = """
 SELECT d.oid::pg_catalog.int8 FROM pg_catalog.pg_database d
 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
 """
+# the role a shadow login stands for, if it is a member of exactly that role and holds no other
+SHADOW_TARGET = """
+SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_roles r
+WHERE r.oid OPERATOR(pg_catalog.=) %s AND NOT r.rolcanlogin
+  AND (SELECT pg_catalog.array_agg(m.roleid) FROM pg_catalog.pg_auth_members m
+       WHERE m.member OPERATOR(pg_catalog.=) %s) OPERATOR(pg_catalog.=) ARRAY[r.oid]
+"""
+
 WORKER_HELLO = f"""
 SELECT s.usesysid::pg_catalog.int8, pg_catalog.current_setting('temp_file_limit'), ({DATABASE_OID})
 FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s
@@ -328,15 +336,22 @@ class Dispatcher:
             login_oid, temp_limit, got_db = conn.execute(WORKER_HELLO).fetchone()
             if got_db != db_oid:
                 raise other_database(db, db_oid, got_db)
-            if int(login_oid) != role_oid:  # renamed between the launch and the login
+            shadow = role == identmap.shadow_name(role_oid)
+            if shadow:  # a NOLOGIN role's: a member of it only, then that role for every job
+                target = conn.execute(SHADOW_TARGET, (role_oid, login_oid)).fetchone()
+                if target is None:
+                    raise InsufficientPrivilege(f'role "{role}" is not the job login of role oid {role_oid}',
+                                                hint=f"DROP ROLE {role}; the next launch makes it again.")
+            elif int(login_oid) != role_oid:  # renamed between the launch and the login
                 raise InsufficientPrivilege(
                     f'role "{role}" is no longer the role that launched the job',
                     detail=f"The launching role has oid {role_oid}; the name now belongs to oid {login_oid}.",
                     hint="Launch the job again.")
             if conn.info.parameter_status("standard_conforming_strings") != "on":
                 conn.execute("SET SESSION standard_conforming_strings = on")
-            w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role,
-                       temp_file_limit=temp_file_limit_bytes(temp_limit))
+            w = Worker(key=key, conn=conn, pid=conn.info.backend_pid, login=role, login_oid=int(login_oid),
+                       temp_file_limit=temp_file_limit_bytes(temp_limit),
+                       become=("role", target[0]) if shadow else None)
             sandboxed = self.sandboxed((db, db_oid))  # the settings' own failure says what it is
             if sandboxed:  # before any job SQL: the job can never run unfiltered
                 if key[2] != "worker":  # held to its launcher's restrictions too
@@ -471,7 +486,10 @@ class Dispatcher:
         # by oid: a role renamed or dropped never reaches a worker logged in as another role; a job
         # is held to what its launcher runs under (a parent job too), whatever role it runs as
         key = (req["db"], int(req["user_id"]), self.profile_of(sess, dbk), db_oid)
-        worker, _ = self.pool.acquire(key, req["role"])
+        login = req.get("login") or req["role"]
+        if login not in (req["role"], identmap.shadow_name(key[1])):
+            raise InsufficientPrivilege(f'a job of role "{req["role"]}" cannot log in as "{login}"')
+        worker, _ = self.pool.acquire(key, login)
         try:
             statements = int(req.get("statements") or 1)
             job = Job(
@@ -1170,7 +1188,7 @@ class Dispatcher:
             if r is None:
                 if w.alive():
                     bad.append(f"worker {pid} is connected but its backend is not in pg_stat_activity")
-            elif (r[1], int(r[3])) != (w.key[0], w.key[1]):  # pg_stat_activity names the database
+            elif (r[1], int(r[3])) != (w.key[0], w.login_oid or w.key[1]):  # pg_stat_activity names the database
                 bad.append(f"worker {pid} of ({w.key[0]}, role oid {w.key[1]}) is a backend of ({r[1]}, {r[2]})")
         for pid, r in seen.items():
             if pid not in live:

@@ -24,6 +24,11 @@ import pwd
 from plpy_bg.errors import PgError
 
 DISPATCHER_ROLE = "plpy_bg_dispatcher"  # created by the extension; see sql/idempotent/015-dispatcher.sql
+SHADOW_PREFIX = "plpy_bg_job_"  # + a NOLOGIN role's oid: the login its jobs run under (plpy_bg.job_login)
+
+
+def shadow_name(role_oid: int) -> str:
+    return f"{SHADOW_PREFIX}{int(role_oid)}"
 MAP_NAME = "plpy_bg"
 IDENTITY_LINE = r"/^(.*)$ \1"
 BEGIN = "# plpy_bg: job worker logins (managed; one line per role)"

@@ -43,6 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from plpy_bg.jobs import identmap
 from plpy_bg.sandbox import bpf, config, supervision
 from plpy_bg.sandbox.supervision import read_proc, start_time, stat_fields
 
@@ -292,6 +293,11 @@ def role_candidates(rest: str) -> set[str]:
     return out
 
 
+def is_shadow(role: str) -> bool:
+    """plpy_bg_job_<oid>: the login of a NOLOGIN role's jobs (identmap.SHADOW_PREFIX)."""
+    return role.startswith(identmap.SHADOW_PREFIX) and role[len(identmap.SHADOW_PREFIX):].isdigit()
+
+
 def client_shaped(rest: str) -> bool:
     """Whether a title after the prefix reads 'U D H ACTIVITY' (or 'walsender U H ACTIVITY'): a host
     ('[local]' or 'address(port)') after at least two words."""
@@ -345,6 +351,8 @@ class Cluster:
                    job=P(pol["job"]), job_roles={r: P(p) for r, p in pol["job_roles"].items()})
 
     def session_of(self, roles: set[str]) -> config.Policy:
+        if any(is_shadow(r) for r in roles):  # a NOLOGIN role's job login: whose lists, the title cannot say
+            return self.sessions_strictest
         pols = [self.session_roles.get(r, self.session) for r in sorted(roles)]
         return pols[0] if len(pols) == 1 else config.meet(pols)
 
@@ -614,6 +622,8 @@ class Cluster:
         no role known: the strictest of all; no role with lists of its own: the job policy)."""
         if ident is self.client:
             return self.job
+        if any(is_shadow(r) for r in ident.roles):
+            return self.strictest
         pols = [self.job_roles.get(r, self.job) for r in ident.roles]
         return config.meet(pols) if pols else self.strictest
 

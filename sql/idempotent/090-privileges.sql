@@ -72,7 +72,8 @@ AS $$ SELECT unnest(ARRAY[
     'FUNCTION %I.pg_background_stats_v2()',
     'FUNCTION %I.pg_background_progress(pg_catalog.int4, pg_catalog.text)',
     'FUNCTION %I.pg_background_get_progress_v2(pg_catalog.int4, pg_catalog.int8)',
-    'ROUTINE %I.pg_background_await(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4)'
+    'ROUTINE %I.pg_background_await(pg_catalog.int4, pg_catalog.int8, pg_catalog.int4)',
+    'FUNCTION plpy_bg.job_login(pg_catalog.oid)'
 ]) $$;
 
 CREATE OR REPLACE FUNCTION @extschema@.grant_pg_background_privileges(
@@ -92,6 +93,9 @@ BEGIN
     -- outside the catch-all below: a name pg_ident.conf cannot hold is refused before anything is granted
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) role_name AND rolcanlogin) THEN
         PERFORM plpy_bg.register_role(role_name);
+    ELSIF role_name OPERATOR(pg_catalog.<>) 'pgbackground_role' THEN  -- a group, not a job's role
+        PERFORM plpy_bg.make_job_login((SELECT r.oid FROM pg_catalog.pg_roles r
+                                        WHERE r.rolname OPERATOR(pg_catalog.=) role_name));
     END IF;
     BEGIN
     SELECT n.nspname INTO _schema FROM pg_catalog.pg_extension e
@@ -151,10 +155,90 @@ BEGIN
     _sql := pg_catalog.format('REVOKE USAGE ON SCHEMA plpy_bg FROM %I', role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     PERFORM plpy_bg.register_role(role_name, false);
+    -- the login its jobs ran under, if it was NOLOGIN
+    _obj := 'plpy_bg_job_' OPERATOR(pg_catalog.||) (SELECT r.oid FROM pg_catalog.pg_roles r
+                                                    WHERE r.rolname OPERATOR(pg_catalog.=) role_name)::pg_catalog.text;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _obj) THEN
+        PERFORM plpy_bg.register_role(_obj, false);
+        EXECUTE pg_catalog.format('DROP ROLE %I', _obj);
+        IF print_commands THEN RAISE INFO 'DROP ROLE %', _obj; END IF;
+    END IF;
     RETURN true;
 EXCEPTION WHEN OTHERS THEN
     RAISE NOTICE 'error revoking plpy_bg privileges from %: %', role_name, SQLERRM;
     RETURN false;
+END;
+$function$;
+
+-- The login a NOLOGIN role's jobs run under: plpy_bg_job_<oid>, LOGIN and nothing else,
+-- NOINHERIT, a member of that role only and of nothing else, made by
+-- grant_pg_background_privileges (committed before any launch needs it: a worker logs in on a
+-- connection of its own) and dropped by revoke_pg_background_privileges. A job's worker logs
+-- in as it and SETs ROLE to the role, so RESET ROLE in a job leaves it with no privileges of
+-- its own. By itself it lets no one in: only the server's OS user may log in as it (peer map).
+CREATE OR REPLACE FUNCTION plpy_bg.make_job_login(target pg_catalog.oid)
+RETURNS pg_catalog.void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _role pg_catalog.text := (SELECT r.rolname FROM pg_catalog.pg_roles r
+                              WHERE r.oid OPERATOR(pg_catalog.=) target AND NOT r.rolcanlogin);
+    _name pg_catalog.text := 'plpy_bg_job_' OPERATOR(pg_catalog.||) target::pg_catalog.text;
+BEGIN
+    IF _role IS NULL OR EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _name) THEN
+        RETURN;  -- a role that logs in needs none; one made before is checked at each launch
+    END IF;
+    EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE '
+                              'NOREPLICATION NOBYPASSRLS', _name);
+    EXECUTE pg_catalog.format('GRANT %I TO %I', _role, _name);
+    EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', _name,
+                              'plpy_bg: the login of background jobs of role oid ' OPERATOR(pg_catalog.||) target);
+    PERFORM plpy_bg.register_role(_name);
+END;
+$function$;
+
+-- at each launch of a NOLOGIN role: the name of its job login, checked to be as made above
+CREATE OR REPLACE FUNCTION plpy_bg.job_login(target pg_catalog.oid)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _r pg_catalog.pg_roles;
+    _s pg_catalog.pg_roles;
+    _name pg_catalog.text := 'plpy_bg_job_' OPERATOR(pg_catalog.||) target::pg_catalog.text;
+BEGIN
+    SELECT * INTO _r FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'role with oid % does not exist', target USING ERRCODE = '42704';
+    END IF;
+    IF _r.rolcanlogin THEN
+        RETURN _r.rolname;
+    END IF;
+    SELECT * INTO _s FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'role "%" cannot run background jobs: it cannot log in and has no job login', _r.rolname
+            USING ERRCODE = '42501',
+            DETAIL = 'Jobs run on a connection that logs in; a NOLOGIN role''s jobs log in as a role made for it.',
+            HINT = pg_catalog.format('As a superuser: SELECT grant_pg_background_privileges(%L); it makes %I.',
+                                     _r.rolname, _name);
+    END IF;
+    -- what the name holds must be a job login as made, whoever touched it since
+    IF NOT _s.rolcanlogin OR _s.rolinherit OR _s.rolsuper OR _s.rolcreatedb OR _s.rolcreaterole
+       OR _s.rolreplication OR _s.rolbypassrls OR _s.rolconfig IS NOT NULL
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m WHERE m.roleid OPERATOR(pg_catalog.=) _s.oid)
+       OR (SELECT pg_catalog.array_agg(m.roleid) FROM pg_catalog.pg_auth_members m
+           WHERE m.member OPERATOR(pg_catalog.=) _s.oid) IS DISTINCT FROM ARRAY[target]
+       OR EXISTS (SELECT FROM pg_catalog.pg_authid a WHERE a.oid OPERATOR(pg_catalog.=) _s.oid
+                  AND a.rolpassword IS NOT NULL) THEN
+        RAISE EXCEPTION 'role "%" is not the job login plpy_bg made for role "%"', _name, _r.rolname
+            USING ERRCODE = '42501',
+            DETAIL = 'It must be LOGIN, NOINHERIT, without other attributes, settings or password, a member of that role only, with no members.',
+            HINT = pg_catalog.format('DROP ROLE %I; then, as a superuser, SELECT grant_pg_background_privileges(%L).',
+                                     _name, _r.rolname);
+    END IF;
+    RETURN _name;
 END;
 $function$;
 
@@ -230,6 +314,8 @@ REVOKE ALL ON FUNCTION @extschema@.grant_pg_background_privileges(pg_catalog.tex
 REVOKE ALL ON FUNCTION @extschema@.revoke_pg_background_privileges(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.pg_background_drop_executor_role() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.register_role(pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.job_login(pg_catalog.oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION plpy_bg.make_job_login(pg_catalog.oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.pool_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.cluster_context() FROM PUBLIC;

@@ -1,5 +1,5 @@
-"""pg_background users' habits on a cluster of the module's own: its settings, the executor
-role's helper."""
+"""pg_background users' habits on a cluster of the module's own: its settings, NOLOGIN owners'
+jobs, the executor role's helper (last: it drops the role)."""
 import psycopg
 import pytest
 
@@ -29,6 +29,69 @@ def test_pg_background_settings_are_defined_as_its_library_defines_them(own_pg):
             c.execute("SELECT * FROM pg_background_stats_v2()")
             c.execute("ALTER SYSTEM RESET pg_background.max_workers")
             c.execute("SELECT pg_reload_conf()")
+
+
+NOLOGIN_SETUP = """
+CREATE ROLE app_owner NOLOGIN;
+GRANT pgbackground_role TO app_owner;
+SELECT grant_pg_background_privileges('app_owner');
+CREATE TABLE owner_t (v text);
+ALTER TABLE owner_t OWNER TO app_owner;
+CREATE TABLE secret_t (v text);
+INSERT INTO secret_t VALUES ('s3cret');
+CREATE FUNCTION owner_job(n int) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = public, pg_catalog AS $f$
+DECLARE h pg_background_handle; out text;
+BEGIN
+    CASE n
+    WHEN 1 THEN h := pg_background_launch_v2('INSERT INTO public.owner_t SELECT current_user || ''/'' || session_user');
+    WHEN 2 THEN h := pg_background_launch_v2('RESET ROLE; INSERT INTO public.owner_t VALUES (''after reset'')');
+    WHEN 3 THEN h := pg_background_launch_v2('RESET ROLE; SELECT v FROM public.secret_t');
+    ELSE h := pg_background_launch_v2('SET ROLE postgres; SELECT v FROM public.secret_t');
+    END CASE;
+    SELECT string_agg(r, ',') INTO out FROM pg_background_result_v2(h.pid, h.cookie) AS (r text);
+    RETURN out;
+END $f$;
+ALTER FUNCTION owner_job(int) OWNER TO app_owner;
+GRANT EXECUTE ON FUNCTION owner_job(int) TO alice;
+"""
+
+
+def test_a_nologin_owners_wrapper_runs_jobs_as_that_role_and_no_more(own_pg):
+    """DBAs make owners NOLOGIN: their SECURITY DEFINER wrappers' jobs run as the owner, on a
+    login made for it (plpy_bg_job_<oid>) that holds nothing itself: RESET ROLE in the job
+    reaches no more than the owner, SET ROLE to anyone else fails."""
+    own_pg.sql(NOLOGIN_SETUP)
+    oid = own_pg.sql("SELECT 'app_owner'::regrole::oid")[0][0]
+    shadow = f"plpy_bg_job_{oid}"
+    with own_pg.connect("alice") as c:
+        assert c.execute("SELECT owner_job(1)").fetchone()[0] == "INSERT 0 1"
+        for n in (2, 3, 4):  # the job tries: RESET ROLE then write, RESET ROLE then read, SET ROLE postgres
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT owner_job(%s)", (n,))
+    assert own_pg.sql("SELECT v FROM owner_t") == [(f"app_owner/{shadow}",)]  # nothing after RESET ROLE
+    assert own_pg.sql("SELECT rolcanlogin, rolinherit, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls "
+                      "FROM pg_roles WHERE rolname = %s", (shadow,)) == [(True, False, False, False, False, False)]
+    # a shadow someone widened is refused until it is made again
+    own_pg.sql(f"GRANT pg_read_all_data TO {shadow}")
+    with own_pg.connect("alice") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not the job login"):
+            c.execute("SELECT owner_job(1)")
+    own_pg.sql(f"DROP ROLE {shadow}")
+    with own_pg.connect("alice") as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="has no job login") as ei:
+            c.execute("SELECT owner_job(1)")
+        assert "grant_pg_background_privileges" in ei.value.diag.message_hint
+    own_pg.sql("SELECT grant_pg_background_privileges('app_owner')")  # makes it again
+    with own_pg.connect("alice") as c:
+        assert c.execute("SELECT owner_job(1)").fetchone()[0] == "INSERT 0 1"
+    # revoking the owner's privileges drops its job login
+    own_pg.sql("SELECT revoke_pg_background_privileges('app_owner')")
+    assert own_pg.sql("SELECT count(*) FROM pg_roles WHERE rolname = %s", (shadow,))[0][0] == 0
+    with own_pg.connect("mallory") as m:  # no one else makes or reads job logins
+        for fn in ("plpy_bg.job_login", "plpy_bg.make_job_login"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                m.execute(f"SELECT {fn}(%s)", (oid,))
 
 
 def test_drop_executor_role_revokes_then_drops_and_says_what_holds_it(own_pg):

@@ -296,3 +296,13 @@ def test_a_question_never_names_a_process_for_good_before_it_can_be_named(monkey
     for _ in range(S.PROVISIONAL_TRIES + 5):
         assert c.identify(43, c.pm[0], (43, 9), asked=True).policy == c.strictest
     assert (43, 9) not in c.known and (43, 9) not in c.pending
+
+
+def test_a_nologin_roles_job_login_gets_the_strictest_policies_when_roles_have_lists():
+    """plpy_bg_job_<oid> logs in for a NOLOGIN role: its title cannot say whose lists apply."""
+    import plpy_bg.sandbox.supervisor as S
+    c = cluster(**{"erin": P("allow", {"error": ("mkdir",)})})
+    assert c.session_of({"plpy_bg_job_16384"}) == c.sessions_strictest
+    ident = S.Identity(S.CLIENT, "client backend", c.session_of({"plpy_bg_job_16384"}), roles=("plpy_bg_job_16384",))
+    assert c.job_of(ident) == c.strictest
+    assert c.session_of({"plpy_bg_job_x"}) == c.session  # only the exact shape is one

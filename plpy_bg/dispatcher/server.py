@@ -187,7 +187,7 @@ WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
 # the role a shadow login stands for, if it is a member of exactly that role and holds no other
 SHADOW_TARGET = """
 SELECT r.rolname::pg_catalog.text FROM pg_catalog.pg_roles r
-WHERE r.oid OPERATOR(pg_catalog.=) %s AND NOT r.rolcanlogin
+WHERE r.oid OPERATOR(pg_catalog.=) %s AND NOT r.rolcanlogin AND NOT r.rolsuper
   AND (SELECT pg_catalog.array_agg(m.roleid) FROM pg_catalog.pg_auth_members m
        WHERE m.member OPERATOR(pg_catalog.=) %s) OPERATOR(pg_catalog.=) ARRAY[r.oid]
 """

@@ -186,11 +186,23 @@ DECLARE
                               WHERE r.oid OPERATOR(pg_catalog.=) target AND NOT r.rolcanlogin);
     _name pg_catalog.text := 'plpy_bg_job_' OPERATOR(pg_catalog.||) target::pg_catalog.text;
 BEGIN
-    IF _role IS NULL OR EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _name) THEN
-        RETURN;  -- a role that logs in needs none; one made before is checked at each launch
+    IF _role IS NULL THEN
+        RETURN;  -- a role that logs in needs none
     END IF;
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) target) THEN
+        -- a login that is no superuser but may SET ROLE to one: any CREATEROLE role could grant it
+        RAISE NOTICE 'role "%" gets no job login: it is a superuser that cannot log in', _role
+            USING HINT = 'Its jobs cannot run; launch them from a role that can log in.';
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _name) THEN
+        PERFORM plpy_bg.job_login(target);  -- one made before, or by someone else: it must be as made here
+        RETURN;
+    END IF;
+    -- VALID UNTIL epoch: a password the job's own RESET ROLE; ALTER ROLE CURRENT_USER PASSWORD sets is
+    -- expired at once (a role may change its own password, not that); peer login is not affected
     EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE '
-                              'NOREPLICATION NOBYPASSRLS', _name);
+                              'NOREPLICATION NOBYPASSRLS VALID UNTIL %L', _name, 'epoch');
     EXECUTE pg_catalog.format('GRANT %I TO %I', _role, _name);
     EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', _name,
                               'plpy_bg: the login of background jobs of role oid ' OPERATOR(pg_catalog.||) target);
@@ -216,6 +228,10 @@ BEGIN
     IF _r.rolcanlogin THEN
         RETURN _r.rolname;
     END IF;
+    IF _r.rolsuper THEN
+        RAISE EXCEPTION 'role "%" cannot run background jobs: it is a superuser that cannot log in', _r.rolname
+            USING ERRCODE = '42501', HINT = 'Launch from a role that can log in.';
+    END IF;
     SELECT * INTO _s FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) _name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'role "%" cannot run background jobs: it cannot log in and has no job login', _r.rolname
@@ -227,6 +243,8 @@ BEGIN
     -- what the name holds must be a job login as made, whoever touched it since
     IF NOT _s.rolcanlogin OR _s.rolinherit OR _s.rolsuper OR _s.rolcreatedb OR _s.rolcreaterole
        OR _s.rolreplication OR _s.rolbypassrls OR _s.rolconfig IS NOT NULL
+       OR _s.rolvaliduntil IS NULL OR _s.rolvaliduntil OPERATOR(pg_catalog.>) 'epoch'::pg_catalog.timestamptz
+       OR EXISTS (SELECT FROM pg_catalog.pg_db_role_setting d WHERE d.setrole OPERATOR(pg_catalog.=) _s.oid)
        OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m WHERE m.roleid OPERATOR(pg_catalog.=) _s.oid)
        OR (SELECT pg_catalog.array_agg(m.roleid) FROM pg_catalog.pg_auth_members m
            WHERE m.member OPERATOR(pg_catalog.=) _s.oid) IS DISTINCT FROM ARRAY[target]
@@ -234,7 +252,7 @@ BEGIN
                   AND a.rolpassword IS NOT NULL) THEN
         RAISE EXCEPTION 'role "%" is not the job login plpy_bg made for role "%"', _name, _r.rolname
             USING ERRCODE = '42501',
-            DETAIL = 'It must be LOGIN, NOINHERIT, without other attributes, settings or password, a member of that role only, with no members.',
+            DETAIL = 'It must be LOGIN, NOINHERIT, without other attributes, settings or password, valid until epoch, a member of that role only, with no members.',
             HINT = pg_catalog.format('DROP ROLE %I; then, as a superuser, SELECT grant_pg_background_privileges(%L).',
                                      _name, _r.rolname);
     END IF;

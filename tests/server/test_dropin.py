@@ -94,6 +94,54 @@ def test_a_nologin_owners_wrapper_runs_jobs_as_that_role_and_no_more(own_pg):
                 m.execute(f"SELECT {fn}(%s)", (oid,))
 
 
+PLANT_PASSWORD = ("DO $d$BEGIN EXECUTE 'RESET ROLE'; "
+                  "EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ' || quote_literal('bd'); END$d$")
+
+
+def test_a_job_login_cannot_be_turned_into_a_way_in(own_pg):
+    """Attacks on job logins (fresh eyes): a job that resets its role and sets its login's
+    password gets an expired one (no password login; later launches are refused until it is
+    made again); a NOLOGIN superuser gets no job login (a CREATEROLE role could grant one to
+    itself); a name someone made first is refused loudly."""
+    own_pg.sql("CREATE ROLE keeper NOLOGIN; GRANT pgbackground_role TO keeper; "
+               "SELECT grant_pg_background_privileges('keeper'); GRANT keeper TO bob")
+    oid = own_pg.sql("SELECT 'keeper'::regrole::oid")[0][0]
+    shadow = f"plpy_bg_job_{oid}"
+    with own_pg.connect("bob") as c:
+        c.execute("SET ROLE keeper")
+        h = c.execute("SELECT * FROM pg_background_launch_v2(%s)", (PLANT_PASSWORD,)).fetchone()
+        c.execute("SELECT * FROM pg_background_result_v2(%s, %s) AS (r text)", h).fetchall()
+    assert own_pg.sql("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s", (shadow,)) == [(True,)]
+    hba = own_pg.cluster.datadir / "pg_hba.conf"
+    text = hba.read_text()
+    hba.write_text(f"host all {shadow} 127.0.0.1/32 scram-sha-256\n" + text)
+    own_pg.sql("SELECT pg_reload_conf()")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(own_pg.cluster.dsn(shadow) + " password=bd").close()
+    finally:
+        hba.write_text(text)
+        own_pg.sql("SELECT pg_reload_conf()")
+    with own_pg.connect("bob") as c:
+        c.execute("SET ROLE keeper")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not the job login"):
+            c.execute("SELECT pg_background_launch_v2('SELECT 1')")
+    own_pg.sql("CREATE ROLE su_nl NOLOGIN SUPERUSER")
+    with own_pg.connect("postgres") as c:
+        c.execute("SELECT grant_pg_background_privileges('su_nl')")
+        assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'plpy_bg_job_' || 'su_nl'::regrole::oid"
+                         ).fetchone()[0] == 0
+        c.execute("SET ROLE su_nl")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="superuser that cannot log in"):
+            c.execute("SELECT pg_background_launch_v2('SELECT 1')")
+    own_pg.sql("CREATE ROLE squatted NOLOGIN; CREATE ROLE cr LOGIN CREATEROLE")
+    sq = own_pg.sql("SELECT 'squatted'::regrole::oid")[0][0]
+    with own_pg.connect("cr") as c:
+        c.execute(f"CREATE ROLE plpy_bg_job_{sq} LOGIN")  # made first, by someone else
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not the job login"):
+        own_pg.sql("SELECT grant_pg_background_privileges('squatted')")
+
+
 def test_drop_executor_role_revokes_then_drops_and_says_what_holds_it(own_pg):
     with own_pg.connect("mallory") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -114,6 +114,9 @@ BEGIN
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('GRANT SELECT ON plpy_bg.jobs TO %I', role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    -- a launch reads the trust its wrappers' owners declared (row-level security: what it may see)
+    _sql := pg_catalog.format('GRANT SELECT ON plpy_bg.trust TO %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('GRANT SELECT ON %I.pg_background_jobs TO %I', _schema, role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     RETURN true;
@@ -151,6 +154,8 @@ BEGIN
     _sql := pg_catalog.format('REVOKE SELECT ON %I.pg_background_jobs FROM %I', _schema, role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('REVOKE SELECT ON plpy_bg.jobs FROM %I', role_name);
+    EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
+    _sql := pg_catalog.format('REVOKE SELECT ON plpy_bg.trust FROM %I', role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;
     _sql := pg_catalog.format('REVOKE USAGE ON SCHEMA plpy_bg FROM %I', role_name);
     EXECUTE _sql; IF print_commands THEN RAISE INFO '%', _sql; END IF;

@@ -33,8 +33,7 @@ def test_pg_background_settings_are_defined_as_its_library_defines_them(own_pg):
 
 NOLOGIN_SETUP = """
 CREATE ROLE app_owner NOLOGIN;
-GRANT pgbackground_role TO app_owner;
-SELECT grant_pg_background_privileges('app_owner');
+SELECT grant_pg_background_privileges('app_owner');  -- enough by itself: no pgbackground_role
 CREATE TABLE owner_t (v text);
 ALTER TABLE owner_t OWNER TO app_owner;
 CREATE TABLE secret_t (v text);

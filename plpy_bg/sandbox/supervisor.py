@@ -293,6 +293,11 @@ def role_candidates(rest: str) -> set[str]:
     return out
 
 
+def server_title(rest: str) -> str | None:
+    """The auxiliary process a title after the prefix names ("checkpointer", ...), if any."""
+    return next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+
+
 def is_shadow(role: str) -> bool:
     """plpy_bg_job_<oid>: the login of a NOLOGIN role's jobs (identmap.SHADOW_PREFIX)."""
     return role.startswith(identmap.SHADOW_PREFIX) and role[len(identmap.SHADOW_PREFIX):].isdigit()
@@ -375,7 +380,7 @@ class Cluster:
                 raise Provisional  # before it attached its leader's segment, or not its worker at all
             return Identity(PARALLEL, f"parallel worker of {leader.label} (PID {lpid})", leader.policy, lk)
         if not self.client_socket(pid):  # no client: a server process, autovacuum or a background worker
-            title_of = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+            title_of = server_title(rest)
             if title_of is not None:
                 if self.in_postmaster_table(pid, title_of):
                     return SERVER_ID
@@ -484,7 +489,7 @@ class Cluster:
             except OSError:
                 continue
             rest = shown[len(self.prefix):] if shown.startswith(self.prefix) else ""
-            t = next((t for t in SERVER_TITLES if rest == t or rest.startswith(t + " ")), None)
+            t = server_title(rest)
             if t is not None:
                 named.setdefault(t, []).append(kid)
         return named
@@ -510,11 +515,8 @@ class Cluster:
         backend is named as it starts."""
         deadline = time.monotonic() + timeout
         while self.aux_slots is None and time.monotonic() < deadline:
-            try:
-                titles = {title(k).split(b"\0", 1)[0].rstrip() for k in children_of(self.pm[0])}
-            except OSError:
-                titles = set()
-            if all(f"{self.prefix}{t}".encode() in titles for t in ("checkpointer", "background writer")):
+            named = self.aux_children()
+            if "checkpointer" in named and "background writer" in named:
                 with self.naming:
                     if self.aux_slots is None:
                         self.calibrate()

@@ -313,6 +313,24 @@ def _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms: int) -> dict | None:
     return r if r["done"] else None
 
 
+def _wait_for_end(plpy, GD, pid, cookie, timeout_ms: int | None, between) -> dict | None:
+    """The job's end ({"state", "error"}), or None when `timeout_ms` passed first; `between`
+    runs after each slice of waiting."""
+    cl = dclient.get(plpy, GD)
+    who = Caller(plpy, GD)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    while True:
+        slice_ms = SLICE_MS
+        if deadline is not None:
+            slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
+        end = _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms)
+        if end is not None:
+            return end
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        between()
+
+
 def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
     """True once the job has ended; False when `timeout_ms` passed first.
 
@@ -320,22 +338,11 @@ def _wait(plpy, GD, pid, cookie, timeout_ms: int | None) -> bool:
     raises; with one, the wait simply ends in time (a caller that polls in
     short statements lets CREATE INDEX CONCURRENTLY finish).
     """
-    cl = dclient.get(plpy, GD)
-    who = Caller(plpy, GD)
-    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    while True:
-        slice_ms = SLICE_MS
-        if deadline is not None:
-            left = (deadline - time.monotonic()) * 1000
-            slice_ms = max(0, min(slice_ms, int(left)))
-        if _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms) is not None:
-            return True
-        if deadline is not None:
-            if time.monotonic() >= deadline:
-                return False
-            plpy.execute("SELECT 1")  # lets the backend act on cancel and statement_timeout
-        else:
-            _check_blocked(plpy, GD, pid)
+    if timeout_ms is None:
+        between = lambda: _check_blocked(plpy, GD, pid)  # noqa: E731
+    else:
+        between = lambda: plpy.execute("SELECT 1")  # noqa: E731  (acts on cancel and statement_timeout)
+    return _wait_for_end(plpy, GD, pid, cookie, timeout_ms, between) is not None
 
 
 @sql_errors
@@ -369,26 +376,20 @@ def await_job(plpy, GD, pid, cookie, timeout_ms) -> None:
                       hint="CALL it on its own, after the transaction that launched the job has committed "
                            "(psql: a separate command, not inside -1 or BEGIN); inside a transaction, use "
                            "pg_background_wait_v2.") from None
-    cl = dclient.get(plpy, GD)
-    who = Caller(plpy, GD)
-    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-    while True:
-        slice_ms = SLICE_MS
-        if deadline is not None:
-            slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
-        end = _wait_slice(plpy, GD, cl, who, pid, cookie, slice_ms)
-        if end is not None:
-            if end["state"] == "completed":
-                return
-            if end.get("error"):
-                _raise_job_error(end, pid)
-            raise PgError(f"background job {pid} ended {end['state']}", sqlstate="XX000",
-                          hint="See the pg_background_jobs view.")
-        if deadline is not None and time.monotonic() >= deadline:
-            raise PgError(f"canceling wait: background job {pid} did not end within {timeout_ms} ms",
-                          sqlstate="57014", hint="The job runs on; CALL pg_background_await again to wait longer.")
+    def between():
         plpy.execute("SELECT 1")  # lets the backend act on cancel and statement_timeout
         plpy.commit()  # and ends the transaction that took a snapshot for it
+
+    end = _wait_for_end(plpy, GD, pid, cookie, timeout_ms, between)
+    if end is None:
+        raise PgError(f"canceling wait: background job {pid} did not end within {timeout_ms} ms",
+                      sqlstate="57014", hint="The job runs on; CALL pg_background_await again to wait longer.")
+    if end["state"] == "completed":
+        return
+    if end.get("error"):
+        _raise_job_error(end, pid)
+    raise PgError(f"background job {pid} ended {end['state']}", sqlstate="XX000",
+                  hint="See the pg_background_jobs view.")
 
 
 @sql_errors

@@ -187,16 +187,16 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    _role pg_catalog.text := (SELECT r.rolname FROM pg_catalog.pg_roles r
-                              WHERE r.oid OPERATOR(pg_catalog.=) target AND NOT r.rolcanlogin);
+    _r pg_catalog.pg_roles;
     _name pg_catalog.text := 'plpy_bg_job_' OPERATOR(pg_catalog.||) target::pg_catalog.text;
 BEGIN
-    IF _role IS NULL THEN
+    SELECT * INTO _r FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) target;
+    IF NOT FOUND OR _r.rolcanlogin THEN
         RETURN;  -- a role that logs in needs none
     END IF;
-    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) target) THEN
+    IF _r.rolsuper THEN
         -- a login that is no superuser but may SET ROLE to one: any CREATEROLE role could grant it
-        RAISE NOTICE 'role "%" gets no job login: it is a superuser that cannot log in', _role
+        RAISE NOTICE 'role "%" gets no job login: it is a superuser that cannot log in', _r.rolname
             USING HINT = 'Its jobs cannot run; launch them from a role that can log in.';
         RETURN;
     END IF;
@@ -208,7 +208,7 @@ BEGIN
     -- expired at once (a role may change its own password, not that); peer login is not affected
     EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE '
                               'NOREPLICATION NOBYPASSRLS VALID UNTIL %L', _name, 'epoch');
-    EXECUTE pg_catalog.format('GRANT %I TO %I', _role, _name);
+    EXECUTE pg_catalog.format('GRANT %I TO %I', _r.rolname, _name);
     EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', _name,
                               'plpy_bg: the login of background jobs of role oid ' OPERATOR(pg_catalog.||) target);
     PERFORM plpy_bg.register_role(_name);

@@ -154,9 +154,9 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "provenance_json": json.dumps(prov), "classification_json": json.dumps(classification),
     }
     if mode != "submit":  # rows are kept: let the worker write them as record literals
-        run_sql = policy.row_text_sql(sql, classification)
-        if run_sql is not None:
-            req["run_sql"] = run_sql
+        row_sql = policy.row_statement(sql, classification)
+        if row_sql is not None:
+            req["row_sql"] = row_sql
     try:
         return cl.request("launch", **req)
     except PgError as e:
@@ -273,16 +273,53 @@ def _stream(plpy, f: _Fetcher, head: list[str]):
         e.raise_in(plpy)
 
 
-@sql_errors
-def result_v1(plpy, GD, pid):
+def _result_handle(pid, cookie, v2: bool):
+    if v2:
+        _handle(pid, cookie)
+        return cookie
     _require("pid", pid)
-    return _result_rows(plpy, GD, pid, None)
+    return None
+
+
+COLUMNS_SQL = """
+SELECT pg_catalog.string_agg(pg_catalog.format('c%s %s', u.n, CASE WHEN y.typtype OPERATOR(pg_catalog.=) 'p'
+         THEN 'text' ELSE pg_catalog.format_type(u.t, u.m) END), ', ' ORDER BY u.n) AS cols
+FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::pg_catalog.int4[]))
+  WITH ORDINALITY AS u(t, m, n)
+  LEFT JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) u.t
+"""  # a pseudo-type (void, record, anyarray) no column list can name is read as its text
 
 
 @sql_errors
-def result_v2(plpy, GD, pid, cookie):
-    _handle(pid, cookie)
-    return _result_rows(plpy, GD, pid, cookie)
+def result_columns(plpy, GD, pid, cookie, v2: bool) -> str:
+    """The column list of a job's rows ("c1 integer, c2 text"), once known; reads no row.
+
+    pg_background_result(_v2) runs `result_rows` with it under PL/pgSQL's RETURN QUERY, which
+    checks it against the caller's column list before the first row: a wrong list is 42804 with
+    the types in its detail, and the rows stay to be read with the right one.
+    """
+    cookie = _result_handle(pid, cookie, v2)
+    cl = dclient.get(plpy, GD)
+    who = Caller(plpy, GD)
+    while True:
+        r = cl.request_as(who, "describe", pid=pid, cookie=cookie, slice_ms=SLICE_MS)
+        if r["known"]:
+            break
+        _check_blocked(plpy, GD, pid)
+    cols = r["columns"]
+    if cols is None:  # the job failed: reading its rows raises its error, as it always has
+        _result_rows(plpy, GD, pid, cookie)
+        raise PgError(f"background job {pid} failed without an error", sqlstate="XX000")
+    if not cols:
+        raise PgError("structure of query does not match function result type",
+                      detail=f"The rows of background job {pid} have no columns.", sqlstate="42804")
+    return _plan(plpy, GD, "columns", COLUMNS_SQL, ["pg_catalog.oid[]", "pg_catalog.int4[]"]).execute(
+        [[c[0] for c in cols], [c[1] for c in cols]])[0]["cols"]
+
+
+@sql_errors
+def result_rows(plpy, GD, pid, cookie, v2: bool):
+    return _result_rows(plpy, GD, pid, _result_handle(pid, cookie, v2))
 
 
 ENDED_SQL = """

@@ -171,9 +171,45 @@ class Worker:
         pg = self.pgconn
         pg.nonblocking = 1
         pg.send_query(sql)
+        self._flush()
+
+    def _flush(self) -> None:
+        pg = self.pgconn
         while pg.flush() == 1:
             select.select([pg.socket], [pg.socket], [], 1.0)
             pg.consume_input()
+
+    def send_described(self, statement: bytes, wrapped: bytes) -> None:
+        """Send, in one round trip (pipeline mode), a statement to describe and the query that
+        runs it: `described()` then reads the statement's own column types, `results()` the rows
+        of `wrapped`, and `end_pipeline()` the end."""
+        pg = self.pgconn
+        pg.nonblocking = 1
+        pg.enter_pipeline_mode()
+        pg.send_prepare(b"", statement)
+        pg.send_describe_prepared(b"")
+        pg.send_query_params(wrapped, None)
+        pg.pipeline_sync()
+        self._flush()
+
+    def described(self) -> tuple[list[tuple[int, int]] | None, dict | None]:
+        """(columns as (type oid, typmod), None), or (None, error) when the statement was refused."""
+        cols, err = None, None
+        for step in ("parse", "describe"):
+            for res in self.results():
+                if res.status == pq.ExecStatus.FATAL_ERROR:
+                    err = err or error_fields(res)
+                elif step == "describe" and res.status == pq.ExecStatus.COMMAND_OK:
+                    cols = [(res.ftype(i), res.fmod(i)) for i in range(res.nfields)]
+        return (None, err) if err else (cols, None)
+
+    def end_pipeline(self) -> None:
+        """Read what is left of a pipeline up to its sync, and leave pipeline mode."""
+        pg = self.pgconn
+        for _ in range(4):  # what is left of the query, then the sync
+            if any(res.status == pq.ExecStatus.PIPELINE_SYNC for res in self.results()):
+                break
+        pg.exit_pipeline_mode()
 
     def results(self, stream: bool = False, tick=None):
         """Yield each PGresult of the query in flight; `stream` returns rows one by one as they come.

@@ -72,6 +72,15 @@ def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
 _NEEDS_QUOTE = frozenset(b'",\\() \t\n\r\v\f')
 
 
+TAG_COLUMNS = [(25, -1)]  # a job with no row set returns its command tag as one text column
+
+
+def row_text_sql(statement: str) -> str:
+    """One plain query wrapped so the server writes each row as a record literal (record_out);
+    the statement keeps its own text, on its own lines."""
+    return f"SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\n{statement}\n) AS plpy_bg_row"
+
+
 def row_literal(values: list[bytes | None]) -> bytes:
     """A composite literal as record_out writes it, so record_in reads each field exactly."""
     parts = []

@@ -116,7 +116,7 @@ class Job:
     row_pending: tuple | None = None
     sent: bool = False  # the launch sent the job's SQL itself
     text: str | None = None  # what the worker runs (all of it), until it is sent
-    row_text: bool = False  # the one query wrapped so the worker writes record literals
+    row_text: bool = False  # text is one plain query the worker runs wrapped to write record literals
 
     @property
     def dbk(self) -> tuple[str, int]:
@@ -500,8 +500,8 @@ class Dispatcher:
                 session=sess, streaming=(statements == 1),
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
                 provenance=req.get("provenance_json"), classification=req.get("classification_json"),
-                session_user_id=req.get("session_user_id"), text=req.get("run_sql") or req["sql"],
-                row_text=bool(req.get("run_sql")))
+                session_user_id=req.get("session_user_id"), text=req.get("row_sql") or req["sql"],
+                row_text=bool(req.get("row_sql")))
             if parent is not None:
                 job.parent_cookie = parent.cookie
             job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,
@@ -527,8 +527,7 @@ class Dispatcher:
         if job.row_pending[0].is_set() and job.settings == worker.applied:
             # the row is committed and the worker is ready: start the job from here, no handoff
             try:
-                worker.send(job.text.encode())
-                job.text = None
+                self._send(job, worker)
                 job.sent = True
             except Exception:  # the job thread reports the dead connection
                 job.sent = False
@@ -552,6 +551,16 @@ class Dispatcher:
                        sqlstate=getattr(e, "sqlstate", None) or "58000")
 
     # ---- running a job ----
+    @staticmethod
+    def _send(job: Job, w: Worker) -> None:
+        """Start the job's SQL on its worker; one plain query is described too (its rows reach the
+        launcher as record literals, whose column types the reader's column list is checked against)."""
+        if job.row_text:
+            w.send_described(job.text.encode(), P.row_text_sql(job.text).encode())
+        else:
+            w.send(job.text.encode())
+        job.text = None  # a 200 MB text is not kept while the job runs
+
     def _run_job(self, job: Job) -> None:
         w = job.worker
         error = None
@@ -565,8 +574,7 @@ class Dispatcher:
                 Store.wait(job.row_pending)  # the job row is committed before any job SQL runs
                 if job.row_pending[1].get("abandoned"):  # the launch gave up waiting and said so
                     raise PgError("background job was not started: its launch timed out", sqlstate="57014")
-                w.send(job.text.encode())
-                job.text = None  # a 200 MB text is not kept while the job runs
+                self._send(job, w)
             cancelled = lambda: job.cancel_requested
             spool_error = None
 
@@ -579,13 +587,22 @@ class Dispatcher:
                     job.sink.drop_rows()
                     w.pgconn.get_cancel().cancel()
 
-            for res in w.results(stream=True):
+            columns = lambda res: [(res.ftype(i), res.fmod(i)) for i in range(res.nfields)]
+            results = ()
+            if job.row_text:
+                described, error = w.described()
+                if described is not None:
+                    results = w.results(stream=True)
+                    columns = lambda res: described
+            else:
+                results = w.results(stream=True)
+            for res in results:
                 st = res.status
                 if st in ROW_CHUNK:
                     if not in_set:
                         in_set = True
                         had_rows = True
-                        job.sink.new_set()
+                        job.sink.new_set(columns(res))
                     gv = res.get_value
                     if job.row_text:  # the worker wrote each row as a record literal
                         rows = [gv(r, 0) for r in range(res.ntuples)]
@@ -598,7 +615,7 @@ class Dispatcher:
                     del rows
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
-                        job.sink.new_set()
+                        job.sink.new_set(columns(res))
                         had_rows = True
                     in_set = False
                     tag = (res.command_status or b"").decode()
@@ -613,6 +630,8 @@ class Dispatcher:
                              "message": "COPY to or from the client is not supported in a background job",
                              "hint": "COPY to or from a server file, or use INSERT ... SELECT.",
                              "detail": None, "context": None}
+            if job.row_text:
+                w.end_pipeline()
             if spool_error is not None:
                 error = spool_error
             if w.pgconn.status != pq.ConnStatus.OK:
@@ -662,7 +681,8 @@ class Dispatcher:
                 error = job.last_error
         else:
             state = "completed"
-        if not had_rows and error is None:
+        if not had_rows and error is None:  # the command tag, as a text column (as pg_background)
+            job.sink.new_set(P.TAG_COLUMNS)
             job.sink.put(P.row_literal([(tag or "").encode()]))
         job.command_tag = tag
         with self.lock:
@@ -1053,7 +1073,7 @@ class Dispatcher:
         op = req.get("op")
         if op == "launch":
             return self.launch(sess, req)
-        if op == "fetch":
+        if op in ("fetch", "describe"):
             job = self.find(sess, req, "result")
             if job.mode == "submit":
                 raise FeatureNotSupported(f"results are disabled for PID {job.pid} (submitted via submit_v2)",
@@ -1061,6 +1081,10 @@ class Dispatcher:
             if job.consumed and not req.get("continuing"):
                 raise ObjectNotFound(f"results for PID {job.pid} have already been consumed",
                                      hint="Results can be read once.")
+        if op == "describe":  # the column types of the rows, once known; reads no row
+            known, columns = job.sink.describe(req.get("slice_ms", 200) / 1000)
+            return {"known": known, "columns": columns}
+        if op == "fetch":
             if not job.consumed:
                 job.consumed = True
                 self.store(job.dbk).write(FLAGS, {"cookie": job.cookie, "consumed": True,

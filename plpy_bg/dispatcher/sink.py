@@ -99,13 +99,16 @@ class RowSink:
         self.finished = False
         self.final: dict | None = None  # {"tag": ...} or {"error": {...}}
         self.rows_total = 0
+        self.columns: list[tuple[int, int]] | None = None  # (type oid, typmod) of the rows kept
 
     # ---- writer side (the job's thread) ----
-    def new_set(self) -> None:
+    def new_set(self, columns: list[tuple[int, int]]) -> None:
         """A new row set begins: earlier sets of a multi-statement job are dropped."""
         with self.cond:
             if not self.streaming:
                 self._clear()
+            self.columns = columns
+            self.cond.notify_all()
 
     def put(self, row: bytes, cancelled=lambda: False) -> None:
         self.put_many([row], cancelled)
@@ -218,6 +221,20 @@ class RowSink:
         self.file_rpos = self.file_wpos = 0
 
     # ---- reader side (the launcher's fetch requests) ----
+    def describe(self, timeout: float) -> tuple[bool, list[tuple[int, int]] | None]:
+        """(known, columns): the types of the rows a reader will get, once they are final (the
+        first set of a streaming job, the last of a spooled one); columns None when the job
+        failed. Takes no row."""
+        with self.cond:
+            known = lambda: self.finished or (self.streaming and self.columns is not None)
+            if not known():
+                self.cond.wait(timeout)
+            if not known():
+                return False, None
+            if self.finished and (self.final or {}).get("error"):
+                return True, None  # the reader gets the job's error, whatever it declared
+            return True, self.columns
+
     def take(self, max_bytes: int, timeout: float) -> tuple[list[bytes], dict | None]:
         """About max_bytes of row chunks (each one or more NUL-separated rows); (chunks, final)
         where final is set once all rows are read."""

@@ -302,16 +302,15 @@ def _row_text_ok(node_type: str, body: dict) -> bool:
     return True
 
 
-def row_text_sql(sql: str, classification: dict) -> str | None:
-    """The job's one query wrapped so the worker writes each row as a record literal (record_out),
-    or None when it is not one plain query. The statement keeps its own text, on its own lines."""
+def row_statement(sql: str, classification: dict) -> str | None:
+    """The job's one plain query, which the worker runs wrapped to write each row as a record
+    literal (protocol.row_text_sql), or None when the job is not one plain query."""
     stmts = classification["statements"]
     if len(stmts) != 1 or not stmts[0].get("row_text"):
         return None
     raw = sql.encode()
     loc, ln = stmts[0]["location"], stmts[0]["length"]
-    text = (raw[loc:loc + ln] if ln else raw[loc:]).decode()
-    return f"SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\n{text}\n) AS plpy_bg_row"
+    return (raw[loc:loc + ln] if ln else raw[loc:]).decode()
 
 
 def _parse(sql: str) -> list[dict]:

@@ -12,15 +12,41 @@ from plpy_bg import api
 return api.launch_v1(plpy, GD, sql, queue_size)
 $python$;
 
-CREATE OR REPLACE FUNCTION @extschema@.pg_background_result(pid pg_catalog.int4)
+-- A job's rows travel as record literals of the job's own column types: result_columns names
+-- them once known (reading no row), and PL/pgSQL's RETURN QUERY checks them against the caller's
+-- column list before result_rows reads a row (42804 on a mismatch; the rows stay readable).
+-- EXECUTE for both internal functions stays PUBLIC's: the API's roles alone have USAGE on plpy_bg,
+-- and the dispatcher checks the handle and the caller's role as for every call.
+CREATE OR REPLACE FUNCTION plpy_bg.result_columns(pid pg_catalog.int4, cookie pg_catalog.int8, v2 pg_catalog.bool)
+RETURNS pg_catalog.text
+LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#PLPY_BG_PREAMBLE
+from plpy_bg import api
+return api.result_columns(plpy, GD, pid, cookie, v2)
+$python$;
+
+CREATE OR REPLACE FUNCTION plpy_bg.result_rows(pid pg_catalog.int4, cookie pg_catalog.int8, v2 pg_catalog.bool)
 RETURNS SETOF pg_catalog.record
 LANGUAGE plpython3u VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #PLPY_BG_PREAMBLE
 from plpy_bg import api
-return api.result_v1(plpy, GD, pid)
+return api.result_rows(plpy, GD, pid, cookie, v2)
 $python$;
+
+CREATE OR REPLACE FUNCTION @extschema@.pg_background_result(pid pg_catalog.int4)
+RETURNS SETOF pg_catalog.record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, NULL, false) AS r('
+                         || plpy_bg.result_columns(pid, NULL, false) || ')' USING pid;
+END
+$function$;
 
 CREATE OR REPLACE FUNCTION @extschema@.pg_background_detach(pid pg_catalog.int4)
 RETURNS pg_catalog.void
@@ -56,13 +82,14 @@ $python$;
 
 CREATE OR REPLACE FUNCTION @extschema@.pg_background_result_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
 RETURNS SETOF pg_catalog.record
-LANGUAGE plpython3u VOLATILE SECURITY INVOKER
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-AS $python$
-#PLPY_BG_PREAMBLE
-from plpy_bg import api
-return api.result_v2(plpy, GD, pid, cookie)
-$python$;
+AS $function$
+BEGIN
+    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, $2, true) AS r('
+                         || plpy_bg.result_columns(pid, cookie, true) || ')' USING pid, cookie;
+END
+$function$;
 
 CREATE OR REPLACE FUNCTION @extschema@.pg_background_detach_v2(pid pg_catalog.int4, cookie pg_catalog.int8)
 RETURNS pg_catalog.void

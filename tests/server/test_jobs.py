@@ -192,11 +192,56 @@ def test_results_can_be_read_once(pg):
             result(c, h, "a int")  # read to the end: released, as in pg_background
 
 
-def test_wrong_column_list_is_a_clear_error(pg):
+def test_wrong_column_list_is_42804_without_row_data_and_the_rows_stay_readable(pg):
     with pg.connect("alice") as c:
-        h = launch(c, "SELECT 1, 2")
-        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="malformed record literal"):
+        h = launch(c, "SELECT 'secret-row-data'::text AS s, 2 AS n")
+        for cols, detail in [("a text", "Number of returned columns (2) does not match expected column count (1)."),
+                             ("a text, b bigint", "Returned type integer does not match expected type bigint in column 2."),
+                             ("a int, b int", "Returned type text does not match expected type integer in column 1."),
+                             ("a text, b int, c text", "Number of returned columns (2) does not match expected column count (3).")]:
+            with pytest.raises(psycopg.errors.DatatypeMismatch) as ei:
+                result(c, h, cols)
+            d = ei.value.diag
+            assert d.message_primary == "structure of query does not match function result type"
+            assert d.message_detail.startswith(detail)
+            assert "secret-row-data" not in f"{d.message_primary} {d.message_detail} {d.context}"
+        assert result(c, h, "s text, n int") == [("secret-row-data", 2)]
+
+
+def test_column_lists_of_every_kind_of_job_are_checked_before_a_row(pg):
+    marker = "abababZ"  # row data the job makes: not in any SQL text the server could log
+    log_at = pg.cluster.logfile.stat().st_size
+    with pg.connect("alice") as c:
+        pid = c.execute("SELECT pg_background_launch($$SELECT repeat('ab', 3) || 'Z', 7$$)").fetchone()[0]
+        with pytest.raises(psycopg.errors.DatatypeMismatch):
+            c.execute("SELECT * FROM pg_background_result(%s) AS (a int)", (pid,))
+        assert c.execute("SELECT * FROM pg_background_result(%s) AS (a text, b int)", (pid,)).fetchall() == [(marker, 7)]
+        h = launch(c, "SELECT 1; SELECT repeat('ab', 3) || 'Z', 'x'::varchar(5)")  # the last row set's columns
+        with pytest.raises(psycopg.errors.DatatypeMismatch):
+            result(c, h, "a text, b int")
+        assert result(c, h, "a text, b varchar") == [(marker, "x")]  # no declared typmod: any
+        h = launch(c, "SELECT 1.5::numeric(10,2), 2.5::numeric")
+        with pytest.raises(psycopg.errors.DatatypeMismatch) as ei:
+            result(c, h, "a numeric(10,2), b numeric(10,2)")  # a declared typmod is the job's own
+        assert "numeric(10,2) in column 2" in ei.value.diag.message_detail
+        assert result(c, h, "a numeric(10,2), b numeric") == [(decimal.Decimal("1.50"), decimal.Decimal("2.5"))]
+        h = launch(c, "SET work_mem = '1MB'")  # no row set: the command tag, one text column
+        with pytest.raises(psycopg.errors.DatatypeMismatch):
             result(c, h, "a int")
+        assert result(c, h, "tag text") == [("SET",)]
+        h = launch(c, "SELECT FROM generate_series(1, 2)")
+        with pytest.raises(psycopg.errors.DatatypeMismatch, match="structure of query"):
+            result(c, h, "a int")
+        h = launch(c, "SELECT 1/0")  # a failed job raises its own error, whatever the list
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            result(c, h, "a date, b date")
+        h = launch(c, "SELECT * FROM no_such_table_cl")  # refused when described: that error
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            result(c, h, "a int")
+    with open(pg.cluster.logfile, "rb") as f:
+        f.seek(log_at)
+        log = f.read().decode(errors="replace")
+    assert "structure of query does not match" in log and marker not in log
 
 
 def test_syntax_error_is_refused_at_launch(pg):
@@ -309,7 +354,7 @@ def test_invariants_hold(pg):
 @pytest.mark.parametrize("scs", ["on", "off"])
 def test_settings_with_quotes_and_backslashes_are_inherited(pg, scs):
     with pg.connect("alice") as c:
-        result(c, launch(c, "SELECT 1"))  # the session's baseline is read before the changes
+        result(c, launch(c, "SELECT '1'"))  # the session's baseline is read before the changes
         c.execute(f"SET standard_conforming_strings = {scs}")
         c.execute("SELECT set_config('application_name', %s, false)", ("it's a \\ test",))
         c.execute("SELECT set_config('work_mem', '5MB', false)")
@@ -323,21 +368,22 @@ def test_settings_with_quotes_and_backslashes_are_inherited(pg, scs):
 
 
 @pytest.mark.parametrize("sql, rows", [
-    ("SELECT 1 AS plpy_bg_row, 'a\"b,c' AS q", [("1", 'a"b,c')]),
-    ("SELECT 7, 'x'; -- a trailing comment", [("7", "x")]),
-    ("SELECT 8, 'y' -- a comment without a newline", [("8", "y")]),
-    ("VALUES (1, NULL), (2, '')", [("1", None), ("2", "")]),
-    ("WITH d AS (DELETE FROM rt_del RETURNING a, 'gone') SELECT * FROM d", [("1", "gone")]),
+    ("SELECT 1 AS plpy_bg_row, 'a\"b,c' AS q", [(1, 'a"b,c')]),
+    ("SELECT 7, 'x'; -- a trailing comment", [(7, "x")]),
+    ("SELECT 8, 'y' -- a comment without a newline", [(8, "y")]),
+    ("VALUES (1, NULL), (2, '')", [(1, None), (2, "")]),
+    ("WITH d AS (DELETE FROM rt_del RETURNING a, 'gone') SELECT * FROM d", [(1, "gone")]),
     ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 2) SELECT n, 'r' FROM r",
-     [("1", "r"), ("2", "r")]),
+     [(1, "r"), (2, "r")]),
 ])
 def test_one_query_and_other_statements_give_the_same_rows(pg, sql, rows):
-    """A plain query runs as a subquery that returns record text; others return rows as they are."""
+    """A plain query runs as a subquery that returns record text; others return rows as they are.
+    Both are read with the job's own column types."""
     pg.sql("DROP TABLE IF EXISTS rt_del; CREATE TABLE rt_del (a int); INSERT INTO rt_del VALUES (1);"
            "GRANT ALL ON rt_del TO alice")
     with pg.connect("alice") as c:
         h = launch(c, sql)
-        assert result(c, h, "a text, b text") == rows
+        assert result(c, h, "a int, b text") == rows
 
 
 def test_a_superuser_session_can_launch_after_set_role(pg):

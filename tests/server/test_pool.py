@@ -99,7 +99,7 @@ def test_a_job_that_adds_a_seccomp_filter_retires_its_worker(own_pg):
         baseline = {w["filters"] for w in workers(own_pg, role="postgres")}
         wait_for(lambda: h[0] not in {w["pid"] for w in workers(own_pg)})
         assert not own_pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (h[0],))
-        h2 = launch(c, "SELECT 1")
+        h2 = launch(c, "SELECT '1'")
         assert result(c, h2) == [("1",)]
         assert h2[0] != h[0]
     for w in workers(own_pg, role="postgres"):
@@ -133,7 +133,7 @@ def test_idle_workers_are_bounded_per_role_and_in_total(own_pg):
 
 def test_idle_workers_are_reaped(own_pg):
     with own_pg.connect("alice") as a:
-        used = _burst(a, 3, "SELECT 1")
+        used = _burst(a, 3, "SELECT '1'")
     pool_settings(own_pg, pool_idle_timeout="1s")
     try:
         wait_for(lambda: not workers(own_pg, state="idle"), timeout=10)
@@ -147,11 +147,11 @@ def test_idle_workers_are_reaped(own_pg):
 def test_an_unset_pool_setting_is_back_to_its_default(own_pg):
     log = lambda: "".join(p.read_text() for p in own_pg.cluster.sockdir.glob("*.log"))  # noqa: E731
     with own_pg.connect("alice") as a:
-        _burst(a, 1, "SELECT 1")
+        _burst(a, 1, "SELECT '1'")
         pool_settings(own_pg, pool_idle_timeout="7s")
         wait_for(lambda: "7.0 s idle limit" in log(), timeout=10)
         pool_settings(own_pg, pool_idle_timeout=None)
-        _burst(a, 1, "SELECT 1")
+        _burst(a, 1, "SELECT '1'")
         wait_for(lambda: "60.0 s idle limit" in log().rsplit("pool bounds:", 1)[-1], timeout=10)
 
 
@@ -172,7 +172,7 @@ def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):
 
 def test_a_worker_killed_while_idle_is_not_handed_out(own_pg):
     with own_pg.connect("alice") as a:
-        _burst(a, 1, "SELECT 1")
+        _burst(a, 1, "SELECT '1'")
         killed = list(idle_pids(own_pg, "alice"))
         own_pg.sql("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (killed,))
         wait_for(lambda: not own_pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (killed,)))

@@ -283,7 +283,7 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
         assert seccomp_mode(c.postmaster_pid()) == "0"
         with s.connect() as conn:
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
-                launch(conn, "SELECT 1")
+                launch(conn, "SELECT '1'")
             assert "runs without its seccomp filter" in e.value.diag.message_primary
             assert "wrapper" in e.value.diag.message_hint
             in_server_log(c, "WARNING:  plpy_bg: pgseccomp.enabled is on but the server was started without")
@@ -291,7 +291,7 @@ def test_a_server_started_without_the_wrapper_refuses_jobs_and_says_so(tmp_path_
             assert first[0] == "(none)" and "without plpy_bg's wrapper" in first[1]
         c.restart(wrapper=build.preload_wrapper())
         with s.connect() as conn:
-            h = launch(conn, "SELECT 1")
+            h = launch(conn, "SELECT '1'")
             assert result(conn, h) == [("1",)]
             assert conn.execute("SELECT syscall FROM seccomp_filter()").fetchone()[0] != "(none)"
     finally:
@@ -312,11 +312,11 @@ def test_launches_refuse_when_the_supervisor_does_not_answer(tmp_path_factory):
         s = Server(c)
         s.sql("CREATE EXTENSION plpy_bg CASCADE")
         with s.connect() as conn:
-            assert result(conn, launch(conn, "SELECT 1")) == [("1",)]
+            assert result(conn, launch(conn, "SELECT '1'")) == [("1",)]
             sup.stop()
             time.sleep(1.2)  # the dispatcher asks at most once a second
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
-                launch(conn, "SELECT 1")
+                launch(conn, "SELECT '1'")
             assert "supervisor of this server does not answer" in e.value.diag.message_primary
             assert "build.py supervisor" in e.value.diag.message_hint
             # and the server's log says so, where DBAs look

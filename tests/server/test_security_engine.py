@@ -36,7 +36,7 @@ def is_superuser(server, role) -> bool:
 
 def dispatcher_pid(server) -> int:
     with server.connect("alice") as c:  # the first launch starts the dispatcher
-        result(c, launch(c, "SELECT 1"))
+        result(c, launch(c, "SELECT '1'"))
     lock = server.cluster.sockdir / f".s.plpy_bg.{server.cluster.port}.lock"
     return int(lock.read_text().split()[0])
 
@@ -150,7 +150,7 @@ def exercise_api(server, dbname, user):
         # the owner undoes its database's settings for itself; the dispatcher's sessions ignore them
         c.execute("SET statement_timeout = 0; SET default_transaction_read_only = off; SET row_security = on")
         c.execute(TEMP_TYPES)
-        h = c.execute("SELECT * FROM pg_background_launch_v2('SELECT 1')").fetchone()
+        h = c.execute("SELECT * FROM pg_background_launch_v2('SELECT ''1''::pg_catalog.text')").fetchone()
         assert c.execute(f"SELECT * FROM pg_background_result_v2(%s, %s) AS (r {t})", h).fetchall() == [("1",)]
         h = c.execute("SELECT * FROM pg_background_launch_v2("
                       "'SELECT pg_background_progress(40, ''mid''); SELECT pg_sleep(0.3)')").fetchone()
@@ -163,7 +163,7 @@ def exercise_api(server, dbname, user):
         h = c.execute("SELECT * FROM pg_background_submit_v2('SELECT pg_sleep(10)')").fetchone()
         c.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
         c.execute("SELECT pg_background_wait_v2(%s, %s)", h)
-        pid = c.execute("SELECT pg_background_launch('SELECT 2')").fetchone()[0]
+        pid = c.execute("SELECT pg_background_launch('SELECT ''2''::pg_catalog.text')").fetchone()[0]
         assert c.execute(f"SELECT * FROM pg_background_result(%s) AS (r {t})", (pid,)).fetchall() == [("2",)]
         c.execute("SELECT * FROM pg_background_stats_v2()")
         c.execute("SELECT pg_background_trust('alice'), pg_background_distrust('alice')")
@@ -210,7 +210,7 @@ def test_database_owner_cannot_stall_the_dispatcher_for_other_databases(own_pg):
     os.kill(pid, 15)  # the owner's database becomes the first the new dispatcher serves
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
     with own_pg.connect("staller", "stalled") as c:
-        assert result(c, launch(c, "SELECT 1")) == [("1",)]
+        assert result(c, launch(c, "SELECT '1'")) == [("1",)]
     holder = own_pg.connect("staller", "stalled", autocommit=False)
     holder.execute("SELECT 1 FROM pg_catalog.pg_attribute LIMIT 1")
     queued = threading.Thread(target=lambda: sql(own_pg, "VACUUM FULL pg_catalog.pg_attribute",
@@ -224,7 +224,7 @@ def test_database_owner_cannot_stall_the_dispatcher_for_other_databases(own_pg):
         for _ in range(3):
             start = time.monotonic()
             with own_pg.connect() as c:  # a superuser's new session, in another database
-                assert result(c, launch(c, "SELECT 42")) == [("42",)]
+                assert result(c, launch(c, "SELECT 42"), "r int") == [(42,)]
             assert time.monotonic() - start < 4, "a launch in another database waited for the stalled one"
     finally:
         holder.rollback()
@@ -396,7 +396,7 @@ def test_detach_needs_a_job_attached_to_this_session(own_pg):
         hb = launch(b, "SELECT pg_sleep(0.3)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # another role's
             a.execute("SELECT pg_background_detach_v2(%s, %s)", hb)
-        ha = launch(a, "SELECT 1")
+        ha = launch(a, "SELECT '1'")
         with pytest.raises(psycopg.errors.UndefinedObject, match=f"PID {ha[0]} is not attached to this session"):
             a2.execute("SELECT pg_background_detach_v2(%s, %s)", ha)  # another session's
         result(a, ha)
@@ -418,7 +418,7 @@ def test_rename_swap_never_reaches_the_old_roles_worker(own_pg):
     with own_pg.connect("swap_a") as c:
         olds = set()
         for _ in range(3):
-            h = launch(c, "SELECT 1")
+            h = launch(c, "SELECT '1'")
             result(c, h)
             olds.add(h[0])
     wait_for(lambda: olds & {r[0] for r in sql(own_pg, "SELECT pid FROM plpy_bg.pool_workers() "
@@ -460,7 +460,7 @@ def test_hostile_role_names_cannot_write_the_peer_map(own_pg):
         make_role(own_pg, name)
         with connect_as(own_pg, name) as c:
             with pytest.raises(psycopg.errors.InvalidName, match="cannot be written to pg_ident.conf"):
-                launch(c, "SELECT 1")
+                launch(c, "SELECT '1'")
         with own_pg.connect() as c:
             with pytest.raises(psycopg.errors.InvalidName):
                 c.execute("SELECT grant_pg_background_privileges(%s)", (name,))
@@ -658,7 +658,7 @@ def test_databases_made_and_dropped_leave_nothing_behind(own_pg):
         sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
         sql(own_pg, "SELECT grant_pg_background_privileges('churner')", dbname=db)
         with own_pg.connect("churner", db) as c:
-            assert result(c, launch(c, "SELECT 1")) == [("1",)]
+            assert result(c, launch(c, "SELECT '1'")) == [("1",)]
         sql(own_pg, f"DROP DATABASE {db}")  # no FORCE: the dispatcher lets go of it at once
     wait_for(lambda: threads() <= before + 2, timeout=20)
     assert not sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'churn_%'")
@@ -680,7 +680,7 @@ def test_many_busy_databases_do_not_take_everyones_connection_slots(own_pg):
     try:
         for c in conns:  # first a quick job in each: the databases are held, none is busy
             try:
-                result(c, launch(c, "SELECT 1"))
+                result(c, launch(c, "SELECT '1'"))
             except psycopg.errors.TooManyConnections:
                 pass
         refused = 0
@@ -716,7 +716,7 @@ def test_a_database_that_refuses_the_dispatcher_takes_no_room(own_pg):
         sql(own_pg, "CREATE EXTENSION plpy_bg SCHEMA public CASCADE", dbname=db)
         sql(own_pg, "SELECT grant_pg_background_privileges('limiter')", dbname=db)
         c = own_pg.connect("limiter", db)
-        h = launch(c, "SELECT 1")
+        h = launch(c, "SELECT '1'")
         wait(c, h)
         sql(own_pg, f"ALTER DATABASE {db} CONNECTION LIMIT 0", user="limiter")
         sql(own_pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
@@ -761,7 +761,7 @@ def test_an_owner_keeping_its_database_busy_cannot_hide_drop_database_elsewhere(
     try:
         time.sleep(3)  # the progress write now waits behind the queued VACUUM FULL
         with own_pg.connect("alice", "elsewhere") as c:
-            assert result(c, launch(c, "SELECT 1")) == [("1",)]
+            assert result(c, launch(c, "SELECT '1'")) == [("1",)]
         start = time.monotonic()
         sql(own_pg, "DROP DATABASE elsewhere")
         assert time.monotonic() - start < 5
@@ -926,7 +926,7 @@ def test_a_dispatcher_that_cannot_log_in_refuses_jobs_with_the_line_to_add(own_p
             start = time.monotonic()
             with pytest.raises(psycopg.errors.ConnectionFailure,
                                match='cannot log in as "plpy_bg_dispatcher"') as e:
-                launch(c, "SELECT 1")
+                launch(c, "SELECT '1'")
             assert time.monotonic() - start < 10
             assert 'plpy_bg postgres "plpy_bg_dispatcher"' in (e.value.diag.message_hint or "")
     finally:
@@ -941,7 +941,7 @@ def test_smart_shutdown_completes_after_jobs(own_pg):
     import build
     with own_pg.connect("alice") as c:
         for _ in range(3):
-            result(c, launch(c, "SELECT 1"))
+            result(c, launch(c, "SELECT '1'"))
         h = c.execute("SELECT * FROM pg_background_submit_v2('SELECT pg_sleep(2)')").fetchone()
     c = own_pg.cluster
     start = time.monotonic()

@@ -136,10 +136,11 @@ def test_cache_returns_same_object():
 
 
 def test_row_text_wraps_one_plain_query_only():
-    from plpy_bg.policy.classify import classify, row_text_sql
-    w = row_text_sql("  SELECT 1; -- done", classify("  SELECT 1; -- done"))
-    assert w == "SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\nSELECT 1\n) AS plpy_bg_row"
-    assert row_text_sql("SELECT 'é' -- x", classify("SELECT 'é' -- x")).endswith("SELECT 'é' -- x\n) AS plpy_bg_row")
+    from plpy_bg.dispatcher.protocol import row_text_sql
+    from plpy_bg.policy.classify import classify, row_statement
+    assert row_statement("  SELECT 1; -- done", classify("  SELECT 1; -- done")) == "SELECT 1"
+    assert row_text_sql("SELECT 1") == "SELECT (plpy_bg_row.*)::pg_catalog.text FROM (\nSELECT 1\n) AS plpy_bg_row"
+    assert row_statement("SELECT 'é' -- x", classify("SELECT 'é' -- x")) == "SELECT 'é' -- x"
     for sql in ("SELECT 1 INTO t", "SELECT 1; SELECT 2", "INSERT INTO t VALUES (1) RETURNING 1",
                 "WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d", "SHOW work_mem", "EXPLAIN SELECT 1"):
-        assert row_text_sql(sql, classify(sql)) is None, sql
+        assert row_statement(sql, classify(sql)) is None, sql

@@ -313,8 +313,18 @@ def result_columns(plpy, GD, pid, cookie, v2: bool) -> str:
     if not cols:
         raise PgError("structure of query does not match function result type",
                       detail=f"The rows of background job {pid} have no columns.", sqlstate="42804")
-    return _plan(plpy, GD, "columns", COLUMNS_SQL, ["pg_catalog.oid[]", "pg_catalog.int4[]"]).execute(
+    key = tuple(map(tuple, cols))
+    stamp = native.backend(plpy).sinval_counter()  # a type renamed or dropped since is looked up again
+    cache = GD.setdefault("plpy_bg.columns", {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    text = _plan(plpy, GD, "columns", COLUMNS_SQL, ["pg_catalog.oid[]", "pg_catalog.int4[]"]).execute(
         [[c[0] for c in cols], [c[1] for c in cols]])[0]["cols"]
+    if len(cache) >= 256:
+        cache.clear()
+    cache[key] = (stamp, text)
+    return text
 
 
 @sql_errors

@@ -281,22 +281,31 @@ def _result_handle(pid, cookie, v2: bool):
     return None
 
 
+# a type no column list can name (a pseudo-type, another session's temporary type), one whose
+# input function refuses every value, or one gone since the job wrote its rows is read as its text
 COLUMNS_SQL = """
-SELECT pg_catalog.string_agg(pg_catalog.format('c%s %s', u.n, CASE WHEN y.typtype OPERATOR(pg_catalog.=) 'p'
-         THEN 'text' ELSE pg_catalog.format_type(u.t, u.m) END), ', ' ORDER BY u.n) AS cols
+SELECT pg_catalog.string_agg(pg_catalog.format('c%s %s', u.n,
+         CASE WHEN y.oid IS NULL OR y.typtype OPERATOR(pg_catalog.=) 'p'
+                OR pg_catalog.pg_is_other_temp_schema(y.typnamespace)
+                OR y.typinput OPERATOR(pg_catalog.=) ANY ('{pg_catalog.pg_node_tree_in, pg_catalog.pg_ndistinct_in,
+                     pg_catalog.pg_dependencies_in, pg_catalog.pg_mcv_list_in,
+                     pg_catalog.pg_ddl_command_in}'::pg_catalog.regproc[])
+              THEN 'text' ELSE pg_catalog.format_type(u.t, u.m) END), ', ' ORDER BY u.n) AS cols
 FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::pg_catalog.int4[]))
   WITH ORDINALITY AS u(t, m, n)
   LEFT JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) u.t
-"""  # a pseudo-type (void, record, anyarray) no column list can name is read as its text
+"""
 
 
 @sql_errors
-def result_columns(plpy, GD, pid, cookie, v2: bool) -> str:
-    """The column list of a job's rows ("c1 integer, c2 text"), once known; reads no row.
+def result_columns(plpy, GD, pid, cookie, v2: bool) -> dict:
+    """The column list of a job's rows ("c1 integer, c2 text") and the DateStyle and IntervalStyle
+    they were written under, once known; reads no row.
 
-    pg_background_result(_v2) runs `result_rows` with it under PL/pgSQL's RETURN QUERY, which
-    checks it against the caller's column list before the first row: a wrong list is 42804 with
-    the types in its detail, and the rows stay to be read with the right one.
+    pg_background_result(_v2) reads the rows through `result_rows` with that list, under those
+    settings, inside PL/pgSQL's RETURN QUERY, which checks it against the caller's column list
+    before the first row: a wrong list is 42804 with the types in its detail, and the rows stay
+    to be read with the right one.
     """
     cookie = _result_handle(pid, cookie, v2)
     cl = dclient.get(plpy, GD)
@@ -313,18 +322,11 @@ def result_columns(plpy, GD, pid, cookie, v2: bool) -> str:
     if not cols:
         raise PgError("structure of query does not match function result type",
                       detail=f"The rows of background job {pid} have no columns.", sqlstate="42804")
-    key = tuple(map(tuple, cols))
-    stamp = native.backend(plpy).sinval_counter()  # a type renamed or dropped since is looked up again
-    cache = GD.setdefault("plpy_bg.columns", {})
-    hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
     text = _plan(plpy, GD, "columns", COLUMNS_SQL, ["pg_catalog.oid[]", "pg_catalog.int4[]"]).execute(
         [[c[0] for c in cols], [c[1] for c in cols]])[0]["cols"]
-    if len(cache) >= 256:
-        cache.clear()
-    cache[key] = (stamp, text)
-    return text
+    styles = r.get("styles") or {}
+    return {"cols": text, "datestyle": styles.get("datestyle") or None,
+            "intervalstyle": styles.get("intervalstyle") or None}
 
 
 @sql_errors

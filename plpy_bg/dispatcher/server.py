@@ -588,6 +588,9 @@ class Dispatcher:
                     w.pgconn.get_cancel().cancel()
 
             columns = lambda res: [(res.ftype(i), res.fmod(i)) for i in range(res.nfields)]
+            # the settings the worker writes values under, as the server reports them (a job may SET them)
+            styles = lambda: {"datestyle": (w.pgconn.parameter_status(b"DateStyle") or b"").decode(),
+                              "intervalstyle": (w.pgconn.parameter_status(b"IntervalStyle") or b"").decode()}
             results = ()
             if job.row_text:
                 described, error = w.described()
@@ -602,7 +605,7 @@ class Dispatcher:
                     if not in_set:
                         in_set = True
                         had_rows = True
-                        job.sink.new_set(columns(res))
+                        job.sink.new_set(columns(res), styles())
                     gv = res.get_value
                     if job.row_text:  # the worker wrote each row as a record literal
                         rows = [gv(r, 0) for r in range(res.ntuples)]
@@ -615,7 +618,7 @@ class Dispatcher:
                     del rows
                 elif st == pq.ExecStatus.TUPLES_OK:
                     if not in_set:  # a row set with no rows
-                        job.sink.new_set(columns(res))
+                        job.sink.new_set(columns(res), styles())
                         had_rows = True
                     in_set = False
                     tag = (res.command_status or b"").decode()
@@ -682,7 +685,7 @@ class Dispatcher:
         else:
             state = "completed"
         if not had_rows and error is None:  # the command tag, as a text column (as pg_background)
-            job.sink.new_set(P.TAG_COLUMNS)
+            job.sink.new_set(P.TAG_COLUMNS, {})
             job.sink.put(P.row_literal([(tag or "").encode()]))
         job.command_tag = tag
         with self.lock:
@@ -1082,8 +1085,8 @@ class Dispatcher:
                 raise ObjectNotFound(f"results for PID {job.pid} have already been consumed",
                                      hint="Results can be read once.")
         if op == "describe":  # the column types of the rows, once known; reads no row
-            known, columns = job.sink.describe(req.get("slice_ms", 200) / 1000)
-            return {"known": known, "columns": columns}
+            known, columns, styles = job.sink.describe(req.get("slice_ms", 200) / 1000)
+            return {"known": known, "columns": columns, "styles": styles}
         if op == "fetch":
             if not job.consumed:
                 job.consumed = True

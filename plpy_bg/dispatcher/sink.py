@@ -100,14 +100,15 @@ class RowSink:
         self.final: dict | None = None  # {"tag": ...} or {"error": {...}}
         self.rows_total = 0
         self.columns: list[tuple[int, int]] | None = None  # (type oid, typmod) of the rows kept
+        self.styles: dict = {}  # the output settings the rows were written under (DateStyle, ...)
 
     # ---- writer side (the job's thread) ----
-    def new_set(self, columns: list[tuple[int, int]]) -> None:
+    def new_set(self, columns: list[tuple[int, int]], styles: dict) -> None:
         """A new row set begins: earlier sets of a multi-statement job are dropped."""
         with self.cond:
             if not self.streaming:
                 self._clear()
-            self.columns = columns
+            self.columns, self.styles = columns, styles
             self.cond.notify_all()
 
     def put(self, row: bytes, cancelled=lambda: False) -> None:
@@ -221,19 +222,19 @@ class RowSink:
         self.file_rpos = self.file_wpos = 0
 
     # ---- reader side (the launcher's fetch requests) ----
-    def describe(self, timeout: float) -> tuple[bool, list[tuple[int, int]] | None]:
-        """(known, columns): the types of the rows a reader will get, once they are final (the
-        first set of a streaming job, the last of a spooled one); columns None when the job
-        failed. Takes no row."""
+    def describe(self, timeout: float) -> tuple[bool, list[tuple[int, int]] | None, dict]:
+        """(known, columns, styles): the types of the rows a reader will get and the settings they
+        were written under, once final (the first set of a streaming job, the last of a spooled
+        one); columns None when the job failed. Takes no row."""
         with self.cond:
             known = lambda: self.finished or (self.streaming and self.columns is not None)
             if not known():
                 self.cond.wait(timeout)
             if not known():
-                return False, None
+                return False, None, {}
             if self.finished and (self.final or {}).get("error"):
-                return True, None  # the reader gets the job's error, whatever it declared
-            return True, self.columns
+                return True, None, {}  # the reader gets the job's error, whatever it declared
+            return True, self.columns, self.styles
 
     def take(self, max_bytes: int, timeout: float) -> tuple[list[bytes], dict | None]:
         """About max_bytes of row chunks (each one or more NUL-separated rows); (chunks, final)

@@ -14,11 +14,11 @@ $python$;
 
 -- A job's rows travel as record literals of the job's own column types: result_columns names
 -- them once known (reading no row), and PL/pgSQL's RETURN QUERY checks them against the caller's
--- column list before result_rows reads a row (42804 on a mismatch; the rows stay readable).
--- EXECUTE for both internal functions stays PUBLIC's: the API's roles alone have USAGE on plpy_bg,
--- and the dispatcher checks the handle and the caller's role as for every call.
-CREATE OR REPLACE FUNCTION plpy_bg.result_columns(pid pg_catalog.int4, cookie pg_catalog.int8, v2 pg_catalog.bool)
-RETURNS pg_catalog.text
+-- column list before result_rows reads a row (42804 on a mismatch; the rows stay readable). The
+-- rows are read under the DateStyle and IntervalStyle they were written under (the SET clauses
+-- keep those changes to the call). Both internal functions go to the roles that may read results.
+CREATE OR REPLACE FUNCTION plpy_bg.result_columns(pid pg_catalog.int4, cookie pg_catalog.int8, v2 pg_catalog.bool,
+    OUT cols pg_catalog.text, OUT datestyle pg_catalog.text, OUT intervalstyle pg_catalog.text)
 LANGUAGE plpython3u VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $python$
@@ -41,10 +41,15 @@ CREATE OR REPLACE FUNCTION @extschema@.pg_background_result(pid pg_catalog.int4)
 RETURNS SETOF pg_catalog.record
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
 AS $function$
+DECLARE
+    d record := plpy_bg.result_columns(pid, NULL, false);
 BEGIN
-    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, NULL, false) AS r('
-                         || plpy_bg.result_columns(pid, NULL, false) || ')' USING pid;
+    PERFORM pg_catalog.set_config('datestyle', d.datestyle, true) WHERE d.datestyle IS NOT NULL;
+    PERFORM pg_catalog.set_config('intervalstyle', d.intervalstyle, true) WHERE d.intervalstyle IS NOT NULL;
+    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, NULL, false) AS r(' || d.cols || ')' USING pid;
 END
 $function$;
 
@@ -84,10 +89,15 @@ CREATE OR REPLACE FUNCTION @extschema@.pg_background_result_v2(pid pg_catalog.in
 RETURNS SETOF pg_catalog.record
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
 AS $function$
+DECLARE
+    d record := plpy_bg.result_columns(pid, cookie, true);
 BEGIN
-    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, $2, true) AS r('
-                         || plpy_bg.result_columns(pid, cookie, true) || ')' USING pid, cookie;
+    PERFORM pg_catalog.set_config('datestyle', d.datestyle, true) WHERE d.datestyle IS NOT NULL;
+    PERFORM pg_catalog.set_config('intervalstyle', d.intervalstyle, true) WHERE d.intervalstyle IS NOT NULL;
+    RETURN QUERY EXECUTE 'SELECT * FROM plpy_bg.result_rows($1, $2, true) AS r(' || d.cols || ')' USING pid, cookie;
 END
 $function$;
 

@@ -244,6 +244,46 @@ def test_column_lists_of_every_kind_of_job_are_checked_before_a_row(pg):
     assert "structure of query does not match" in log and marker not in log
 
 
+def test_rows_are_read_under_the_date_and_interval_styles_they_were_written_under(pg):
+    with pg.connect("alice") as c:
+        c.execute("SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard'")
+        h = launch(c, "SELECT DATE '2026-01-02' AS d, INTERVAL '1 year 2 months 3 days' AS i")
+        c.execute("SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'")
+        assert c.execute("SELECT d::text, i::text FROM pg_background_result_v2(%s, %s) AS (d date, i interval)",
+                         h).fetchall() == [("2026-01-02", "1 year 2 mons 3 days")]
+        assert c.execute("SELECT current_setting('DateStyle'), current_setting('IntervalStyle')").fetchone() == (
+            "ISO, MDY", "postgres")  # the reader's own settings are untouched
+
+
+def test_types_no_column_list_can_name_are_read_as_text(pg):
+    with pg.connect("alice") as c:
+        h = launch(c, "CREATE TEMP TABLE wt (a int DEFAULT 1); "
+                      "SELECT ROW(1)::wt, (SELECT adbin FROM pg_attrdef WHERE adrelid = 'wt'::regclass), "
+                      "pg_sleep(0)")  # the worker's temporary type, a type with no input, void
+        wait(c, h)
+        rows = result(c, h, "r text, tree text, v text")
+        assert rows[0][0] == "(1)" and rows[0][1].startswith("{") and rows[0][2] == ""
+
+
+def test_a_column_list_follows_renames_even_rolled_back_ones(pg):
+    with pg.connect("alice") as c:
+        c.execute("DROP TYPE IF EXISTS public.rn_t; CREATE TYPE public.rn_t AS (a int)")
+        h1, h2 = launch(c, "SELECT ROW(1)::public.rn_t"), launch(c, "SELECT ROW(2)::public.rn_t")
+        c.execute("BEGIN")
+        c.execute("ALTER TYPE public.rn_t RENAME TO rn_t_tmp")
+        assert result(c, h1, "v public.rn_t_tmp") == [("(1)",)]
+        c.execute("ROLLBACK")
+        assert result(c, h2, "v public.rn_t") == [("(2)",)]
+
+
+def test_the_internal_result_functions_are_the_apis_roles_only(pg):
+    with pg.connect("mallory") as c:
+        for q in ("SELECT * FROM plpy_bg.result_rows(1, 1, true) AS (a int)",
+                  "SELECT * FROM plpy_bg.result_columns(1, 1, true)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(q)
+
+
 def test_syntax_error_is_refused_at_launch(pg):
     with pg.connect("alice") as c:
         with pytest.raises(psycopg.errors.SyntaxError, match="syntax error"):

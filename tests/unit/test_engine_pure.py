@@ -175,29 +175,29 @@ def test_wait_lets_the_sink_spill_instead_of_blocking():
 
 def test_multi_statement_sink_keeps_only_the_last_set():
     sink = RowSink(limit=16, streaming=False)
-    sink.new_set([(23, -1)])
+    sink.new_set([(23, -1)], {})
     for i in range(100):
         sink.put(b"first%d" % i)
     assert sink.take(1000, 0.01) == ([], None)  # nothing readable before the end
-    assert sink.describe(0.01) == (False, None)  # nor its columns: a later set may replace them
-    sink.new_set([(25, -1), (1043, 9)])
+    assert sink.describe(0.01) == (False, None, {})  # nor its columns: a later set may replace them
+    sink.new_set([(25, -1), (1043, 9)], {"datestyle": "ISO, MDY"})
     sink.put(b"second")
     sink.finish({"tag": "SELECT 1"})
-    assert sink.describe(0.01) == (True, [(25, -1), (1043, 9)])
+    assert sink.describe(0.01) == (True, [(25, -1), (1043, 9)], {"datestyle": "ISO, MDY"})
     assert sink.take(1000, 0.01) == ([b"second"], {"tag": "SELECT 1"})
 
 
 def test_describe_takes_no_row_and_a_failed_job_has_no_columns():
     sink = RowSink(limit=1 << 20, streaming=True)
-    assert sink.describe(0.01) == (False, None)
-    sink.new_set([(23, -1)])
+    assert sink.describe(0.01) == (False, None, {})
+    sink.new_set([(23, -1)], {})
     sink.put(b"(1)")
-    assert sink.describe(0.01) == (True, [(23, -1)])  # a streaming job's first set is final
+    assert sink.describe(0.01) == (True, [(23, -1)], {})  # a streaming job's first set is final
     assert sink.take(1000, 0.01)[0] == [b"(1)"]
     failed = RowSink(limit=1 << 20, streaming=True)
-    failed.new_set([(23, -1)])
+    failed.new_set([(23, -1)], {})
     failed.finish({"tag": None, "error": {"sqlstate": "22012"}})
-    assert failed.describe(0.01) == (True, None)  # the reader gets the error instead
+    assert failed.describe(0.01) == (True, None, {})  # the reader gets the error instead
 
 
 def test_discard_unblocks_the_writer():

@@ -21,16 +21,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-# the one version list: the last is current; it names the control file's default_version,
-# the install script and the versioned package directory
-VERSIONS = ["0.1.0"]
+# the one version list, oldest first: the last is the version this checkout builds (the control
+# file's default_version, plpy_bg.__version__, the install script and the versioned package
+# directory); every earlier one is released, rebuilt from its commit for CREATE EXTENSION ... VERSION
+VERSIONS = ["0.1.0", "0.2.0"]
 VERSION = VERSIONS[-1]
+RELEASED = {"0.1.0": "c1429f193a9ded88930437316e5b6d3f9ee054d1"}
+# the incremental files of released versions, applied once by every install: never edited again
+FROZEN = {"001-jobs.sql": ("0.1.0", "e5187b189868e391a592534d37a4fac56f3742e3711d0cb7bdba6e8501a45330"),
+          "030-policy.sql": ("0.1.0", "90c31cfab8a0a9b01f63b38f55f4dd044301f3cc2c69d9d5a91b7e8a2b3be78a")}
 EXT = "plpy_bg"
 SERVER_PYTHON = "/usr/bin/python3"  # the interpreter plpython3u embeds on Debian 12
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
@@ -72,17 +78,90 @@ if GD.get('plpy_bg.path') != {libdir!r}:
     GD['plpy_bg.path'] = {libdir!r}"""
 
 
-def sql_files() -> list[Path]:
-    return sorted((ROOT / "sql" / "incremental").glob("*.sql")) + sorted((ROOT / "sql" / "idempotent").glob("*.sql"))
+MIGRATION_TABLE = """CREATE TABLE IF NOT EXISTS plpy_bg.migration (
+    name pg_catalog.text PRIMARY KEY,
+    applied_at_version pg_catalog.text NOT NULL,
+    applied_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    body pg_catalog.text NOT NULL)"""
+
+# 0.1.0 had no migration table: an install of it has applied its incremental files
+SEED_0_1_0 = """-- an install of 0.1.0 predates the migration table: it applied 0.1.0's incremental files
+DO $seed$
+BEGIN
+    IF pg_catalog.to_regclass('plpy_bg.jobs') IS NOT NULL AND pg_catalog.to_regclass('plpy_bg.migration') IS NULL THEN
+        EXECUTE $ddl${table}$ddl$;
+{inserts}
+    END IF;
+END
+$seed$;
+"""
+
+MIGRATION = """DO $migration$
+DECLARE
+    _body pg_catalog.text := $body${body}$body$;
+BEGIN
+    IF pg_catalog.to_regclass('plpy_bg.migration') IS NOT NULL
+       AND EXISTS (SELECT FROM plpy_bg.migration WHERE name OPERATOR(pg_catalog.=) '{name}') THEN
+        RETURN;  -- applied by an earlier install or upgrade
+    END IF;
+    EXECUTE _body;
+    EXECUTE $ddl${table}$ddl$;
+    INSERT INTO plpy_bg.migration (name, applied_at_version, body) VALUES ('{name}', '{version}', _body);
+END
+$migration$;
+"""
+
+
+def incremental_files() -> list[Path]:
+    return sorted((ROOT / "sql" / "incremental").glob("*.sql"))
+
+
+def idempotent_files() -> list[Path]:
+    return sorted((ROOT / "sql" / "idempotent").glob("*.sql"))
+
+
+def frozen_changes() -> list[str]:
+    """Released incremental files whose text is not what was released."""
+    bad = []
+    for name, (_, digest) in FROZEN.items():
+        f = ROOT / "sql" / "incremental" / name
+        if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            bad.append(name)
+    return bad
+
+
+def _quoted_body(f: Path) -> str:
+    text = f.read_text()
+    for tag in ("$body$", "$migration$", "$seed$", "$ddl$"):
+        if tag in text:
+            fatal(f"{f.name} may not contain {tag}: the install script quotes it with that tag")
+    return text
 
 
 def build_sql(libdir: Path = LIBDIR) -> str:
-    """The full install script: head, incremental files once, idempotent files after."""
+    """The full install script, which is also every upgrade script: head, each incremental file
+    once (recorded in plpy_bg.migration), then the idempotent files, rerun every time."""
+    if frozen_changes():
+        fatal(f"released incremental files were edited: {frozen_changes()}; add a new file instead")
     pre = PREAMBLE.format(libdir=str(libdir), version=VERSION)
     parts = [(ROOT / "sql" / "head.sql").read_text()]
-    for f in sql_files():
+    seeded = [n for n, (v, _) in sorted(FROZEN.items()) if v == "0.1.0"]
+    parts.append(SEED_0_1_0.format(table=MIGRATION_TABLE, inserts="\n".join(
+        f"        INSERT INTO plpy_bg.migration (name, applied_at_version, body)\n"
+        f"            VALUES ('{n}', '0.1.0', $body${_quoted_body(ROOT / 'sql' / 'incremental' / n)}$body$);"
+        for n in seeded)))
+    for f in incremental_files():
+        parts.append(f"-- {f.relative_to(ROOT)}\n" + MIGRATION.format(
+            body=_quoted_body(f), name=f.name, version=VERSION, table=MIGRATION_TABLE))
+    for f in idempotent_files():
         parts.append(f"-- {f.relative_to(ROOT)}\n" + f.read_text().replace("#PLPY_BG_PREAMBLE", pre))
     return "\n".join(parts)
+
+
+def upgrade_scripts() -> list[str]:
+    """The upgrade scripts' names: from every released version to this one, each a copy of the
+    full script (install and upgrade cannot drift apart)."""
+    return [f"{EXT}--{v}--{VERSION}.sql" for v in VERSIONS[:-1]]
 
 
 def control() -> str:
@@ -101,6 +180,8 @@ def action_sql(args) -> None:
     (out / f"{EXT}.control").write_text(control())
     p = out / f"{EXT}--{VERSION}.sql"
     p.write_text(build_sql())
+    for name in upgrade_scripts():
+        (out / name).write_text(p.read_text())
     print(p)
 
 
@@ -182,9 +263,48 @@ def install_sandboxed_binary() -> None:
 
 def install_extension_files() -> None:
     ext = Path(pg_config("--sharedir")) / "extension"
+    script = build_sql()
     (ext / f"{EXT}.control").write_text(control())
-    (ext / f"{EXT}--{VERSION}.sql").write_text(build_sql())
-    print(f"installed {EXT}.control and {EXT}--{VERSION}.sql into {ext}")
+    for name in [f"{EXT}--{VERSION}.sql"] + upgrade_scripts():
+        (ext / name).write_text(script)
+    print(f"installed {EXT}.control, {EXT}--{VERSION}.sql and {len(upgrade_scripts())} upgrade script(s) into {ext}")
+
+
+def install_released() -> None:
+    """Each released version's package and install script, rebuilt from its commit (git history),
+    so CREATE EXTENSION plpy_bg VERSION '<released>' works and installs can be upgraded."""
+    ext = Path(pg_config("--sharedir")) / "extension"
+    for version, commit in RELEASED.items():
+        target = LIBDIR.parent / version
+        script = ext / f"{EXT}--{version}.sql"
+        if script.exists() and (target / ".stamp").exists() and (target / ".stamp").read_text() == commit:
+            continue
+        src = Path(tempfile.mkdtemp(prefix=f"plpy_bg-{version}-"))
+        try:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "build.py", "sql", EXT],
+                                     capture_output=True)
+            if archive.returncode != 0:
+                fatal(f"cannot rebuild released version {version} from commit {commit}: "
+                      f"{archive.stderr.decode().strip()} (a checkout with its history is needed)")
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+            env = dict(os.environ, PLPY_BG_LIBDIR=str(LIBDIR.parent))
+            built = subprocess.run([sys.executable, str(src / "build.py"), "sql"], capture_output=True, text=True,
+                                   env=env, cwd=str(src))
+            if built.returncode != 0:
+                fatal(f"building released version {version} failed: {built.stderr.strip()}")
+            shutil.copy(src / "build" / f"{EXT}--{version}.sql", script)
+            tmp = target.with_name(target.name + ".new")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(LIBDIR.parent / f".deps-{VERSION}", tmp, symlinks=True)
+            shutil.copytree(src / EXT, tmp / EXT, ignore=shutil.ignore_patterns("__pycache__"))
+            (tmp / ".stamp").write_text(commit)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            for p in [target] + list(target.rglob("*")):
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            print(f"installed released version {version} (commit {commit[:12]}) into {target} and {script}")
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
 
 
 def action_install(args) -> None:
@@ -194,6 +314,7 @@ def action_install(args) -> None:
     install_python()
     install_sandboxed_binary()
     install_extension_files()
+    install_released()
 
 
 # ---- throwaway clusters -----------------------------------------------------------

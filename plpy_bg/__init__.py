@@ -1,2 +1,2 @@
 """plpy_bg: background SQL jobs, a seccomp sandbox and provenance checks for PostgreSQL."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # written from build.py VERSIONS (a unit test holds them equal)

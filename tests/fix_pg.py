@@ -118,6 +118,12 @@ def own_pg(tmp_path_factory) -> Server:
     yield from _server(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def other_pg(tmp_path_factory) -> Server:
+    """A second cluster of the module's own: dumped in one, restored in the other."""
+    yield from _server(tmp_path_factory)
+
+
 def _server(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     os.chmod(base.parent, 0o755)

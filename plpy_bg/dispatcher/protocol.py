@@ -18,6 +18,8 @@ import os
 import socket
 import struct
 
+from plpy_bg import __version__
+
 HEADER = struct.Struct("!IB")
 MAX_FRAME = 1 << 30  # a 1 GB statement is PostgreSQL's own limit too
 
@@ -27,8 +29,10 @@ class ProtocolError(Exception):
 
 
 def socket_path_for(sockdir: str, port: int) -> str:
-    """Where the dispatcher of the server on `port` listens (mode 0600: the server's OS user only)."""
-    return os.path.join(sockdir, f".s.plpy_bg.{port}")
+    """Where the dispatcher of this version for the server on `port` listens (mode 0600: the
+    server's OS user only). One per version: a session keeps the version it loaded until it
+    reconnects, so after ALTER EXTENSION plpy_bg UPDATE the old dispatcher serves its sessions."""
+    return os.path.join(sockdir, f".s.plpy_bg.{port}.{__version__}")
 
 
 def pack(kind: bytes, payload: bytes) -> bytes:

@@ -211,7 +211,8 @@ _Q_NO_JIT = ("SELECT pg_catalog.set_config('jit', 'off', true), "
              "pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)", [])
 _Q_ANALYSIS_SETTINGS = ("SELECT pg_catalog.set_config('search_path', $1, true), "
                         "pg_catalog.set_config('lock_timeout', '50ms', true)", ["pg_catalog.text"])
-_Q_TRUST = (f"SELECT t.trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1", ["pg_catalog.oid"])
+_Q_TRUST = (f"SELECT t.trustee::pg_catalog.oid AS trustee FROM plpy_bg.trust t WHERE t.truster {_EQ} $1",
+             ["pg_catalog.oid"])
 _Q_HAS_TRUST = ("SELECT pg_catalog.to_regclass('plpy_bg.trust') IS NOT NULL AS ok", [])
 
 

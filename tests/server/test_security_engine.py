@@ -10,11 +10,13 @@ limits held. The cluster is the module's own: the tests make databases and roles
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql as pgsql
 
+from plpy_bg.dispatcher import protocol as P
 from tests.fix_pg import LIST_COLS, invariants, job_row, launch, pool_settings, result, wait, wait_for
 
 pytestmark = pytest.mark.server
@@ -37,7 +39,7 @@ def is_superuser(server, role) -> bool:
 def dispatcher_pid(server) -> int:
     with server.connect("alice") as c:  # the first launch starts the dispatcher
         result(c, launch(c, "SELECT '1'"))
-    lock = server.cluster.sockdir / f".s.plpy_bg.{server.cluster.port}.lock"
+    lock = Path(P.socket_path_for(str(server.cluster.sockdir), server.cluster.port) + ".lock")
     return int(lock.read_text().split()[0])
 
 

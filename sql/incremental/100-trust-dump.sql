@@ -1,0 +1,17 @@
+-- pg_dump keeps the trust declarations, which are security configuration. Their role columns
+-- become regrole, which dumps a role's name and restores it by name (a role missing there fails
+-- the restore of the table): an oid copied to another cluster would name someone else.
+DROP POLICY trust_visible ON plpy_bg.trust;
+DROP POLICY trust_declare ON plpy_bg.trust;
+DROP POLICY trust_withdraw ON plpy_bg.trust;
+ALTER TABLE plpy_bg.trust
+    ALTER COLUMN truster TYPE pg_catalog.regrole,
+    ALTER COLUMN trustee TYPE pg_catalog.regrole;
+CREATE POLICY trust_visible ON plpy_bg.trust FOR SELECT
+    USING (truster OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER)
+        OR trustee OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
+CREATE POLICY trust_declare ON plpy_bg.trust FOR INSERT
+    WITH CHECK (truster OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
+CREATE POLICY trust_withdraw ON plpy_bg.trust FOR DELETE
+    USING (truster OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
+SELECT pg_catalog.pg_extension_config_dump('plpy_bg.trust', '');

@@ -1,0 +1,66 @@
+"""Versioned upgrades on a real server: each released version, rebuilt from git history by
+`build.py install`, is installed and upgraded with ALTER EXTENSION plpy_bg UPDATE."""
+import psycopg
+import pytest
+
+import build
+from tests.fix_pg import launch, result
+
+pytestmark = pytest.mark.server
+
+MEMBERS = """
+SELECT pg_catalog.pg_describe_object(d.classid, d.objid, 0) AS obj,
+       pg_catalog.md5(COALESCE(p.prosrc, '') || COALESCE(p.proconfig::text, '') || COALESCE(l.lanname, '')) AS body
+FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+LEFT JOIN pg_catalog.pg_proc p ON d.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = d.objid
+LEFT JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'plpy_bg'
+ORDER BY 1
+"""
+
+
+def test_every_released_version_has_a_one_step_path_to_this_one(own_pg):
+    rows = own_pg.sql("SELECT source, target, path FROM pg_extension_update_paths('plpy_bg') "
+                      "WHERE path IS NOT NULL")
+    assert {(s, t) for s, t, _ in rows} == {(v, build.VERSION) for v in build.RELEASED}
+    for source, target, path in rows:
+        assert path == f"{source}--{target}"  # the full script, which every install runs
+
+
+@pytest.mark.parametrize("released", sorted(build.RELEASED))
+def test_a_released_install_keeps_its_jobs_and_trust_through_the_update(own_pg, released):
+    db = "up_from_" + released.replace(".", "_")
+    own_pg.sql(f"CREATE DATABASE {db}")
+    with own_pg.connect(dbname=db) as c:
+        c.execute(f"CREATE EXTENSION plpy_bg VERSION '{released}' CASCADE")
+        c.execute("SELECT grant_pg_background_privileges('alice'); SELECT grant_pg_background_privileges('bob')")
+        c.execute("CREATE TABLE kept (v text); GRANT ALL ON kept TO alice")
+    with own_pg.connect("alice", dbname=db) as c:
+        c.execute("SELECT pg_background_trust('bob')")
+        h = launch(c, "INSERT INTO kept VALUES ('before') RETURNING v")
+        assert result(c, h, "v text") == [("before",)]
+    jobs = "SELECT cookie, state, sql, user_id FROM plpy_bg.jobs ORDER BY cookie"
+    trust = "SELECT truster::regrole::text, trustee::regrole::text FROM plpy_bg.trust ORDER BY 1, 2"
+    before = own_pg.sql(jobs, dbname=db), own_pg.sql(trust, dbname=db)
+    assert before[0] and before[1] == [("alice", "bob")]
+
+    with own_pg.connect(dbname=db) as c:
+        c.execute("ALTER EXTENSION plpy_bg UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'plpy_bg'").fetchone()[0] == build.VERSION
+        applied = dict(c.execute("SELECT name, applied_at_version FROM plpy_bg.migration").fetchall())
+    assert applied == {f.name: build.FROZEN.get(f.name, (build.VERSION,))[0] for f in build.incremental_files()}
+    assert (own_pg.sql(jobs, dbname=db), own_pg.sql(trust, dbname=db)) == before
+
+    with own_pg.connect("alice", dbname=db) as c:  # a new session runs the new version
+        h = launch(c, "INSERT INTO kept VALUES ('after') RETURNING v")
+        with pytest.raises(psycopg.errors.DatatypeMismatch):
+            result(c, h, "v int")  # 0.2.0 checks the column list before any row
+        assert result(c, h, "v text") == [("after",)]
+    assert own_pg.sql("SELECT v FROM kept ORDER BY v", dbname=db) == [("after",), ("before",)]
+    # the upgraded database and a fresh install of this version hold the same objects
+    assert own_pg.sql(MEMBERS, dbname=db) == own_pg.sql(MEMBERS)
+
+
+def test_a_fresh_install_records_every_incremental_file_as_its_own(own_pg):
+    assert dict(own_pg.sql("SELECT name, applied_at_version FROM plpy_bg.migration")) == {
+        f.name: build.VERSION for f in build.incremental_files()}

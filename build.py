@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 # directory); every earlier one is released, rebuilt from its commit for CREATE EXTENSION ... VERSION
 VERSIONS = ["0.1.0", "0.2.0"]
 VERSION = VERSIONS[-1]
-RELEASED = {"0.1.0": "c1429f193a9ded88930437316e5b6d3f9ee054d1"}
+RELEASED = {"0.1.0": "2a1376ace07af13f19a80799b01c15b1f0985321"}
 # the incremental files of released versions, applied once by every install: never edited again
 FROZEN = {"001-jobs.sql": ("0.1.0", "e5187b189868e391a592534d37a4fac56f3742e3711d0cb7bdba6e8501a45330"),
           "030-policy.sql": ("0.1.0", "90c31cfab8a0a9b01f63b38f55f4dd044301f3cc2c69d9d5a91b7e8a2b3be78a")}
@@ -42,8 +42,9 @@ SERVER_PYTHON = "/usr/bin/python3"  # the interpreter plpython3u embeds on Debia
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 LIBDIR = Path(os.environ.get("PLPY_BG_LIBDIR", "/usr/local/lib/plpy_bg")) / VERSION
 APT_PACKAGES = ["postgresql-15", "postgresql-plpython3-15", "postgresql-contrib", "libseccomp2",
-                "strace", "python3-venv", "python3-pip", "postgresql-client-15",
+                "strace", "python3-venv", "python3-pip", "postgresql-client-15", "git",
                 "gcc"]  # gcc: the sandbox tests build the background worker an attacker would load
+# git: released versions are rebuilt from their commits
 SERVER_REQUIREMENTS = ["psycopg[binary]>=3.1,<4", "pglast>=7,<9", "pyseccomp>=0.1.2,<0.2"]
 TEST_REQUIREMENTS = SERVER_REQUIREMENTS + ["pytest>=7", "hypothesis>=6"]
 VENV = ROOT / ".venv"
@@ -99,9 +100,13 @@ $seed$;
 MIGRATION = """DO $migration$
 DECLARE
     _body pg_catalog.text := $body${body}$body$;
+    _done pg_catalog.bool := false;
 BEGIN
-    IF pg_catalog.to_regclass('plpy_bg.migration') IS NOT NULL
-       AND EXISTS (SELECT FROM plpy_bg.migration WHERE name OPERATOR(pg_catalog.=) '{name}') THEN
+    IF pg_catalog.to_regclass('plpy_bg.migration') IS NOT NULL THEN  -- not there before the first file
+        EXECUTE 'SELECT EXISTS (SELECT FROM plpy_bg.migration WHERE name OPERATOR(pg_catalog.=) $1)'
+            INTO _done USING '{name}';
+    END IF;
+    IF _done THEN
         RETURN;  -- applied by an earlier install or upgrade
     END IF;
     EXECUTE _body;
@@ -230,16 +235,21 @@ def install_python() -> None:
     stamp = _stamp()
     if (LIBDIR / ".stamp").exists() and (LIBDIR / ".stamp").read_text() == stamp:
         return
-    tmp = LIBDIR.with_name(LIBDIR.name + ".new")
+    place_package(ROOT / EXT, deps, LIBDIR, stamp)
+    print(f"installed the plpy_bg package into {LIBDIR}")
+
+
+def place_package(package: Path, deps: Path, target: Path, stamp: str) -> None:
+    """Replace `target` with the server-side packages and `package`, readable by the server."""
+    tmp = target.with_name(target.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(deps, tmp, symlinks=True)
-    shutil.copytree(ROOT / EXT, tmp / EXT, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package, tmp / EXT, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp / ".stamp").write_text(stamp)
-    shutil.rmtree(LIBDIR, ignore_errors=True)
-    tmp.rename(LIBDIR)
-    for p in [LIBDIR] + list(LIBDIR.rglob("*")):
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for p in [target] + list(target.rglob("*")):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    print(f"installed the plpy_bg package into {LIBDIR}")
 
 
 def install_sandboxed_binary() -> None:
@@ -293,15 +303,7 @@ def install_released() -> None:
             if built.returncode != 0:
                 fatal(f"building released version {version} failed: {built.stderr.strip()}")
             shutil.copy(src / "build" / f"{EXT}--{version}.sql", script)
-            tmp = target.with_name(target.name + ".new")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(LIBDIR.parent / f".deps-{VERSION}", tmp, symlinks=True)
-            shutil.copytree(src / EXT, tmp / EXT, ignore=shutil.ignore_patterns("__pycache__"))
-            (tmp / ".stamp").write_text(commit)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-            for p in [target] + list(target.rglob("*")):
-                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            place_package(src / EXT, LIBDIR.parent / f".deps-{VERSION}", target, commit)
             print(f"installed released version {version} (commit {commit[:12]}) into {target} and {script}")
         finally:
             shutil.rmtree(src, ignore_errors=True)

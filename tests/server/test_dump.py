@@ -20,7 +20,8 @@ def tool(server, name: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def dumped(own_pg, tmp_path_factory):
     """A database with trust declared and a job run, dumped with pg_dump -Fc."""
-    own_pg.sql("CREATE ROLE dump_trustee LOGIN; CREATE DATABASE dump_src")
+    own_pg.sql("CREATE ROLE dump_trustee LOGIN")
+    own_pg.sql("CREATE DATABASE dump_src")
     with own_pg.connect(dbname="dump_src") as c:
         c.execute("CREATE EXTENSION plpy_bg CASCADE")
         c.execute("SELECT grant_pg_background_privileges('alice')")

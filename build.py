@@ -85,11 +85,18 @@ MIGRATION_TABLE = """CREATE TABLE IF NOT EXISTS plpy_bg.migration (
     applied_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     body pg_catalog.text NOT NULL)"""
 
+# a table counts only as this extension's member: a database owner may have made a schema
+# plpy_bg with tables of these names before a superuser installs the extension
+MEMBER = """EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
+            WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+              AND d.objid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('{table}')
+              AND d.deptype OPERATOR(pg_catalog.=) 'e' AND e.extname OPERATOR(pg_catalog.=) 'plpy_bg')"""
+
 # 0.1.0 had no migration table: an install of it has applied its incremental files
 SEED_0_1_0 = """-- an install of 0.1.0 predates the migration table: it applied 0.1.0's incremental files
 DO $seed$
 BEGIN
-    IF pg_catalog.to_regclass('plpy_bg.jobs') IS NOT NULL AND pg_catalog.to_regclass('plpy_bg.migration') IS NULL THEN
+    IF {jobs_member} AND pg_catalog.to_regclass('plpy_bg.migration') IS NULL THEN
         EXECUTE $ddl${table}$ddl$;
 {inserts}
     END IF;
@@ -102,7 +109,7 @@ DECLARE
     _body pg_catalog.text := $body${body}$body$;
     _done pg_catalog.bool := false;
 BEGIN
-    IF pg_catalog.to_regclass('plpy_bg.migration') IS NOT NULL THEN  -- not there before the first file
+    IF {migration_member} THEN  -- not there before the first file
         EXECUTE 'SELECT EXISTS (SELECT FROM plpy_bg.migration WHERE name OPERATOR(pg_catalog.=) $1)'
             INTO _done USING '{name}';
     END IF;
@@ -151,13 +158,14 @@ def build_sql(libdir: Path = LIBDIR) -> str:
     pre = PREAMBLE.format(libdir=str(libdir), version=VERSION)
     parts = [(ROOT / "sql" / "head.sql").read_text()]
     seeded = [n for n, (v, _) in sorted(FROZEN.items()) if v == "0.1.0"]
-    parts.append(SEED_0_1_0.format(table=MIGRATION_TABLE, inserts="\n".join(
+    parts.append(SEED_0_1_0.format(table=MIGRATION_TABLE, jobs_member=MEMBER.format(table="plpy_bg.jobs"), inserts="\n".join(
         f"        INSERT INTO plpy_bg.migration (name, applied_at_version, body)\n"
         f"            VALUES ('{n}', '0.1.0', $body${_quoted_body(ROOT / 'sql' / 'incremental' / n)}$body$);"
         for n in seeded)))
     for f in incremental_files():
         parts.append(f"-- {f.relative_to(ROOT)}\n" + MIGRATION.format(
-            body=_quoted_body(f), name=f.name, version=VERSION, table=MIGRATION_TABLE))
+            body=_quoted_body(f), name=f.name, version=VERSION, table=MIGRATION_TABLE,
+            migration_member=MEMBER.format(table="plpy_bg.migration")))
     for f in idempotent_files():
         parts.append(f"-- {f.relative_to(ROOT)}\n" + f.read_text().replace("#PLPY_BG_PREAMBLE", pre))
     return "\n".join(parts)

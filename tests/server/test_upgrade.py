@@ -64,3 +64,23 @@ def test_a_released_install_keeps_its_jobs_and_trust_through_the_update(own_pg, 
 def test_a_fresh_install_records_every_incremental_file_as_its_own(own_pg):
     assert dict(own_pg.sql("SELECT name, applied_at_version FROM plpy_bg.migration")) == {
         f.name: build.VERSION for f in build.incremental_files()}
+
+
+def test_a_schema_a_database_owner_planted_makes_the_install_fail(own_pg):
+    """A database owner makes schema plpy_bg with a migration table that lists every file, so an
+    install would skip them and put a superuser's functions in the owner's schema (which it may
+    drop and replace). Only the extension's own tables count: the install fails instead."""
+    own_pg.sql("CREATE ROLE plant_owner LOGIN")
+    own_pg.sql("CREATE DATABASE planted OWNER plant_owner")
+    with own_pg.connect("plant_owner", dbname="planted") as c:
+        c.execute("CREATE SCHEMA plpy_bg; CREATE TABLE plpy_bg.jobs (x int); "
+                  "CREATE TABLE plpy_bg.migration (name text PRIMARY KEY, applied_at_version text, "
+                  "applied_at timestamptz, body text)")
+        c.execute("INSERT INTO plpy_bg.migration SELECT n, %s, now(), '' FROM unnest(%s::text[]) n",
+                  (build.VERSION, [f.name for f in build.incremental_files()]))
+    with own_pg.connect(dbname="planted") as c:
+        with pytest.raises(psycopg.errors.DuplicateSchema):
+            c.execute("CREATE EXTENSION plpy_bg CASCADE")
+    assert own_pg.sql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                      "WHERE n.nspname = 'plpy_bg'", dbname="planted") == [(0,)]
+    assert own_pg.sql("SELECT count(*) FROM pg_extension WHERE extname = 'plpy_bg'", dbname="planted") == [(0,)]

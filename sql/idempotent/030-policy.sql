@@ -58,13 +58,34 @@ from plpy_bg.policy import sql_api
 return sql_api.ddl_check(plpy, GD, tag)
 $python$;
 
--- SECURITY DEFINER so that issuing DDL needs no privilege on schema plpy_bg; the check reads only this backend's job.
+-- SECURITY DEFINER so that issuing DDL needs no privilege on schema plpy_bg; it reads the job table.
 -- Only backends that run a job (a row only the dispatcher writes) pay for the Python check.
+-- A DROP that may take the extension (and the job table its running jobs end in) with it is
+-- refused while other jobs run in this database: at ddl_command_start an event trigger cannot see
+-- which objects a DROP names, and after the drop the extension's own triggers are gone.
 CREATE OR REPLACE FUNCTION plpy_bg.policy_ddl_guard()
 RETURNS event_trigger LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $plpgsql$
+DECLARE
+    _pids pg_catalog.text;
 BEGIN
+    IF TG_TAG OPERATOR(pg_catalog.=) ANY (ARRAY['DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED']) THEN
+        SELECT pg_catalog.string_agg(j.pid::pg_catalog.text, ', ' ORDER BY j.pid) INTO _pids
+        FROM plpy_bg.jobs j JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) j.pid
+        WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+          AND a.backend_start OPERATOR(pg_catalog.<=) j.launched_at  -- a live worker, not a reused pid
+          AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database();
+        IF _pids IS NOT NULL THEN
+            RAISE EXCEPTION '% is not allowed while background jobs run in this database', TG_TAG
+                USING ERRCODE = '55006',
+                      DETAIL = pg_catalog.format('Background jobs of plpy_bg run in workers with pids %s; their outcomes '
+                                                 'are recorded in plpy_bg.jobs, which the command may drop.', _pids),
+                      HINT = 'Wait for the jobs (pg_background_wait_v2) or cancel them (pg_background_cancel_v2, '
+                             'pg_cancel_backend), then run the command again. Every DROP EXTENSION, DROP SCHEMA '
+                             'and DROP OWNED is refused then: what it drops is not known before it is gone.';
+        END IF;
+    END IF;
     IF EXISTS (SELECT FROM plpy_bg.jobs j WHERE j.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
                                               AND j.state OPERATOR(pg_catalog.=) 'running') THEN
         PERFORM plpy_bg.policy_ddl_check(TG_TAG);

@@ -63,7 +63,7 @@ TERMINAL = ("completed", "failed", "canceled", "lost")
 ROW_CHUNK = tuple(x for x in (getattr(pq.ExecStatus, "TUPLES_CHUNK", None), pq.ExecStatus.SINGLE_TUPLE) if x)
 ENDED = RowSink(0, False)  # stands in for the result queue of a job with nothing left to read
 ENDED.discard()
-SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps all
+SESSION_KEEP = 256  # jobs a session remembers once read or submitted (list_v2); the job table keeps more
 
 
 class NeedPrivs(Exception):

@@ -71,18 +71,29 @@ WHERE state OPERATOR(pg_catalog.=) 'running'
   AND dispatcher_epoch OPERATOR(pg_catalog.<>) %(epoch)s::pg_catalog.text
 """
 
+# ended jobs go after plpy_bg.history_retention, their full SQL after plpy_bg.history_sql_retention
+# (the literal-free preview stays); both read in the database's own session (ALTER DATABASE SET)
 PURGE = """
 DELETE FROM plpy_bg.jobs WHERE state OPERATOR(pg_catalog.<>) 'running'
-  AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) %(keep)s::pg_catalog.interval)
+  AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)
+                                          plpy_bg.retention('plpy_bg.history_retention', '7 days'))
 """
+
+REDACT = """
+UPDATE plpy_bg.jobs SET sql = COALESCE(sql_preview, '') WHERE state OPERATOR(pg_catalog.<>) 'running'
+  AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)
+                                          plpy_bg.retention('plpy_bg.history_sql_retention', '1 day'))
+  AND sql IS DISTINCT FROM COALESCE(sql_preview, '')
+"""
+PURGE_EVERY = 600.0  # seconds between two passes of PURGE and REDACT in a database
 
 
 class Store:
     """Two lanes per database: launches never queue behind the flush of a final state."""
 
-    def __init__(self, connect, dbname: str, epoch: str, retention: str = "7 days"):
-        self.fast = Lane(connect, dbname, epoch, retention, durable=False)
-        self.durable = Lane(connect, dbname, epoch, retention, durable=True)
+    def __init__(self, connect, dbname: str, epoch: str):
+        self.fast = Lane(connect, dbname, epoch, durable=False)
+        self.durable = Lane(connect, dbname, epoch, durable=True)
 
     def write(self, sql: str, params: dict) -> None:
         # only launch rows take the fast lane: updates of existing rows share the durable lane,
@@ -165,11 +176,10 @@ TRANSIENT_CLASSES = ("53", "25", "40", "57", "58", "55")
 class Lane:
     """One connection and one thread that commit queued writes in groups."""
 
-    def __init__(self, connect, dbname: str, epoch: str, retention: str, durable: bool):
+    def __init__(self, connect, dbname: str, epoch: str, durable: bool):
         self._connect = connect
         self.dbname = dbname
         self.epoch = epoch
-        self.retention = retention
         self.durable = durable
         self.q: queue.Queue = queue.Queue()
         self.conn: psycopg.Connection | None = None
@@ -321,9 +331,10 @@ class Lane:
             if not self._with_retry(lambda: self._apply(batch), keep=not waited):
                 for item in batch:  # one row failed: apply one by one, report each failure
                     self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
-            if time.monotonic() - self.last_purge > 600:
+            if time.monotonic() - self.last_purge > PURGE_EVERY:
                 self.last_purge = time.monotonic()
-                self.write(PURGE, {"keep": self.retention})
+                self.write(PURGE, {})
+                self.write(REDACT, {})
 
     def _resolve(self, item: tuple) -> tuple:
         """A queued coalesced write becomes its latest statement (taken off the table of pending ones)."""

@@ -50,3 +50,36 @@ AS $$ SELECT pg_catalog.current_setting('ident_file'),
               ORDER BY f.seqno DESC LIMIT 1) $$;
 REVOKE ALL ON FUNCTION plpy_bg.dispatcher_settings() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION plpy_bg.dispatcher_settings() TO plpy_bg_dispatcher;
+
+-- How long the job table keeps what: plpy_bg.history_retention (ended jobs, default 7 days) and
+-- plpy_bg.history_sql_retention (their full SQL, default 1 day; then only the literal-free
+-- sql_preview). An interval, or 'forever'; a bad value is logged and the default kept.
+CREATE OR REPLACE FUNCTION plpy_bg.retention(setting pg_catalog.text, fallback pg_catalog.interval)
+RETURNS pg_catalog.interval
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    _v pg_catalog.text := pg_catalog.current_setting(setting, true);
+    _i pg_catalog.interval;
+BEGIN
+    IF _v IS NULL OR _v OPERATOR(pg_catalog.=) '' THEN
+        RETURN fallback;
+    ELSIF pg_catalog.lower(_v) OPERATOR(pg_catalog.=) 'forever' THEN
+        RETURN NULL;  -- nothing is older than that
+    END IF;
+    BEGIN
+        _i := _v::pg_catalog.interval;
+    EXCEPTION WHEN data_exception THEN
+        _i := NULL;
+    END;
+    IF _i IS NULL OR _i OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
+        RAISE WARNING 'invalid value for parameter "%": "%"', setting, _v
+            USING HINT = pg_catalog.format('An interval such as ''7 days'', or ''forever''; %s is used.', fallback);
+        RETURN fallback;
+    END IF;
+    RETURN _i;
+END
+$function$;
+REVOKE ALL ON FUNCTION plpy_bg.retention(pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION plpy_bg.retention(pg_catalog.text, pg_catalog.interval) TO plpy_bg_dispatcher;

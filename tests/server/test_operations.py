@@ -39,3 +39,42 @@ def test_a_job_may_drop_its_own_schema_and_other_databases_are_not_held(own_pg):
                                    (h[1],)).fetchone() == ("completed",))
         o.execute("DROP EXTENSION plpy_bg")
         c.execute("SELECT pg_background_cancel_v2(%s, %s)", elsewhere)
+
+
+OLD_JOBS = """
+INSERT INTO plpy_bg.jobs (cookie, pid, user_id, mode, queue_size, state, sql, sql_preview, launched_at, finished_at,
+                         dispatcher_epoch)
+SELECT c, 1, 10, 'launch', 65536, 'completed', 'SELECT ''secret-' || c || '''', 'SELECT $1',
+       now() - age, now() - age, 'a dispatcher of the past'
+FROM (VALUES (1, interval '10 days'), (2, interval '2 days'), (3, interval '1 minute')) AS v(c, age)
+"""
+
+
+def test_history_and_its_full_sql_are_kept_as_long_as_the_settings_say(own_pg):
+    own_pg.sql("CREATE DATABASE retain")
+    own_pg.sql("ALTER DATABASE retain SET plpy_bg.history_sql_retention = '1 hour'")
+    with own_pg.connect(dbname="retain") as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE")
+        c.execute(OLD_JOBS)
+        h = launch(c, "SELECT 1")  # the dispatcher's first writes in this database purge at once
+        wait(c, h)
+        rows = lambda: c.execute("SELECT cookie, sql FROM plpy_bg.jobs WHERE cookie < 4 ORDER BY cookie").fetchall()
+        wait_for(lambda: len(rows()) == 2)  # older than 7 days (the default) is gone
+        assert rows() == [(2, "SELECT $1"), (3, "SELECT 'secret-3'")]  # older than an hour: no literals
+
+
+def test_a_bad_retention_is_logged_and_the_default_kept(own_pg):
+    own_pg.sql("CREATE DATABASE retain_bad")
+    own_pg.sql("ALTER DATABASE retain_bad SET plpy_bg.history_retention = 'soon'")
+    log_at = own_pg.cluster.logfile.stat().st_size
+    with own_pg.connect(dbname="retain_bad") as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE")
+        c.execute(OLD_JOBS)
+        wait(c, launch(c, "SELECT 1"))
+        wait_for(lambda: c.execute("SELECT count(*) FROM plpy_bg.jobs WHERE cookie < 4").fetchone() == (2,))
+
+    def logged():
+        with open(own_pg.cluster.logfile, "rb") as f:
+            f.seek(log_at)
+            return b'invalid value for parameter "plpy_bg.history_retention": "soon"' in f.read()
+    wait_for(logged)

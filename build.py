@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,8 +168,18 @@ def build_sql(libdir: Path = LIBDIR) -> str:
             body=_quoted_body(f), name=f.name, version=VERSION, table=MIGRATION_TABLE,
             migration_member=MEMBER.format(table="plpy_bg.migration")))
     for f in idempotent_files():
-        parts.append(f"-- {f.relative_to(ROOT)}\n" + f.read_text().replace("#PLPY_BG_PREAMBLE", pre))
+        parts.append(f"-- {f.relative_to(ROOT)}\n" + ENTRY_CALL.sub(_entry_call, f.read_text().replace("#PLPY_BG_PREAMBLE", pre)))
     return "\n".join(parts)
+
+
+# a PL/Python body's one call into the package: its errors are raised again from the body itself, so
+# their CONTEXT holds one line of Python ("Traceback ...") instead of a frame per function passed
+ENTRY_CALL = re.compile(r"^(return )?((?:api|sql_api|progress)\.\w+\(.*\))$", re.M)
+
+
+def _entry_call(m: re.Match) -> str:
+    return (f"try:\n    {m.group(1) or ''}{m.group(2)}\n"
+            f"except plpy.Error as _e:\n    raise _e.with_traceback(None) from None")
 
 
 def upgrade_scripts() -> list[str]:

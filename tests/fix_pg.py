@@ -57,6 +57,17 @@ def job_row(server: Server, cookie: int) -> dict:
         return c.execute("SELECT * FROM plpy_bg.jobs WHERE cookie = %s", (cookie,)).fetchone()
 
 
+def dispatcher_log(server: Server) -> str:
+    """The dispatcher's records in the server's log (where it writes), with their continuation lines."""
+    out, mine = [], False
+    for line in server.cluster.logfile.read_text(errors="replace").splitlines():
+        if line[:4].isdigit():  # a record of its own starts with a timestamp
+            mine = " plpy_bg dispatcher " in line
+        if mine:
+            out.append(line)
+    return "\n".join(out)
+
+
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -185,12 +185,13 @@ def spawn(ctx: dict) -> None:
     for name in (supervision.ENV, supervision.GLOBAL_ENV):  # the sandbox the server started with
         if os.environ.get(name):
             env[name] = os.environ[name]
-    with open(ctx["path"] + ".log", "ab") as logf:
-        subprocess.Popen(
-            [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),
-             "--postmaster-pid", str(_postmaster_pid()), "--datadir", os.getcwd()],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
-            close_fds=True, env=env, cwd="/")
+    # its log goes where the server's does: this backend's stderr is the postmaster's (a log file
+    # or the logging collector's pipe)
+    subprocess.Popen(
+        [python, "-m", "plpy_bg.dispatcher", "--sockdir", ctx["sockdir"], "--port", str(ctx["port"]),
+         "--postmaster-pid", str(_postmaster_pid()), "--datadir", os.getcwd()],
+        stdin=subprocess.DEVNULL, stdout=2, stderr=2, start_new_session=True,
+        close_fds=True, env=env, cwd="/")
 
 
 def job_info(plpy, GD, must_answer: bool = False) -> dict | None:

@@ -841,6 +841,7 @@ class Dispatcher:
             if not self.postmaster.alive():
                 log.info("postmaster %s is gone; dispatcher exits", self.postmaster.pid)
                 self.stopping.set()
+                self._release_lock()
                 os._exit(0)
 
     def housekeeper(self) -> None:
@@ -1017,9 +1018,19 @@ class Dispatcher:
                 os.unlink(self.socket_path)
         except OSError:
             pass
-        if self.lockfile is not None:
-            self.lockfile.close()  # releases the flock for the next dispatcher
+        self._release_lock()
         threading.Timer(0.2, lambda: os._exit(0)).start()
+
+    def _release_lock(self) -> None:
+        """An orderly end: no pid left behind (the next dispatcher warns of one), and the flock goes
+        to the next dispatcher."""
+        if self.lockfile is not None:
+            try:
+                self.lockfile.truncate(0)
+            except OSError:
+                pass
+            self.lockfile.close()
+            self.lockfile = None
 
     # ---- one backend session ----
     def serve_session(self, sess: Session) -> None:
@@ -1285,7 +1296,8 @@ class Dispatcher:
             row = self.control_exec(probe, """SELECT
                 pg_catalog.current_setting('plpy_bg.pool_max_idle_per_role', true),
                 pg_catalog.current_setting('plpy_bg.pool_max_idle', true),
-                pg_catalog.current_setting('plpy_bg.pool_idle_timeout', true)""")[0]
+                pg_catalog.current_setting('plpy_bg.pool_idle_timeout', true),
+                pg_catalog.current_setting('plpy_bg.log_level', true)""")[0]
         except Exception as e:
             log.warning("could not read the pool settings: %s", e)
             return
@@ -1296,6 +1308,7 @@ class Dispatcher:
                              {"": 1}, "", 0, 100000)
         timeout = pool_setting("plpy_bg.pool_idle_timeout", row[2], int(self.pool.idle_timeout * 1000),
                                int(d_timeout * 1000), jsettings.UNITS_MS, "s", 1, 7 * 86_400_000) / 1000
+        set_log_level(row[3])
         if (per_role, total, timeout) != (self.pool.max_idle_per_role, self.pool.max_idle_total,
                                           self.pool.idle_timeout):
             log.info("pool bounds: %s idle per role, %s idle in all, %s s idle limit", per_role, total, timeout)
@@ -1376,6 +1389,49 @@ def pool_setting(name: str, raw: str | None, current, default, units: dict, base
     return current
 
 
+LEVELS = {"DEBUG": "DEBUG1", "INFO": "LOG", "WARNING": "WARNING", "ERROR": "ERROR", "CRITICAL": "FATAL"}
+
+
+class _ServerLogFormat(logging.Formatter):
+    """Lines shaped like the server's own (Debian's log_line_prefix '%m [%p] '), so a DBA's grep
+    and logrotate treat them alike."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+        return (f"{stamp}.{int(record.msecs):03d} UTC [{record.process}] plpy_bg dispatcher "
+                f"{LEVELS.get(record.levelname, record.levelname)}:  {record.getMessage()}"
+                + (f"\n{self.formatException(record.exc_info)}" if record.exc_info else ""))
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "log": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+
+
+_level_value: list = [None]  # the setting last applied: a bad value is logged once, not every 5 s
+
+
+def set_log_level(value: str | None) -> None:
+    """plpy_bg.log_level: debug, info (or log, the default), warning or error."""
+    if value == _level_value[0]:
+        return
+    _level_value[0] = value
+    level = LOG_LEVELS.get((value or "info").strip().lower())
+    if level is None:
+        log.warning('invalid value for parameter "plpy_bg.log_level": "%s" (debug, info, warning or error)', value)
+        level = logging.INFO
+    if logging.getLogger().level != level:
+        logging.getLogger().setLevel(level)
+
+
+def log_to_server_log() -> None:
+    """Log to stderr, which the launching backend handed over: the server's log destination."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ServerLogFormat())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m plpy_bg.dispatcher",
                                  description="Run the plpy_bg job dispatcher for one cluster.")
@@ -1390,7 +1446,7 @@ def main(argv=None) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
     path = P.socket_path_for(args.sockdir, args.port)
-    lockf = open(path + ".lock", "a")
+    lockf = open(path + ".lock", "a+")
     deadline = time.monotonic() + 3
     while True:
         try:
@@ -1400,8 +1456,7 @@ def main(argv=None) -> int:
             if time.monotonic() > deadline:
                 return 0  # another dispatcher serves this cluster
             time.sleep(0.05)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s plpy_bg dispatcher[%(process)d] %(levelname)s %(message)s")
+    log_to_server_log()
     try:
         pm = Postmaster(args.postmaster_pid, args.datadir)
     except (OSError, RuntimeError) as e:
@@ -1409,6 +1464,11 @@ def main(argv=None) -> int:
         return 1
     d = Dispatcher(args.sockdir, args.port, pm, path)
     d.lockfile = lockf
+    lockf.seek(0)
+    before = lockf.read().split()
+    if before and before[0].isdigit() and int(before[0]) != os.getpid():
+        log.warning("the previous dispatcher (pid %s) ended without being stopped; jobs it ran are recorded "
+                    "as lost in each database when this one first writes there", before[0])
     lockf.seek(0)
     lockf.truncate()
     lockf.write(f"{os.getpid()}\n")

@@ -69,6 +69,7 @@ UPDATE plpy_bg.jobs SET state = 'lost', finished_at = pg_catalog.now(),
     last_error = 'the dispatcher that ran this job stopped before the job ended; its outcome is unknown'
 WHERE state OPERATOR(pg_catalog.=) 'running'
   AND dispatcher_epoch OPERATOR(pg_catalog.<>) %(epoch)s::pg_catalog.text
+RETURNING cookie, pid, user_id::pg_catalog.regrole::pg_catalog.text
 """
 
 # ended jobs go after plpy_bg.history_retention, their full SQL after plpy_bg.history_sql_retention
@@ -272,7 +273,9 @@ class Lane:
             conn.prepare_threshold = 0  # the same few statements, thousands of times
             if not self.durable:
                 conn.execute("SET synchronous_commit = off")
-                conn.execute(RECONCILE, {"epoch": self.epoch})
+                for cookie, pid, role in conn.execute(RECONCILE, {"epoch": self.epoch}).fetchall():
+                    log.warning("background job %s (worker pid %s, role %s) in database %s recorded as lost: the "
+                                "dispatcher that ran it stopped before it ended", cookie, pid, role, self.dbname)
         except BaseException:
             conn.close()
             raise

@@ -6,7 +6,7 @@ import signal
 import psycopg
 import pytest
 
-from tests.fix_pg import LIST_COLS, invariants, job_row, launch, result, wait_for
+from tests.fix_pg import LIST_COLS, dispatcher_log, invariants, job_row, launch, result, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -80,7 +80,11 @@ def test_killed_dispatcher_is_replaced_and_its_jobs_recorded(own_pg):
         h2 = launch(c, "SELECT 'new dispatcher'")
         assert result(c, h2) == [("new dispatcher",)]
     wait_for(lambda: job_row(own_pg, h[1])["state"] != "running", timeout=30)
-    assert job_row(own_pg, h[1])["state"] in ("lost", "failed")
+    assert job_row(own_pg, h[1])["state"] == "lost"
+    # where DBAs look: the server's log says the dispatcher died and which job was lost
+    log = dispatcher_log(own_pg)
+    assert f"the previous dispatcher (pid {pid}) ended without being stopped" in log
+    assert f"background job {h[1]} (worker pid {h[0]}, role alice) in database postgres recorded as lost" in log
 
 
 def test_launcher_terminated_while_rows_stream(own_pg):

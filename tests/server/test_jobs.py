@@ -284,6 +284,24 @@ def test_the_internal_result_functions_are_the_apis_roles_only(pg):
                 c.execute(q)
 
 
+@pytest.mark.parametrize("query, args", [
+    ("SELECT pg_background_detach_v2(%s, %s)", (1, 1)),
+    ("SELECT * FROM pg_background_result_v2(%s, %s) AS (a int)", (1, 1)),
+    ("SELECT pg_background_launch_v2(%s)", ("SELEC 1",)),
+    ("CALL pg_background_await(%s, %s, 10)", (1, 1)),
+])
+def test_api_errors_carry_one_python_frame_in_their_context(pg, query, args):
+    """The function's own body, not a frame per function the error passed (16,000 log lines from
+    1,642 polls); PL/Python itself adds the "Traceback" header and the frame's source line."""
+    with pg.connect("alice") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(query, args)
+    context = ei.value.diag.context or ""
+    frames = [line for line in context.splitlines() if ", line " in line and " in " in line]
+    assert len(frames) == 1 and "in <module>" in frames[0], context
+    assert len(context.splitlines()) <= 5, context
+
+
 def test_syntax_error_is_refused_at_launch(pg):
     with pg.connect("alice") as c:
         with pytest.raises(psycopg.errors.SyntaxError, match="syntax error"):

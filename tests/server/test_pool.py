@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.fix_pg import invariants, launch, pool_settings, result, wait_for
+from tests.fix_pg import dispatcher_log, invariants, launch, pool_settings, result, wait_for
 
 pytestmark = [pytest.mark.server]
 
@@ -145,7 +145,7 @@ def test_idle_workers_are_reaped(own_pg):
 
 
 def test_an_unset_pool_setting_is_back_to_its_default(own_pg):
-    log = lambda: "".join(p.read_text() for p in own_pg.cluster.sockdir.glob("*.log"))  # noqa: E731
+    log = lambda: dispatcher_log(own_pg)  # noqa: E731
     with own_pg.connect("alice") as a:
         _burst(a, 1, "SELECT '1'")
         pool_settings(own_pg, pool_idle_timeout="7s")
@@ -163,9 +163,8 @@ def test_bad_pool_settings_keep_the_defaults(own_pg, name, value):
         with own_pg.connect("alice") as a:
             h = launch(a, "SELECT 'still works'")
             assert result(a, h) == [("still works",)]
-        log = own_pg.cluster.sockdir
         # a fresh dispatcher has no session to ask until the launch: it reads them on its next tick
-        wait_for(lambda: any(f"plpy_bg.{name}" in p.read_text() for p in log.glob("*.log")), timeout=10)
+        wait_for(lambda: f"plpy_bg.{name} = {value!r} is not in" in dispatcher_log(own_pg), timeout=10)
     finally:
         pool_settings(own_pg, **{name: None})
 
@@ -179,3 +178,19 @@ def test_a_worker_killed_while_idle_is_not_handed_out(own_pg):
         h = launch(a, "SELECT 'fresh'")
         assert result(a, h) == [("fresh",)]
     assert invariants(own_pg) == []
+
+
+def test_the_dispatchers_log_level_is_a_setting(own_pg):
+    with own_pg.connect("alice") as a:
+        _burst(a, 1, "SELECT '1'")
+        try:
+            pool_settings(own_pg, log_level="loud")
+            wait_for(lambda: 'invalid value for parameter "plpy_bg.log_level": "loud"' in dispatcher_log(own_pg))
+            pool_settings(own_pg, log_level="warning")
+            pool_settings(own_pg, pool_idle_timeout="9s")  # applied, but its LOG line is below the level
+            _burst(a, 1, "SELECT '1'")
+            assert "9.0 s idle limit" not in dispatcher_log(own_pg)
+            pool_settings(own_pg, log_level="info", pool_idle_timeout="8s")
+            wait_for(lambda: "8.0 s idle limit" in dispatcher_log(own_pg), timeout=10)
+        finally:
+            pool_settings(own_pg, log_level=None, pool_idle_timeout=None)

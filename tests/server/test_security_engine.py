@@ -17,7 +17,8 @@ import pytest
 from psycopg import sql as pgsql
 
 from plpy_bg.dispatcher import protocol as P
-from tests.fix_pg import LIST_COLS, invariants, job_row, launch, pool_settings, result, wait, wait_for
+from tests.fix_pg import (LIST_COLS, dispatcher_log, invariants, job_row, launch, pool_settings, result, wait,
+                          wait_for)
 
 pytestmark = pytest.mark.server
 
@@ -835,8 +836,7 @@ def test_results_outlive_the_release_of_their_database(own_pg):
                                              "WHERE application_name LIKE 'plpy_bg %%' AND datname = 'postgres'"),
                      timeout=20)  # released: no session of the dispatcher is left there
             assert result(keep, h, "g int") == [(i,) for i in range(1, 6)]
-        log = next(own_pg.cluster.sockdir.glob(".s.plpy_bg.*.log")).read_text()
-        assert "Traceback" not in log
+        assert "Traceback" not in dispatcher_log(own_pg)
     finally:
         pool_settings(own_pg, pool_idle_timeout=None)
 

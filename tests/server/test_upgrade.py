@@ -4,7 +4,7 @@ import psycopg
 import pytest
 
 import build
-from tests.fix_pg import launch, result
+from tests.fix_pg import launch, result, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -40,6 +40,7 @@ def test_a_released_install_keeps_its_jobs_and_trust_through_the_update(own_pg, 
         h = launch(c, "INSERT INTO kept VALUES ('before') RETURNING v")
         assert result(c, h, "v text") == [("before",)]
     jobs = "SELECT cookie, state, sql, user_id FROM plpy_bg.jobs ORDER BY cookie"
+    wait_for(lambda: own_pg.sql("SELECT state FROM plpy_bg.jobs", dbname=db) == [("completed",)])  # written after
     trust = "SELECT truster::regrole::text, trustee::regrole::text FROM plpy_bg.trust ORDER BY 1, 2"
     before = own_pg.sql(jobs, dbname=db), own_pg.sql(trust, dbname=db)
     assert before[0] and before[1] == [("alice", "bob")]

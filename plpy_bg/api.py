@@ -35,6 +35,7 @@ SELECT r.rolname::pg_catalog.text AS cu, r.rolsuper AS superuser, r.rolcanlogin 
   pg_catalog.current_setting('pg_background.worker_timeout', true) AS worker_timeout,
   pg_catalog.current_setting('plpy_bg.inherit_settings', true) AS extra_names,
   pg_catalog.current_setting('standard_conforming_strings') AS sco,
+  pg_catalog.pg_is_in_recovery() AS recovery, pg_catalog.current_setting('transaction_read_only') AS ro,
   {vals} AS vals
 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1
 """
@@ -122,6 +123,8 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     if not ctx:
         raise PgError(f"current role (oid {uid}) does not exist", sqlstate="42704")
     r = ctx[0]
+    if r["recovery"] or r["ro"] == "on":  # the launch writes the job table: refused at once, not after a wait
+        raise _read_only(bool(r["recovery"]))
     if r["sco"] != "on":
         raise PgError("background jobs are read with standard_conforming_strings = on",
                       detail="This session has standard_conforming_strings = off, under which a backslash in "
@@ -163,6 +166,19 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         if e.message.startswith(SANDBOX_REFUSAL):  # said in the server log too, where DBAs look
             plpy.warning(f"plpy_bg: {e.message}", hint=e.hint)
         raise
+
+
+def _read_only(recovery: bool) -> PgError:
+    if recovery:
+        return PgError("cannot launch a background job on a server in recovery",
+                       detail="Every job is recorded in plpy_bg.jobs at its launch; a hot standby cannot write it.",
+                       hint="Launch on the primary. Launches work here once this server is promoted.",
+                       sqlstate="25006")
+    return PgError("cannot launch a background job in a read-only transaction",
+                   detail="Every job is recorded in plpy_bg.jobs at its launch.",
+                   hint="Launch in a read-write transaction. A database or server made read-only with "
+                        "default_transaction_read_only = on refuses launches until it is reset.",
+                   sqlstate="25006")
 
 
 @sql_errors

@@ -30,6 +30,7 @@ HBA = """\
 local   all   all                 peer map=plpy_bg
 host    all   all   127.0.0.1/32  trust
 host    all   all   ::1/128       trust
+host    replication   all   127.0.0.1/32  trust
 """
 
 SETTINGS = {
@@ -130,6 +131,25 @@ class Cluster:
             f"# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n{MAP_NAME} {IDENTITY_LINE}\n")
         for f in ("pg_hba.conf", "pg_ident.conf"):
             _chown_postgres(c.datadir / f)
+        return c
+
+    @classmethod
+    def standby_of(cls, primary: "Cluster", base: str | Path) -> "Cluster":
+        """A hot standby of `primary` (pg_basebackup -R), on a port and socket directory of its own."""
+        base = Path(base).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o755)
+        _chown_postgres(base)
+        c = cls(base=base, port=_free_port())
+        c.sockdir.mkdir(exist_ok=True)
+        os.chmod(c.sockdir, 0o700)
+        _chown_postgres(c.sockdir)
+        r = _as_postgres([str(PG_BIN / "pg_basebackup"), "-D", str(c.datadir), "-R", "-X", "stream", "-c", "fast",
+                          "-h", "127.0.0.1", "-p", str(primary.port), "-U", OS_USER])
+        if r.returncode != 0:
+            raise ClusterError(f"pg_basebackup failed:\n{r.stdout}\n{r.stderr}")
+        with open(c.datadir / "postgresql.auto.conf", "a") as f:  # read last: its own port and socket
+            f.write(f"port = {c.port}\nunix_socket_directories = '{c.sockdir}'\nhot_standby = on\n")
         return c
 
     def start(self, wrapper: list[str] | None = None, timeout: float = 60) -> None:

@@ -1250,6 +1250,10 @@ class Dispatcher:
                        OR (j.state OPERATOR(pg_catalog.<>) 'completed' AND j.last_error IS NULL)
                     LIMIT 100""")
             except Exception as e:
+                with self.lock:
+                    ours = any(j.dbk == dbk and j.state == "running" for j in self.jobs.values())
+                if getattr(e, "sqlstate", None) == "42P01" and not ours:
+                    continue  # plpy_bg was dropped there once its jobs ended: nothing of ours is left
                 bad.append(f"job table of database {db} cannot be read: {e}")
                 continue
             with self.lock:

@@ -1,8 +1,13 @@
 """What a DBA does to a database whose jobs run: drops that would take the job table with them."""
+import os
+import time
+
 import psycopg
 import pytest
 
-from tests.fix_pg import launch, wait, wait_for
+import build
+from plpy_bg.cluster import Cluster
+from tests.fix_pg import invariants, launch, result, wait, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -78,3 +83,41 @@ def test_a_bad_retention_is_logged_and_the_default_kept(own_pg):
             f.seek(log_at)
             return b'invalid value for parameter "plpy_bg.history_retention": "soon"' in f.read()
     wait_for(logged)
+
+
+def test_a_hot_standby_refuses_launches_at_once_and_launches_once_promoted(own_pg, tmp_path_factory):
+    base = tmp_path_factory.mktemp("standby")
+    for d in (base, base.parent, base.parent.parent):  # the OS user postgres makes the copy in it
+        os.chmod(d, 0o755)
+    standby = Cluster.standby_of(own_pg.cluster, base / "c")
+    standby.start(wrapper=build.preload_wrapper())
+    try:
+        with psycopg.connect(standby.dsn("alice"), autocommit=True) as c:
+            t = time.monotonic()
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="server in recovery") as ei:
+                launch(c, "SELECT 1")
+            assert time.monotonic() - t < 2 and "primary" in ei.value.diag.message_hint
+            with psycopg.connect(standby.dsn(), autocommit=True) as admin:
+                admin.execute("SELECT pg_promote()")
+            wait_for(lambda: not c.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+            assert result(c, launch(c, "SELECT 'promoted'::text")) == [("promoted",)]
+    finally:
+        standby.destroy()
+
+
+def test_a_read_only_database_refuses_launches_at_once_until_reset(own_pg):
+    own_pg.sql("CREATE DATABASE ro_db")
+    with own_pg.connect(dbname="ro_db") as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE; SELECT grant_pg_background_privileges('alice')")
+    own_pg.sql("ALTER DATABASE ro_db SET default_transaction_read_only = on")
+    try:
+        with own_pg.connect("alice", dbname="ro_db") as c:
+            t = time.monotonic()
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="read-only transaction") as ei:
+                launch(c, "SELECT 1")
+            assert time.monotonic() - t < 2 and "default_transaction_read_only" in ei.value.diag.message_hint
+    finally:
+        own_pg.sql("ALTER DATABASE ro_db RESET default_transaction_read_only")
+    with own_pg.connect("alice", dbname="ro_db") as c:  # a new session: writable again, nothing to restart
+        assert result(c, launch(c, "SELECT 'writable'::text")) == [("writable",)]
+    assert invariants(own_pg) == []

@@ -123,8 +123,6 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     if not ctx:
         raise PgError(f"current role (oid {uid}) does not exist", sqlstate="42704")
     r = ctx[0]
-    if r["recovery"] or r["ro"] == "on":  # the launch writes the job table: refused at once, not after a wait
-        raise _read_only(bool(r["recovery"]))
     if r["sco"] != "on":
         raise PgError("background jobs are read with standard_conforming_strings = on",
                       detail="This session has standard_conforming_strings = off, under which a backslash in "
@@ -144,6 +142,8 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
     # provenance and policy before anything runs: a refused job never reaches the dispatcher
     prov = policy.capture_provenance(plpy, parent_job=dclient.job_info(plpy, GD))
     classification = policy.check(plpy, sql, prov, r["cu"], search_path=search_path, job_oid=uid)
+    if r["recovery"] or r["ro"] == "on":  # the launch writes the job table: refused at once, not after a wait
+        raise _read_only(bool(r["recovery"]))
     # a NOLOGIN role's jobs log in as its shadow (plpy_bg.job_login) and SET ROLE to it
     login = r["cu"] if r["can_login"] else _plan(plpy, GD, "login", JOB_LOGIN_SQL, ["pg_catalog.oid"]).execute(
         [uid])[0]["login"]

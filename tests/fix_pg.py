@@ -16,6 +16,16 @@ import pytest
 import build
 from plpy_bg.cluster import Cluster
 
+def pytest_collection_finish(session) -> None:
+    """The servers under test run this checkout's code: when server tests are collected, the
+    checkout is installed first wherever the installed copy differs (its package's stamp, the
+    extension scripts, the released versions), so `pytest` alone never tests a stale copy."""
+    if any(item.get_closest_marker("server") for item in session.items):
+        build.install_python()
+        build.install_extension_files()
+        build.install_released()
+
+
 LIST_COLS = ("pid int4, cookie int8, launched_at timestamptz, user_id oid, queue_size int4, "
              "state text, sql_preview text, last_error text, consumed bool")
 

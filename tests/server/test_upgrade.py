@@ -85,3 +85,14 @@ def test_a_schema_a_database_owner_planted_makes_the_install_fail(own_pg):
     assert own_pg.sql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                       "WHERE n.nspname = 'plpy_bg'", dbname="planted") == [(0,)]
     assert own_pg.sql("SELECT count(*) FROM pg_extension WHERE extname = 'plpy_bg'", dbname="planted") == [(0,)]
+
+
+def test_the_server_runs_this_checkouts_code(own_pg):
+    """pytest alone installs the checkout first (tests/fix_pg.py): never a stale copy under test."""
+    from pathlib import Path
+
+    assert (build.LIBDIR / ".stamp").read_text() == build._stamp()
+    ext = Path(build.pg_config("--sharedir")) / "extension"
+    assert (ext / f"plpy_bg--{build.VERSION}.sql").read_text() == build.build_sql()
+    path = own_pg.sql("SELECT p.prosrc FROM pg_proc p WHERE p.proname = 'pg_background_launch_v2'")[0][0]
+    assert str(build.LIBDIR) in path

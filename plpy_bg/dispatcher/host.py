@@ -44,6 +44,22 @@ class Process:
             self.fd = None
 
 
+_BOOT_TIME: list[int] = []
+
+
+def proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, start time in seconds since the epoch, to a clock tick) of `pid`, or None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if not _BOOT_TIME:
+        with open("/proc/stat") as f:
+            _BOOT_TIME.append(next(int(line.split()[1]) for line in f if line.startswith("btime ")))
+    return int(fields[1]), _BOOT_TIME[0] + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 class Postmaster(Process):
     """The postmaster, its data directory and its announced state."""
 

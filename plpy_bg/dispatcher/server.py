@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import struct
@@ -43,10 +44,10 @@ import psycopg
 from psycopg import pq
 
 from plpy_bg.dispatcher import protocol as P
-from plpy_bg.dispatcher.host import Postmaster
+from plpy_bg.dispatcher.host import Postmaster, Process, proc_stat
 from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters, temp_file_limit_bytes
 from plpy_bg.dispatcher.sink import Budget, RowSink, SpoolFull
-from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store
+from plpy_bg.dispatcher.store import FINISH, FLAGS, INSERT, PROGRESS, Store, reconcile
 from plpy_bg.errors import SANDBOX_REFUSAL, cut_utf8
 from plpy_bg.errors import (ConnectionFailure, InsufficientPrivilege, InvalidParameter,
                             FeatureNotSupported, ObjectNotFound, PgError, TooManyConnections,
@@ -294,8 +295,50 @@ class Dispatcher:
             s = self.stores.get(dbk)
             if s is None:
                 db, db_oid = dbk
-                s = self.stores[dbk] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch)
+                s = self.stores[dbk] = Store(lambda d: self._connect_own(d, db_oid), db, self.epoch,
+                                             self.end_orphans)
             return s
+
+    def end_orphans(self, running: list) -> None:
+        """Rows (cookie, pid, launched_at) of jobs an earlier dispatcher left `running`: a backend
+        that still runs one (a child of the postmaster started before the launch, not a pid used
+        again) is terminated and waited for, so `lost` is recorded only for jobs that can no
+        longer commit (the backend of a dead dispatcher runs its statement to its end)."""
+        for cookie, pid, launched_at in running:
+            st = proc_stat(pid)
+            if st is None or st[0] != self.postmaster.pid or st[1] > launched_at.timestamp() + 0.02:
+                continue
+            try:
+                p = Process(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if proc_stat(pid) != st:  # the pidfd must hold the process just read
+                    continue
+                log.warning("terminating backend %s, which still runs background job %s of a dispatcher "
+                            "that is gone", pid, cookie)
+                p.signal(signal.SIGTERM)
+                if not select.select([p.fd], [], [], 10)[0]:
+                    log.warning("backend %s did not end within 10 s of SIGTERM", pid)
+            finally:
+                p.close()
+
+    def sweep(self, dbk: tuple[str, int]) -> None:
+        """At start, every database where an earlier dispatcher may have left jobs `running`: they
+        are settled at once, not when someone next launches there."""
+        try:
+            dbs = self.control_exec(dbk, "SELECT d.datname::pg_catalog.text, d.oid::pg_catalog.int8 "
+                                         "FROM pg_catalog.pg_database d WHERE d.datallowconn")
+        except Exception as e:
+            log.warning("could not list databases to settle jobs of an earlier dispatcher: %s", e)
+            return
+        for name, oid in dbs:  # the writers of a database settle it again when they open: nothing is left then
+            try:
+                with self._connect_own(name, int(oid)) as conn:
+                    if conn.execute("SELECT pg_catalog.to_regclass('plpy_bg.jobs') IS NOT NULL").fetchone()[0]:
+                        reconcile(conn, self.epoch, name, self.end_orphans)
+            except Exception as e:  # no plpy_bg there, or no way in: nothing of ours to settle
+                log.debug("not settling database %s: %s", name, e)
 
     def _open_worker(self, key: tuple, role: str) -> Worker:
         """A worker connection logged in as `role`, which must still be the role of oid key[1], in
@@ -1173,7 +1216,11 @@ class Dispatcher:
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
             if req.get("db"):  # nothing is opened yet: a hello claims no database
-                self.config_db = self.config_db or (req["db"], int(req["db_oid"]))
+                with self.lock:
+                    first = self.config_db is None
+                    self.config_db = self.config_db or (req["db"], int(req["db_oid"]))
+                if first:
+                    threading.Thread(target=self.sweep, args=(self.config_db,), name="sweep", daemon=True).start()
             return {"epoch": self.epoch}
         if op == "ping":
             return {"epoch": self.epoch, "pid": os.getpid(), "pool_opened": self.pool.opened,

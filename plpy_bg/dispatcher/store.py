@@ -74,6 +74,25 @@ RETURNING cookie, pid, user_id::pg_catalog.regrole::pg_catalog.text
 
 # ended jobs go after plpy_bg.history_retention, their full SQL after plpy_bg.history_sql_retention
 # (the literal-free preview stays); both read in the database's own session (ALTER DATABASE SET)
+RUNNING_ELSEWHERE = """
+SELECT cookie, pid, launched_at FROM plpy_bg.jobs
+WHERE state OPERATOR(pg_catalog.=) 'running' AND dispatcher_epoch OPERATOR(pg_catalog.<>) %(epoch)s::pg_catalog.text
+"""
+
+
+def reconcile(conn, epoch: str, dbname: str, end_orphans) -> None:
+    """Jobs of an earlier dispatcher still `running` in this database: their backends that still
+    run them end first (`end_orphans`), then they are recorded `lost`, each logged; a job that
+    committed its outcome meanwhile keeps it."""
+    rows = conn.execute(RUNNING_ELSEWHERE, {"epoch": epoch}).fetchall()
+    if not rows:
+        return
+    end_orphans(rows)
+    for cookie, pid, role in conn.execute(RECONCILE, {"epoch": epoch}).fetchall():
+        log.warning("background job %s (worker pid %s, role %s) in database %s recorded as lost: the "
+                    "dispatcher that ran it stopped before it ended", cookie, pid, role, dbname)
+
+
 PURGE = """
 DELETE FROM plpy_bg.jobs WHERE state OPERATOR(pg_catalog.<>) 'running'
   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)
@@ -92,8 +111,8 @@ PURGE_EVERY = 600.0  # seconds between two passes of PURGE and REDACT in a datab
 class Store:
     """Two lanes per database: launches never queue behind the flush of a final state."""
 
-    def __init__(self, connect, dbname: str, epoch: str):
-        self.fast = Lane(connect, dbname, epoch, durable=False)
+    def __init__(self, connect, dbname: str, epoch: str, end_orphans=lambda rows: None):
+        self.fast = Lane(connect, dbname, epoch, durable=False, end_orphans=end_orphans)
         self.durable = Lane(connect, dbname, epoch, durable=True)
 
     def write(self, sql: str, params: dict) -> None:
@@ -177,8 +196,9 @@ TRANSIENT_CLASSES = ("53", "25", "40", "57", "58", "55")
 class Lane:
     """One connection and one thread that commit queued writes in groups."""
 
-    def __init__(self, connect, dbname: str, epoch: str, durable: bool):
+    def __init__(self, connect, dbname: str, epoch: str, durable: bool, end_orphans=lambda rows: None):
         self._connect = connect
+        self.end_orphans = end_orphans
         self.dbname = dbname
         self.epoch = epoch
         self.durable = durable
@@ -273,9 +293,7 @@ class Lane:
             conn.prepare_threshold = 0  # the same few statements, thousands of times
             if not self.durable:
                 conn.execute("SET synchronous_commit = off")
-                for cookie, pid, role in conn.execute(RECONCILE, {"epoch": self.epoch}).fetchall():
-                    log.warning("background job %s (worker pid %s, role %s) in database %s recorded as lost: the "
-                                "dispatcher that ran it stopped before it ended", cookie, pid, role, self.dbname)
+                reconcile(conn, self.epoch, self.dbname, self.end_orphans)
         except BaseException:
             conn.close()
             raise

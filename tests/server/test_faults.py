@@ -203,3 +203,35 @@ def test_job_table_refuses_writes(own_pg, sqlstate, error):
         assert result(c, h2) == [("writable again",)]
     own_pg.sql("DROP TRIGGER refuse ON plpy_bg.jobs")
     assert invariants(own_pg) == []
+
+
+def test_a_new_dispatcher_ends_orphaned_backends_and_settles_every_database(own_pg):
+    """After a dispatcher's death its worker backends run on; the next dispatcher terminates them
+    before recording their jobs lost (a job that could still commit is never called lost), in every
+    database at its start, not when someone next launches there."""
+    own_pg.sql("CREATE DATABASE orphan_b")
+    with own_pg.connect(dbname="orphan_b") as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE")
+        c.execute("SELECT grant_pg_background_privileges('alice')")
+    own_pg.sql("DROP TABLE IF EXISTS orphan_marks; CREATE TABLE orphan_marks (v text); GRANT ALL ON orphan_marks TO alice")
+    with own_pg.connect("alice") as a, own_pg.connect("alice", dbname="orphan_b") as b:
+        ha = launch(a, "SELECT pg_sleep(8); INSERT INTO orphan_marks VALUES ('committed late')",
+                    fn="pg_background_submit_v2")
+        hb = launch(b, "SELECT pg_sleep(60)", fn="pg_background_submit_v2")
+        active = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND state = 'active'"
+        wait_for(lambda: own_pg.sql(active, ([ha[0], hb[0]],)) == [(2,)])
+        lock = next(own_pg.cluster.sockdir.glob(".s.plpy_bg.*.lock"))
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+    with own_pg.connect("alice") as a:
+        assert result(a, launch(a, "SELECT 'a new dispatcher'")) == [("a new dispatcher",)]
+    wait_for(lambda: job_row(own_pg, ha[1])["state"] == "lost", timeout=30)
+    with own_pg.connect(dbname="orphan_b") as c:  # settled without a launch there
+        wait_for(lambda: c.execute("SELECT state FROM plpy_bg.jobs WHERE cookie = %s",
+                                   (hb[1],)).fetchone() == ("lost",), timeout=30)
+    assert own_pg.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", ([ha[0], hb[0]],)) == [(0,)]
+    time.sleep(8)  # the terminated job would have committed by now
+    assert own_pg.sql("SELECT count(*) FROM orphan_marks") == [(0,)]
+    log = dispatcher_log(own_pg)
+    assert f"terminating backend {ha[0]}, which still runs background job {ha[1]}" in log
+    assert f"terminating backend {hb[0]}, which still runs background job {hb[1]}" in log
+    assert invariants(own_pg) == []

@@ -179,16 +179,18 @@ class Worker:
             select.select([pg.socket], [pg.socket], [], 1.0)
             pg.consume_input()
 
-    def send_described(self, statement: bytes, wrapped: bytes) -> None:
+    def send_described(self, statement: bytes, wrapped: bytes, then: bytes | None = None) -> None:
         """Send, in one round trip (pipeline mode), a statement to describe and the query that
-        runs it: `described()` then reads the statement's own column types, `results()` the rows
-        of `wrapped`, and `end_pipeline()` the end."""
+        runs it (and `then`, in the same transaction): `described()` then reads the statement's
+        own column types, `results()` the rows of `wrapped`, and `end_pipeline()` the rest."""
         pg = self.pgconn
         pg.nonblocking = 1
         pg.enter_pipeline_mode()
         pg.send_prepare(b"", statement)
         pg.send_describe_prepared(b"")
         pg.send_query_params(wrapped, None)
+        if then is not None:
+            pg.send_query_params(then, None)
         pg.pipeline_sync()
         self._flush()
 
@@ -203,13 +205,20 @@ class Worker:
                     cols = [(res.ftype(i), res.fmod(i)) for i in range(res.nfields)]
         return (None, err) if err else (cols, None)
 
-    def end_pipeline(self) -> None:
-        """Read what is left of a pipeline up to its sync, and leave pipeline mode."""
-        pg = self.pgconn
-        for _ in range(4):  # what is left of the query, then the sync
-            if any(res.status == pq.ExecStatus.PIPELINE_SYNC for res in self.results()):
+    def end_pipeline(self) -> dict | None:
+        """Read what is left of a pipeline up to its sync, leave pipeline mode, and return the first
+        error in it (its transaction did not commit)."""
+        err = None
+        for _ in range(4):  # what is left of the queries, then the sync
+            synced = False
+            for res in self.results():
+                if res.status == pq.ExecStatus.FATAL_ERROR and err is None:
+                    err = error_fields(res)
+                synced = synced or res.status == pq.ExecStatus.PIPELINE_SYNC
+            if synced:
                 break
-        pg.exit_pipeline_mode()
+        self.pgconn.exit_pipeline_mode()
+        return err
 
     def results(self, stream: bool = False, tick=None):
         """Yield each PGresult of the query in flight; `stream` returns rows one by one as they come.

@@ -76,6 +76,7 @@ def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
 _NEEDS_QUOTE = frozenset(b'",\\() \t\n\r\v\f')
 
 
+COMMITTED_SQL = "CALL plpy_bg.job_committed({cookie})"  # the last statement of a one-transaction job
 TAG_COLUMNS = [(25, -1)]  # a job with no row set returns its command tag as one text column
 
 

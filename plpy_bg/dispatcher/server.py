@@ -118,6 +118,7 @@ class Job:
     sent: bool = False  # the launch sent the job's SQL itself
     text: str | None = None  # what the worker runs (all of it), until it is sent
     row_text: bool = False  # text is one plain query the worker runs wrapped to write record literals
+    one_transaction: bool = False  # its statements run in one transaction, which records its outcome
 
     @property
     def dbk(self) -> tuple[str, int]:
@@ -544,7 +545,7 @@ class Dispatcher:
                 worker_timeout_ms=int(req.get("worker_timeout_ms") or 0),
                 provenance=req.get("provenance_json"), classification=req.get("classification_json"),
                 session_user_id=req.get("session_user_id"), text=req.get("row_sql") or req["sql"],
-                row_text=bool(req.get("row_sql")))
+                row_text=bool(req.get("row_sql")), one_transaction=bool(req.get("one_transaction")))
             if parent is not None:
                 job.parent_cookie = parent.cookie
             job.sink = RowSink(job.queue_size, job.streaming, budget=sess.budget,
@@ -598,8 +599,12 @@ class Dispatcher:
     def _send(job: Job, w: Worker) -> None:
         """Start the job's SQL on its worker; one plain query is described too (its rows reach the
         launcher as record literals, whose column types the reader's column list is checked against)."""
+        committed = P.COMMITTED_SQL.format(cookie=int(job.cookie)) if job.one_transaction else None
         if job.row_text:
-            w.send_described(job.text.encode(), P.row_text_sql(job.text).encode())
+            w.send_described(job.text.encode(), P.row_text_sql(job.text).encode(),
+                             committed.encode() if committed else None)
+        elif committed:  # a line of its own: the job's text may end in a comment
+            w.send(f"{job.text}\n;\n{committed}".encode())
         else:
             w.send(job.text.encode())
         job.text = None  # a 200 MB text is not kept while the job runs
@@ -666,7 +671,8 @@ class Dispatcher:
                     in_set = False
                     tag = (res.command_status or b"").decode()
                 elif st == pq.ExecStatus.COMMAND_OK:
-                    tag = (res.command_status or b"").decode()
+                    if not (job.one_transaction and res.command_status == b"CALL"):  # not our own last call
+                        tag = (res.command_status or b"").decode()
                 elif st == pq.ExecStatus.EMPTY_QUERY:
                     tag = tag or ""
                 elif st == pq.ExecStatus.FATAL_ERROR:
@@ -677,7 +683,7 @@ class Dispatcher:
                              "hint": "COPY to or from a server file, or use INSERT ... SELECT.",
                              "detail": None, "context": None}
             if job.row_text:
-                w.end_pipeline()
+                error = error or w.end_pipeline()
             if spool_error is not None:
                 error = spool_error
             if w.pgconn.status != pq.ConnStatus.OK:

@@ -83,3 +83,17 @@ END
 $function$;
 REVOKE ALL ON FUNCTION plpy_bg.retention(pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION plpy_bg.retention(pg_catalog.text, pg_catalog.interval) TO plpy_bg_dispatcher;
+
+-- A job whose statements run in one transaction ends with a call of this, in that transaction:
+-- its outcome commits with its work, so a dispatcher that dies before writing the outcome cannot
+-- make a committed job `lost`. Only the job's own worker backend changes its own running row.
+CREATE OR REPLACE PROCEDURE plpy_bg.job_committed(job_cookie pg_catalog.int8)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $function$
+UPDATE plpy_bg.jobs SET state = 'completed', finished_at = pg_catalog.now()
+WHERE cookie OPERATOR(pg_catalog.=) job_cookie AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+  AND state OPERATOR(pg_catalog.=) 'running'
+$function$;
+REVOKE ALL ON PROCEDURE plpy_bg.job_committed(pg_catalog.int8) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE plpy_bg.job_committed(pg_catalog.int8) TO PUBLIC;  -- every job role; the row is its own

@@ -235,3 +235,38 @@ def test_a_new_dispatcher_ends_orphaned_backends_and_settles_every_database(own_
     assert f"terminating backend {ha[0]}, which still runs background job {ha[1]}" in log
     assert f"terminating backend {hb[0]}, which still runs background job {hb[1]}" in log
     assert invariants(own_pg) == []
+
+
+REFUSE_DISPATCHER_UPDATES = """
+CREATE OR REPLACE FUNCTION public.refuse_dispatcher_updates() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the dispatcher may not write now' USING ERRCODE = '25006'; END $$;
+CREATE TRIGGER refuse_dispatcher BEFORE UPDATE ON plpy_bg.jobs
+    FOR EACH ROW WHEN (current_user = 'plpy_bg_dispatcher') EXECUTE FUNCTION public.refuse_dispatcher_updates();
+"""
+
+
+def test_a_committed_job_is_never_recorded_lost(own_pg):
+    """A job whose statements run in one transaction records its outcome in that transaction: when
+    its dispatcher dies before writing the outcome (here it cannot write), the job is `completed`,
+    not `lost`; a job whose transaction rolls back never reads `completed`."""
+    own_pg.sql("DROP TABLE IF EXISTS committed_marks; CREATE TABLE committed_marks (v text); "
+               "GRANT ALL ON committed_marks TO alice")
+    own_pg.sql(REFUSE_DISPATCHER_UPDATES)
+    try:
+        with own_pg.connect("alice") as c:
+            h = launch(c, "INSERT INTO committed_marks VALUES ('done')", fn="pg_background_submit_v2")
+            bad = launch(c, "INSERT INTO committed_marks VALUES ('rolled back'); SELECT 1/0",
+                         fn="pg_background_submit_v2")
+            wait_for(lambda: own_pg.sql("SELECT v FROM committed_marks") == [("done",)])
+            wait_for(lambda: job_row(own_pg, h[1])["state"] == "completed")  # with the job's own commit
+            time.sleep(0.5)
+            assert job_row(own_pg, bad[1])["state"] == "running"  # its failure is not written yet
+            lock = next(own_pg.cluster.sockdir.glob(".s.plpy_bg.*.lock"))
+            os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+    finally:
+        own_pg.sql("DROP TRIGGER refuse_dispatcher ON plpy_bg.jobs")
+    with own_pg.connect("alice") as c:
+        assert result(c, launch(c, "SELECT 'next'")) == [("next",)]
+    wait_for(lambda: job_row(own_pg, bad[1])["state"] == "lost")
+    assert job_row(own_pg, h[1])["state"] == "completed"
+    assert own_pg.sql("SELECT v FROM committed_marks") == [("done",)]

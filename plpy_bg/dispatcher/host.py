@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 # line 8 of postmaster.pid (PostgreSQL's LOCK_FILE_LINE_PM_STATUS)
 PM_STATUS_LINE = 7
@@ -44,7 +45,7 @@ class Process:
             self.fd = None
 
 
-_BOOT_TIME: list[int] = []
+_BOOT_TIME: list[float] = []
 
 
 def proc_stat(pid: int) -> tuple[int, float] | None:
@@ -54,9 +55,9 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    if not _BOOT_TIME:
-        with open("/proc/stat") as f:
-            _BOOT_TIME.append(next(int(line.split()[1]) for line in f if line.startswith("btime ")))
+    if not _BOOT_TIME:  # from the uptime, to 10 ms: /proc/stat's btime is whole seconds
+        with open("/proc/uptime") as f:
+            _BOOT_TIME.append(time.time() - float(f.read().split()[0]))
     return int(fields[1]), _BOOT_TIME[0] + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 

@@ -1455,9 +1455,12 @@ class _ServerLogFormat(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+        text = record.getMessage() + (f"\n{self.formatException(record.exc_info)}" if record.exc_info else "")
+        # continuation lines start with a tab, as the server writes them: a name or a message
+        # holding a newline never makes a line that reads as a record of its own
+        text = text.replace("\r", "\\r").replace("\n", "\n\t")
         return (f"{stamp}.{int(record.msecs):03d} UTC [{record.process}] plpy_bg dispatcher "
-                f"{LEVELS.get(record.levelname, record.levelname)}:  {record.getMessage()}"
-                + (f"\n{self.formatException(record.exc_info)}" if record.exc_info else ""))
+                f"{LEVELS.get(record.levelname, record.levelname)}:  {text}")
 
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "log": logging.INFO, "warning": logging.WARNING,

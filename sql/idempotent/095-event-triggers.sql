@@ -7,3 +7,5 @@ BEGIN
     END IF;
 END
 $do$;
+-- also under session_replication_role = replica: a job's DDL checks and the drop guard hold there too
+ALTER EVENT TRIGGER plpy_bg_policy_ddl_guard ENABLE ALWAYS;

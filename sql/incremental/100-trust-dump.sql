@@ -14,4 +14,8 @@ CREATE POLICY trust_declare ON plpy_bg.trust FOR INSERT
     WITH CHECK (truster OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
 CREATE POLICY trust_withdraw ON plpy_bg.trust FOR DELETE
     USING (truster OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
-SELECT pg_catalog.pg_extension_config_dump('plpy_bg.trust', '');
+-- Only rows whose roles exist: a dropped role's row holds a bare oid, which another cluster (or
+-- this one, after the oid is used again) would read as someone else.
+SELECT pg_catalog.pg_extension_config_dump('plpy_bg.trust',
+    'WHERE truster OPERATOR(pg_catalog.=) ANY (SELECT r.oid FROM pg_catalog.pg_roles r) '
+    'AND trustee OPERATOR(pg_catalog.=) ANY (SELECT r.oid FROM pg_catalog.pg_roles r)');

@@ -19,14 +19,19 @@ def tool(server, name: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def dumped(own_pg, tmp_path_factory):
-    """A database with trust declared and a job run, dumped with pg_dump -Fc."""
+    """A database with trust declared and a job run, dumped with pg_dump -Fc. Trust in a role
+    dropped since (its row holds a bare oid, someone else's in another cluster) is not dumped."""
     own_pg.sql("CREATE ROLE dump_trustee LOGIN")
+    own_pg.sql("CREATE ROLE dump_ghost LOGIN")
     own_pg.sql("CREATE DATABASE dump_src")
     with own_pg.connect(dbname="dump_src") as c:
         c.execute("CREATE EXTENSION plpy_bg CASCADE")
         c.execute("SELECT grant_pg_background_privileges('alice')")
     with own_pg.connect("alice", dbname="dump_src") as c:
-        c.execute("SELECT pg_background_trust('dump_trustee')")
+        c.execute("SELECT pg_background_trust('dump_trustee'), pg_background_trust('dump_ghost')")
+    own_pg.sql("DROP ROLE dump_ghost")
+    assert own_pg.sql("SELECT count(*) FROM plpy_bg.trust", dbname="dump_src") == [(2,)]  # its row stays here
+    with own_pg.connect("alice", dbname="dump_src") as c:
         assert result(c, launch(c, "SELECT 'ran'::text"), "r text") == [("ran",)]
     path = tmp_path_factory.mktemp("dump") / "src.dump"
     r = tool(own_pg, "pg_dump", "-Fc", "-f", str(path), "dump_src")

@@ -3,11 +3,12 @@ import os
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
 
 import build
 from plpy_bg.cluster import Cluster
-from tests.fix_pg import invariants, launch, result, wait, wait_for
+from tests.fix_pg import dispatcher_log, invariants, launch, result, wait, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -24,6 +25,10 @@ def test_a_drop_that_could_take_the_job_table_waits_for_running_jobs(own_pg):
             with pytest.raises(psycopg.errors.ObjectInUse) as ei:
                 c.execute(q)
             assert str(h[0]) in ei.value.diag.message_detail and "cancel" in ei.value.diag.message_hint
+        c.execute("SET session_replication_role = replica")  # event triggers that are not ALWAYS sleep
+        with pytest.raises(psycopg.errors.ObjectInUse):
+            c.execute("DROP EXTENSION plpy_bg")
+        c.execute("RESET session_replication_role")
         assert c.execute("SELECT state FROM plpy_bg.jobs WHERE cookie = %s", (h[1],)).fetchone() == ("running",)
         c.execute("SELECT pg_background_cancel_v2(%s, %s)", h)
         wait(c, h)  # the job table is written just after: until then the drop is still refused
@@ -121,3 +126,17 @@ def test_a_read_only_database_refuses_launches_at_once_until_reset(own_pg):
     with own_pg.connect("alice", dbname="ro_db") as c:  # a new session: writable again, nothing to restart
         assert result(c, launch(c, "SELECT 'writable'::text")) == [("writable",)]
     assert invariants(own_pg) == []
+
+
+def test_a_name_holding_a_newline_makes_no_log_record_of_its_own(own_pg):
+    """The dispatcher writes into the server's log: a database name (chosen by any CREATEDB role)
+    with a newline continues its line, as the server's own records do, never starts one."""
+    forged = "2031-01-01 00:00:00.000 UTC [4242] LOG:  forged"
+    name = psycopg.sql.Identifier(f"inj\n{forged}")
+    own_pg.sql(psycopg.sql.SQL("CREATE DATABASE {}").format(name))
+    with psycopg.connect(own_pg.cluster.dsn(), dbname=f"inj\n{forged}", autocommit=True) as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE")
+        assert result(c, launch(c, "SELECT 'x'::text")) == [("x",)]
+    own_pg.sql(psycopg.sql.SQL("ALTER DATABASE {} RENAME TO inj_renamed").format(name))  # released: logged
+    wait_for(lambda: "released database inj" in dispatcher_log(own_pg))
+    assert not any(line.startswith("2031-") for line in own_pg.cluster.logfile.read_text().splitlines())

@@ -5,7 +5,6 @@ pg_createcluster, started and restarted by pg_ctlcluster (through the seccomp he
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -98,5 +97,4 @@ def test_readme_production_setup_on_a_pg_createcluster_cluster(debian_cluster):
     # the dispatcher's lines are in the cluster's own log, where logrotate and the DBA look
     wait_for(lambda: " plpy_bg dispatcher LOG:  " in LOG.read_text(errors="replace"), timeout=10)
     run("pg_ctlcluster", VERSION, NAME, "stop", "-m", "smart")  # completes: the dispatcher leaves
-    time.sleep(0.5)
-    assert "down" in run("pg_lsclusters", "-h").stdout.split(NAME, 1)[1].splitlines()[0]
+    wait_for(lambda: "down" in run("pg_lsclusters", "-h").stdout.split(NAME, 1)[1].splitlines()[0])

@@ -347,24 +347,6 @@ REVOKE ALL ON FUNCTION plpy_bg.check_invariants() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.pool_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION plpy_bg.cluster_context() FROM PUBLIC;
 SELECT @extschema@.grant_pg_background_privileges('pgbackground_role', false);
--- a role granted the result functions before their internal halves existed gets those too
-DO $do$
-DECLARE
-    _grantee pg_catalog.regrole;
-BEGIN
-    FOR _grantee IN SELECT DISTINCT a.grantee::pg_catalog.regrole
-        FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-        WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
-                  '@extschema@.pg_background_result(pg_catalog.int4)'::pg_catalog.regprocedure,
-                  '@extschema@.pg_background_result_v2(pg_catalog.int4, pg_catalog.int8)'::pg_catalog.regprocedure])
-          AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE' AND a.grantee OPERATOR(pg_catalog.<>) 0
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION plpy_bg.result_columns(pg_catalog.int4, pg_catalog.int8, '
-                                  'pg_catalog.bool), plpy_bg.result_rows(pg_catalog.int4, pg_catalog.int8, '
-                                  'pg_catalog.bool) TO %s', _grantee);
-    END LOOP;
-END
-$do$;
 
 -- the dispatcher's own peer-map line; a file the server cannot let us write is the DBA's to edit
 DO $do$

@@ -26,9 +26,6 @@ from plpy_bg.jobs import settings as jsettings
 from plpy_bg.jobs.settings import UNITS_BYTES as _UNITS_BYTES, UNITS_MS as _UNITS_MS, parse_setting
 
 CANCEL_GRACE_MS = 1000
-# statements that never commit on their own: a job made of them runs in one transaction, and one
-# that may write records its outcome in it
-ONE_TRANSACTION = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 SLICE_MS = 200
 
 CONTEXT_SQL = """
@@ -157,8 +154,7 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "session_user_id": suid, "sql": sql, "queue_size": qsize, "max_workers": max_workers,
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
-        "one_transaction": (all(s["node"] in ONE_TRANSACTION for s in classification["statements"])
-                            and any(s["kind"] != "read" for s in classification["statements"])),
+        "one_transaction": policy.commits_its_outcome(classification),
         "provenance_json": json.dumps(prov), "classification_json": json.dumps(classification),
     }
     if mode != "submit":  # rows are kept: let the worker write them as record literals

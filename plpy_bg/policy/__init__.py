@@ -10,9 +10,9 @@ The launch path calls three functions:
 pglast, `trust` says who trusts whom, `decision` applies the rules and words
 the refusal, and `sql_api` holds the bodies of the SQL functions.
 """
-from plpy_bg.policy.classify import classify, row_statement
+from plpy_bg.policy.classify import classify, commits_its_outcome, row_statement
 from plpy_bg.policy.decision import check
 from plpy_bg.policy.preview import preview
 from plpy_bg.policy.provenance import capture_provenance
 
-__all__ = ["capture_provenance", "check", "classify", "preview", "row_statement"]
+__all__ = ["capture_provenance", "check", "classify", "preview", "row_statement", "commits_its_outcome"]

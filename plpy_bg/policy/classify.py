@@ -302,6 +302,16 @@ def _row_text_ok(node_type: str, body: dict) -> bool:
     return True
 
 
+# statements that never commit on their own: a job made only of them runs in one transaction
+_ONE_TRANSACTION = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+def commits_its_outcome(classification: dict) -> bool:
+    """A job that runs in one transaction and may write: it records its outcome in that transaction."""
+    stmts = classification["statements"]
+    return all(s["node"] in _ONE_TRANSACTION for s in stmts) and any(s["kind"] != "read" for s in stmts)
+
+
 def row_statement(sql: str, classification: dict) -> str | None:
     """The job's one plain query, which the worker runs wrapped to write each row as a record
     literal (protocol.row_text_sql), or None when the job is not one plain query."""

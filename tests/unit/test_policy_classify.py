@@ -144,3 +144,13 @@ def test_row_text_wraps_one_plain_query_only():
     for sql in ("SELECT 1 INTO t", "SELECT 1; SELECT 2", "INSERT INTO t VALUES (1) RETURNING 1",
                 "WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d", "SHOW work_mem", "EXPLAIN SELECT 1"):
         assert row_statement(sql, classify(sql)) is None, sql
+
+
+def test_a_job_commits_its_outcome_when_it_is_one_transaction_that_may_write():
+    from plpy_bg.policy.classify import classify, commits_its_outcome
+    for sql in ("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1); SELECT 1/0",
+                "UPDATE t SET a = 1; DELETE FROM t"):
+        assert commits_its_outcome(classify(sql)), sql
+    for sql in ("SELECT 1", "VACUUM t", "CALL p()", "DO $$ BEGIN END $$", "INSERT INTO t VALUES (1); COMMIT",
+                "INSERT INTO t VALUES (1); VACUUM t"):
+        assert not commits_its_outcome(classify(sql)), sql

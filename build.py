@@ -43,9 +43,9 @@ SERVER_PYTHON = "/usr/bin/python3"  # the interpreter plpython3u embeds on Debia
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 LIBDIR = Path(os.environ.get("PLPY_BG_LIBDIR", "/usr/local/lib/plpy_bg")) / VERSION
 APT_PACKAGES = ["postgresql-15", "postgresql-plpython3-15", "postgresql-contrib", "libseccomp2",
-                "strace", "python3-venv", "python3-pip", "postgresql-client-15", "git",
+                "strace", "python3-venv", "python3-pip", "postgresql-client-15",
+                "git",  # released versions are rebuilt from their commits
                 "gcc"]  # gcc: the sandbox tests build the background worker an attacker would load
-# git: released versions are rebuilt from their commits
 SERVER_REQUIREMENTS = ["psycopg[binary]>=3.1,<4", "pglast>=7,<9", "pyseccomp>=0.1.2,<0.2"]
 TEST_REQUIREMENTS = SERVER_REQUIREMENTS + ["pytest>=7", "hypothesis>=6"]
 VENV = ROOT / ".venv"
@@ -154,8 +154,9 @@ def _quoted_body(f: Path) -> str:
 def build_sql(libdir: Path = LIBDIR) -> str:
     """The full install script, which is also every upgrade script: head, each incremental file
     once (recorded in plpy_bg.migration), then the idempotent files, rerun every time."""
-    if frozen_changes():
-        fatal(f"released incremental files were edited: {frozen_changes()}; add a new file instead")
+    edited = frozen_changes()
+    if edited:
+        fatal(f"released incremental files were edited: {edited}; add a new file instead")
     pre = PREAMBLE.format(libdir=str(libdir), version=VERSION)
     parts = [(ROOT / "sql" / "head.sql").read_text()]
     seeded = [n for n, (v, _) in sorted(FROZEN.items()) if v == "0.1.0"]

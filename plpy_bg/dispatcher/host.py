@@ -9,6 +9,7 @@ from the data directory's postmaster.pid.
 """
 from __future__ import annotations
 
+import functools
 import os
 import select
 import signal
@@ -45,7 +46,11 @@ class Process:
             self.fd = None
 
 
-_BOOT_TIME: list[float] = []
+@functools.cache
+def _boot_time() -> float:
+    """From the uptime, to 10 ms (/proc/stat's btime is whole seconds)."""
+    with open("/proc/uptime") as f:
+        return time.time() - float(f.read().split()[0])
 
 
 def proc_stat(pid: int) -> tuple[int, float] | None:
@@ -55,10 +60,7 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    if not _BOOT_TIME:  # from the uptime, to 10 ms: /proc/stat's btime is whole seconds
-        with open("/proc/uptime") as f:
-            _BOOT_TIME.append(time.time() - float(f.read().split()[0]))
-    return int(fields[1]), _BOOT_TIME[0] + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 class Postmaster(Process):

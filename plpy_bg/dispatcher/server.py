@@ -242,6 +242,7 @@ class Dispatcher:
         self.pool = Pool(self._open_worker)
         self.config_db: tuple[str, int] | None = None  # the first database served: asked first
         self.config_at = 0.0
+        self.log_level_setting: str | None = None  # plpy_bg.log_level as last applied
         # job threads are reused: starting a thread per job costs more than the rest of a launch
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="job")
         self.stopping = threading.Event()
@@ -1365,7 +1366,9 @@ class Dispatcher:
                              {"": 1}, "", 0, 100000)
         timeout = pool_setting("plpy_bg.pool_idle_timeout", row[2], int(self.pool.idle_timeout * 1000),
                                int(d_timeout * 1000), jsettings.UNITS_MS, "s", 1, 7 * 86_400_000) / 1000
-        set_log_level(row[3])
+        if row[3] != self.log_level_setting:  # a bad value is logged once, not every 5 s
+            self.log_level_setting = row[3]
+            set_log_level(row[3])
         if (per_role, total, timeout) != (self.pool.max_idle_per_role, self.pool.max_idle_total,
                                           self.pool.idle_timeout):
             log.info("pool bounds: %s idle per role, %s idle in all, %s s idle limit", per_role, total, timeout)
@@ -1467,14 +1470,8 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "log": logging.INFO,
               "error": logging.ERROR}
 
 
-_level_value: list = [None]  # the setting last applied: a bad value is logged once, not every 5 s
-
-
 def set_log_level(value: str | None) -> None:
     """plpy_bg.log_level: debug, info (or log, the default), warning or error."""
-    if value == _level_value[0]:
-        return
-    _level_value[0] = value
     level = LOG_LEVELS.get((value or "info").strip().lower())
     if level is None:
         log.warning('invalid value for parameter "plpy_bg.log_level": "%s" (debug, info, warning or error)', value)
@@ -1527,8 +1524,8 @@ def main(argv=None) -> int:
     lockf.seek(0)
     before = lockf.read().split()
     if before and before[0].isdigit() and int(before[0]) != os.getpid():
-        log.warning("the previous dispatcher (pid %s) ended without being stopped; jobs it ran are recorded "
-                    "as lost in each database when this one first writes there", before[0])
+        log.warning("the previous dispatcher (pid %s) ended without being stopped; the jobs it ran are "
+                    "settled in every database now", before[0])
     lockf.seek(0)
     lockf.truncate()
     lockf.write(f"{os.getpid()}\n")

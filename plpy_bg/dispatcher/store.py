@@ -72,8 +72,6 @@ WHERE state OPERATOR(pg_catalog.=) 'running'
 RETURNING cookie, pid, user_id::pg_catalog.regrole::pg_catalog.text
 """
 
-# ended jobs go after plpy_bg.history_retention, their full SQL after plpy_bg.history_sql_retention
-# (the literal-free preview stays); both read in the database's own session (ALTER DATABASE SET)
 RUNNING_ELSEWHERE = """
 SELECT cookie, pid, launched_at FROM plpy_bg.jobs
 WHERE state OPERATOR(pg_catalog.=) 'running' AND dispatcher_epoch OPERATOR(pg_catalog.<>) %(epoch)s::pg_catalog.text
@@ -93,6 +91,8 @@ def reconcile(conn, epoch: str, dbname: str, end_orphans) -> None:
                     "dispatcher that ran it stopped before it ended", cookie, pid, role, dbname)
 
 
+# ended jobs go after plpy_bg.history_retention, their full SQL after plpy_bg.history_sql_retention
+# (the literal-free preview stays); both read in the database's own session (ALTER DATABASE SET)
 PURGE = """
 DELETE FROM plpy_bg.jobs WHERE state OPERATOR(pg_catalog.<>) 'running'
   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)

@@ -232,7 +232,7 @@ def install_apt() -> None:
     run(["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing, env=env)
 
 
-def _stamp() -> str:
+def source_stamp() -> str:
     h = hashlib.sha256()
     h.update("\n".join(SERVER_REQUIREMENTS).encode())
     for p in sorted((ROOT / EXT).rglob("*")):
@@ -252,7 +252,7 @@ def install_python() -> None:
         run([SERVER_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
              "--no-warn-script-location", "--target", str(deps)] + SERVER_REQUIREMENTS)
         (deps / ".stamp").write_text(req_stamp)
-    stamp = _stamp()
+    stamp = source_stamp()
     if (LIBDIR / ".stamp").exists() and (LIBDIR / ".stamp").read_text() == stamp:
         return
     place_package(ROOT / EXT, deps, LIBDIR, stamp)

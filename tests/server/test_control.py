@@ -219,21 +219,21 @@ def test_cancel(pg):
             result(c, h)
 
 
-def test_cancel_grace_terminates_without_crashing_the_cluster(pg):
-    pm_before = pg.cluster.postmaster_pid()
-    pg.sql("""CREATE OR REPLACE FUNCTION deaf_sleep(s float8) RETURNS void LANGUAGE plpython3u AS
+def test_cancel_grace_terminates_without_crashing_the_cluster(local_pg):
+    pm_before = local_pg.cluster.postmaster_pid()
+    local_pg.sql("""CREATE OR REPLACE FUNCTION deaf_sleep(s float8) RETURNS void LANGUAGE plpython3u AS
               $$ import time; time.sleep(s) $$""")  # ignores SIGINT and SIGTERM while it sleeps
-    with pg.connect() as c:
+    with local_pg.connect() as c:
         h = launch(c, "SELECT deaf_sleep(3)")
         time.sleep(0.2)
         t = time.monotonic()
         c.execute("SELECT pg_background_cancel_v2_grace(%s, %s, 300)", h)
         assert wait(c, h)
         assert time.monotonic() - t < 8
-        assert job_row(pg, h[1])["state"] == "canceled"
-    assert pg.cluster.postmaster_pid() == pm_before
-    assert "terminated by signal" not in pg.cluster.logfile.read_text()
-    assert pg.sql("SELECT 1") == [(1,)]
+        assert job_row(local_pg, h[1])["state"] == "canceled"
+    assert local_pg.cluster.postmaster_pid() == pm_before
+    assert "terminated by signal" not in local_pg.cluster.logfile.read_text()
+    assert local_pg.sql("SELECT 1") == [(1,)]
 
 
 def test_wait_with_timeout(pg):

@@ -13,7 +13,7 @@ import pytest
 import build
 from tests.fix_pg import wait_for
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.own_cluster]  # clusters of Debian's tools
 
 VERSION, NAME = "15", "plpy_bg_test"
 ETC = Path("/etc/postgresql") / VERSION / NAME

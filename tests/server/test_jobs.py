@@ -208,10 +208,10 @@ def test_wrong_column_list_is_42804_without_row_data_and_the_rows_stay_readable(
         assert result(c, h, "s text, n int") == [("secret-row-data", 2)]
 
 
-def test_column_lists_of_every_kind_of_job_are_checked_before_a_row(pg):
+def test_column_lists_of_every_kind_of_job_are_checked_before_a_row(local_pg):
     marker = "abababZ"  # row data the job makes: not in any SQL text the server could log
-    log_at = pg.cluster.logfile.stat().st_size
-    with pg.connect("alice") as c:
+    log_at = local_pg.cluster.logfile.stat().st_size
+    with local_pg.connect("alice") as c:
         pid = c.execute("SELECT pg_background_launch($$SELECT repeat('ab', 3) || 'Z', 7$$)").fetchone()[0]
         with pytest.raises(psycopg.errors.DatatypeMismatch):
             c.execute("SELECT * FROM pg_background_result(%s) AS (a int)", (pid,))
@@ -238,7 +238,7 @@ def test_column_lists_of_every_kind_of_job_are_checked_before_a_row(pg):
         h = launch(c, "SELECT * FROM no_such_table_cl")  # refused when described: that error
         with pytest.raises(psycopg.errors.UndefinedTable):
             result(c, h, "a int")
-    with open(pg.cluster.logfile, "rb") as f:
+    with open(local_pg.cluster.logfile, "rb") as f:
         f.seek(log_at)
         log = f.read().decode(errors="replace")
     assert "structure of query does not match" in log and marker not in log

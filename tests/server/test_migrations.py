@@ -37,8 +37,8 @@ SELECT pid AS vac_pid, cookie AS vac_cookie FROM pg_background_submit_v2('VACUUM
 
 
 def psql(pg, *args, user: str = "alice", timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(PG_BIN / "psql"), "-X", "-h", "127.0.0.1", "-p", str(pg.cluster.port), "-U", user,
-                           "-d", "postgres", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(PG_BIN / "psql"), "-X", "-d", pg.dsn(user), *args], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_a_migration_awaits_create_index_concurrently_after_its_commit(pg, tmp_path):
@@ -52,8 +52,7 @@ def test_a_migration_awaits_create_index_concurrently_after_its_commit(pg, tmp_p
         old.execute("SELECT count(*) FROM pg_class")  # a snapshot CIC must wait out
         r = psql(pg, "-v", "ON_ERROR_STOP=1", "-1", "-f", str(mig))
         assert r.returncode == 0, r.stderr
-        cmd = [str(PG_BIN / "psql"), "-X", "-h", "127.0.0.1", "-p", str(pg.cluster.port), "-U", "alice",
-               "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-f", str(awaits)]
+        cmd = [str(PG_BIN / "psql"), "-X", "-d", pg.dsn("alice"), "-v", "ON_ERROR_STOP=1", "-f", str(awaits)]
         waiter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert waiter.poll() is None  # CIC waits for `old`, the await for CIC

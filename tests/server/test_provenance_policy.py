@@ -14,8 +14,6 @@ import pytest
 
 import psycopg  # noqa: E402
 
-from plpy_bg.cluster import Cluster  # noqa: E402
-
 import build  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -100,17 +98,14 @@ RESET ROLE;
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster.create()
-    try:
+def cluster(throwaway):
+    with throwaway.bare("prov") as c:
         c.start()
         with psycopg.connect(c.dsn(), autocommit=True) as conn:
             conn.execute(SETUP)
             conn.execute(LAUNCH_CHECK.replace("#PLPY_BG_PREAMBLE", PREAMBLE))
             conn.execute(SCENARIOS)
         yield c
-    finally:
-        c.destroy()
 
 
 @pytest.fixture

@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from plpy_bg.cluster import Cluster
 from plpy_bg.sandbox import supervision
 from tests.server import test_seccomp_sandbox as S
 
@@ -70,45 +68,22 @@ except OSError as e:
 $$"""
 
 
-def make_cluster(conf: str):
-    pkg = S.package_copy()
-    path = f"{pkg}:{S.deps_dir()}"
-    sup = S.Supervisor(path)
-    c = Cluster.create(Path(tempfile.mkdtemp(prefix="plpy_bg_nam_")))
-    extra = c.datadir / "naming-test.conf"
-    extra.write_text(conf)
-    subprocess.run(["chown", "postgres:postgres", str(extra)], check=True)
-    with open(c.datadir / "postgresql.conf", "a") as f:
-        f.write(f"include '{S.PROFILES / 'global-deny.conf'}'\ninclude 'naming-test.conf'\n")
-    try:
-        c.start(wrapper=S.wrapper(path, sup.socket))
-        c.psql("CREATE EXTENSION plpython3u;\n" + S.sandbox_sql(path) + S.PROBES + RETITLE +
-               ";\nCREATE ROLE erin LOGIN SUPERUSER; CREATE ROLE alice LOGIN SUPERUSER;")
-    except BaseException:
-        c.destroy()
-        sup.stop()
-        shutil.rmtree(pkg, ignore_errors=True)
-        raise
-    return S.Sandbox(c, path, sup), pkg
+NAMING_SQL = S.PROBES + RETITLE + ";\nCREATE ROLE erin LOGIN SUPERUSER; CREATE ROLE alice LOGIN SUPERUSER;"
 
 
 @pytest.fixture(scope="module")
-def lazy():
-    box, pkg = make_cluster("pgseccomp.session_syscall_error = 'execve,execveat'\n"
-                            "plpy_bg.job_syscall_error = 'mkdir,mkdirat'\nplpy_bg.job_socket_families = '*'\n")
-    yield box
-    box.cluster.destroy()
-    box.sup.stop()
-    shutil.rmtree(pkg, ignore_errors=True)
+def lazy(throwaway):
+    with throwaway.sandbox("pgseccomp.session_syscall_error = 'execve,execveat'\n"
+                           "plpy_bg.job_syscall_error = 'mkdir,mkdirat'\nplpy_bg.job_socket_families = '*'\n",
+                           NAMING_SQL, name="lazy") as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
-def eager():
-    box, pkg = make_cluster("pgseccomp.session_roles = 'erin'\nsession_syscall_error.erin = 'mkdir,mkdirat'\n")
-    yield box
-    box.cluster.destroy()
-    box.sup.stop()
-    shutil.rmtree(pkg, ignore_errors=True)
+def eager(throwaway):
+    with throwaway.sandbox("pgseccomp.session_roles = 'erin'\nsession_syscall_error.erin = 'mkdir,mkdirat'\n",
+                           NAMING_SQL, name="eager") as box:
+        yield box
 
 
 def notifications(box) -> int:

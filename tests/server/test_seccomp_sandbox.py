@@ -21,13 +21,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from plpy_bg.cluster import PG_BIN, Cluster, ClusterError
+from plpy_bg.cluster import PG_BIN, ClusterError
 from plpy_bg.sandbox import config
+from tests.fix_pg import PROFILES, sandbox_wrapper
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parents[2]
-PROFILES = ROOT / "plpy_bg" / "sandbox" / "profiles"
 SERVER_PYTHON = "/usr/bin/python3"
 EPERM = os.strerror(1)
 
@@ -118,70 +117,6 @@ def _remove_copy_file():
         pass
 
 
-def deps_dir() -> str:
-    """A directory where the server's Python finds pyseccomp and psycopg."""
-    candidates = [os.environ.get("PLPY_BG_DEPS")]
-    try:
-        import build
-        candidates.append(str(build.LIBDIR))
-    except ImportError:
-        pass
-    for d in filter(None, candidates):
-        r = subprocess.run([SERVER_PYTHON, "-c", "import pyseccomp, psycopg"], capture_output=True,
-                           env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"})
-        if r.returncode == 0:
-            return d
-    raise RuntimeError(f"no directory with pyseccomp and psycopg for {SERVER_PYTHON} among {candidates}: "
-                       "run python3 build.py install, or set PLPY_BG_DEPS")
-
-
-def package_copy() -> Path:
-    """This checkout's package where the OS user postgres can read it."""
-    d = Path(tempfile.mkdtemp(prefix="plpy_bg_sbx_"))
-    shutil.copytree(ROOT / "plpy_bg", d / "plpy_bg", ignore=shutil.ignore_patterns("__pycache__"))
-    for p in [d] + list(d.rglob("*")):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    return d
-
-
-def wrapper(path: str, supervisor: str) -> list[str]:
-    return ["env", f"PYTHONPATH={path}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.preload",
-            "--supervisor", supervisor, "--"]
-
-
-class Supervisor:
-    """A supervisor of the module's own (root), so that tests may kill it."""
-
-    def __init__(self, path: str):
-        self.dir = Path(tempfile.mkdtemp(prefix="plpy_bg_sup_"))
-        os.chmod(self.dir, 0o755)
-        self.socket = str(self.dir / "seccomp.sock")
-        self.log = open(self.dir / "log", "ab")
-        r, w = os.pipe()
-        self.proc = subprocess.Popen(["env", f"PYTHONPATH={path}", SERVER_PYTHON, "-m", "plpy_bg.sandbox.supervisor",
-                                      "--socket", self.socket, "--ready-fd", str(w)], pass_fds=(w,),
-                                     stdout=self.log, stderr=self.log, start_new_session=True)
-        os.close(w)
-        with os.fdopen(r) as f:
-            assert f.readline().strip() == "ready", (self.dir / "log").read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-    def text(self) -> str:
-        return (self.dir / "log").read_text()
-
-
-def sandbox_sql(path: str) -> str:
-    pre = f"import sys\nif {path.split(':')[0]!r} not in sys.path:\n    sys.path[:0] = {path.split(':')!r}"
-    text = (ROOT / "sql" / "idempotent" / "040-sandbox.sql").read_text()
-    return "CREATE SCHEMA IF NOT EXISTS plpy_bg;\n" + text.replace("#PLPY_BG_PREAMBLE", pre).replace(
-        "@extschema@", "public")
-
-
 def profile_settings(name: str) -> dict[str, str]:
     return config.profile_settings(PROFILES / name)
 
@@ -196,44 +131,15 @@ def as_role_overrides(role: str, profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Sandbox:
-    def __init__(self, cluster: Cluster, path: str, sup: Supervisor):
-        self.cluster, self.path, self.sup = cluster, path, sup
-
-    def connect(self, user: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(self.cluster.dsn(user), autocommit=True)
-
-    def one(self, sql: str, user: str = "postgres"):
-        with self.connect(user) as c:
-            return c.execute(sql).fetchone()[0]
-
-
 @pytest.fixture(scope="module")
-def sbx():
-    pkg = package_copy()
-    path = f"{pkg}:{deps_dir()}"
-    base = Path(tempfile.mkdtemp(prefix="plpy_bg_sbxc_"))
-    sup = Supervisor(path)
-    c = Cluster.create(base)
-    try:
-        extra = c.datadir / "sandbox-test.conf"
-        extra.write_text("pgseccomp.session_roles = 'erin'\n"
-                         "session_syscall_error.erin = 'mkdir,readlink'\n"
-                         "plpy_bg.job_roles = 'wrk'\njob_socket_families.wrk = 'unix'\n"
-                         "autovacuum_naptime = 1\n")
-        with open(c.datadir / "postgresql.conf", "a") as f:
-            f.write(f"include '{PROFILES / 'global-deny.conf'}'\ninclude '{PROFILES / 'worker-allow.conf'}'\n"
-                    "include 'sandbox-test.conf'\n")
-        subprocess.run(["chown", "postgres:postgres", str(extra)], check=True)
-        c.start(wrapper=wrapper(path, sup.socket))
-        c.psql("CREATE EXTENSION plpython3u;\n" + sandbox_sql(path) + PROBES +
-               "CREATE ROLE erin LOGIN SUPERUSER; CREATE ROLE alice LOGIN SUPERUSER; CREATE ROLE mallory LOGIN;"
-               "CREATE ROLE wrk LOGIN SUPERUSER;")
-        yield Sandbox(c, path, sup)
-    finally:
-        c.destroy()
-        sup.stop()
-        shutil.rmtree(pkg, ignore_errors=True)
+def sbx(throwaway):
+    with throwaway.sandbox(
+            f"include '{PROFILES / 'worker-allow.conf'}'\n"
+            "pgseccomp.session_roles = 'erin'\nsession_syscall_error.erin = 'mkdir,readlink'\n"
+            "plpy_bg.job_roles = 'wrk'\njob_socket_families.wrk = 'unix'\nautovacuum_naptime = 1\n",
+            PROBES + "CREATE ROLE erin LOGIN SUPERUSER; CREATE ROLE alice LOGIN SUPERUSER; CREATE ROLE mallory LOGIN;"
+            "CREATE ROLE wrk LOGIN SUPERUSER;") as box:
+        yield box
 
 
 def seccomp_mode(pid: int) -> str:
@@ -410,13 +316,9 @@ def test_pgbench_under_the_global_and_the_worker_profile(sbx, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def idle_cluster(sbx):
-    base = Path(tempfile.mkdtemp(prefix="plpy_bg_sbxb_"))
-    c = Cluster.create(base)
-    with open(c.datadir / "postgresql.conf", "a") as f:
-        f.write("pgseccomp.enabled = on\ninclude_if_exists 'bad.conf'\n")
-    yield c
-    c.destroy()
+def idle_cluster(throwaway):
+    with throwaway.bare("sbxb", "pgseccomp.enabled = on\ninclude_if_exists 'bad.conf'\n") as c:
+        yield c
 
 
 @pytest.mark.parametrize("setting, value, needle", [
@@ -432,7 +334,7 @@ def test_preload_refuses_bad_settings_before_the_server_starts(sbx, idle_cluster
     bad.write_text(f"pgseccomp.session_roles = 'erin'\n{setting} = {value}\n")
     subprocess.run(["chown", "postgres:postgres", str(bad)], check=True)
     with pytest.raises(ClusterError) as ei:
-        idle_cluster.start(wrapper=wrapper(sbx.path, sbx.sup.socket), timeout=20)
+        idle_cluster.start(wrapper=sandbox_wrapper(sbx.path, sbx.sup.socket), timeout=20)
     assert needle in str(ei.value) and "FATAL" in str(ei.value)
     assert idle_cluster.postmaster_pid() is None
 
@@ -622,35 +524,26 @@ def test_server_processes_keep_working(sbx):
 def test_the_wrapper_refuses_to_start_without_a_supervisor(sbx, idle_cluster):
     (idle_cluster.datadir / "bad.conf").write_text("")
     with pytest.raises(ClusterError) as ei:
-        idle_cluster.start(wrapper=wrapper(sbx.path, "/tmp/plpy_bg_no_such_dir/seccomp.sock"), timeout=20)
+        idle_cluster.start(wrapper=sandbox_wrapper(sbx.path, "/tmp/plpy_bg_no_such_dir/seccomp.sock"), timeout=20)
     assert "the seccomp supervisor is not running" in str(ei.value) and "FATAL" in str(ei.value)
     assert idle_cluster.postmaster_pid() is None
 
 
-def test_a_dead_supervisor_fails_closed(sbx, tmp_path):
+def test_a_dead_supervisor_fails_closed(throwaway):
     """Its own supervisor and cluster: once the supervisor is gone, what it would have answered
     fails (ENOSYS), new sessions cannot start, and the postmaster lives on."""
-    sup = Supervisor(sbx.path)
-    base = Path(tempfile.mkdtemp(prefix="plpy_bg_sbxd_"))
-    c = Cluster.create(base)
-    try:
-        with open(c.datadir / "postgresql.conf", "a") as f:
-            f.write(f"include '{PROFILES / 'global-deny.conf'}'\npgseccomp.session_roles = 'erin'\n"
-                    "session_syscall_error.erin = 'mkdir'\n")
-        c.start(wrapper=wrapper(sbx.path, sup.socket))
-        c.psql("CREATE EXTENSION plpython3u;\n" + sandbox_sql(sbx.path) + PROBES + "CREATE ROLE erin LOGIN SUPERUSER")
-        with psycopg.connect(c.dsn("erin"), autocommit=True) as k:
+    with throwaway.sandbox("pgseccomp.session_roles = 'erin'\nsession_syscall_error.erin = 'mkdir'\n",
+                           PROBES + "CREATE ROLE erin LOGIN SUPERUSER", name="sbxd") as box:
+        c = box.cluster
+        with box.connect("erin") as k:
             assert k.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_dead')").fetchone()[0] == EPERM
-            sup.stop()
+            box.sup.stop()
             assert k.execute("SELECT try_mkdir('/tmp/plpy_bg_sbx_dead')").fetchone()[0] == os.strerror(38)  # ENOSYS
             first = k.execute("SELECT syscall, context FROM seccomp_filter() LIMIT 1").fetchone()
             assert first[0] == "(supervisor)" and "does not answer" in first[1]
         with pytest.raises(psycopg.OperationalError):
-            psycopg.connect(c.dsn("alice" if False else "postgres"), autocommit=True).close()
+            box.connect().close()
         assert c.postmaster_pid() is not None and seccomp_mode(c.postmaster_pid()) == "2"
-    finally:
-        c.destroy()
-        sup.stop()
 
 
 CLONE_PARENT = """CREATE OR REPLACE FUNCTION try_clone_parent(d text) RETURNS text LANGUAGE plpython3u AS $$

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import pq
 
+from plpy_bg import __version__
 from plpy_bg.dispatcher import protocol as P
 from plpy_bg.dispatcher.host import Postmaster, Process, proc_stat
 from plpy_bg.dispatcher.pool import Pool, Worker, error_fields, seccomp_filters, temp_file_limit_bytes
@@ -208,6 +209,7 @@ def other_database(db: str, want: int, got: int) -> PgError:
 
 
 SANDBOX_WARNING_EVERY = 60  # housekeeping ticks (seconds)
+SUPERSEDED_CHECK_EVERY = 10  # housekeeping ticks between two looks for a newer version's dispatcher
 PR_SET_DUMPABLE = 4
 UNSANDBOXED_WARNING = ("DO $w$ BEGIN RAISE WARNING 'plpy_bg: pgseccomp.enabled is on but {what}; no session, job "
                        "or parallel worker policy is applied, and background jobs are refused' USING HINT = "
@@ -253,6 +255,7 @@ class Dispatcher:
         self.max_connections = 100  # the server's, read with its other settings
         self.draining = False  # the server is shutting down: no new jobs
         self.retiring = False
+        self.open_sessions = 0  # backends connected to this dispatcher
         self.socket_inode = 0
         self.probe_failed: dict[tuple[str, int], float] = {}  # database -> when it last failed a probe
         self.all_rows = Budget(ALL_ROW_BYTES)  # unread rows of every session, in memory
@@ -913,8 +916,26 @@ class Dispatcher:
                     self.warn_if_unsandboxed()
                 if ticks % 10 == 0:
                     trim_memory()
+                if ticks % SUPERSEDED_CHECK_EVERY == 0:
+                    self.leave_if_superseded()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def leave_if_superseded(self) -> None:
+        """After ALTER EXTENSION plpy_bg UPDATE a newer version's dispatcher serves the updated
+        databases: this one leaves once nothing is left of its work (no session, job, queued write
+        or open connection). A session of a database not yet updated starts it again."""
+        newer = newer_dispatcher(self.sockdir, self.port)
+        if newer is None:
+            return
+        with self.lock:
+            if (self.open_sessions or self.jobs or self.pool.databases()
+                    or not all(st.idle() for st in self.stores.values())):
+                return
+            self.retiring = True  # under the lock that counts sessions: a hello from now on is sent away
+        log.info("dispatcher %s leaves: the dispatcher of version %s serves this server, and nothing "
+                 "is left of this one's work", __version__, newer)
+        self.retire(claimed=True)
 
     def warn_if_unsandboxed(self) -> None:
         """While the settings say sandboxed and the server is not, a WARNING in the server's log
@@ -1052,10 +1073,11 @@ class Dispatcher:
             log.info("dispatcher exits: no jobs left and the server is shutting down")
             self.retire()
 
-    def retire(self) -> None:
-        """Leave the socket to a dispatcher of the restarted server, then exit (once)."""
+    def retire(self, claimed: bool = False) -> None:
+        """Leave the socket to a dispatcher of the restarted server (or of this version, started
+        again when needed), then exit (once; `claimed`: the caller set `retiring` itself)."""
         with self.lock:
-            if self.retiring:
+            if self.retiring and not claimed:
                 return
             self.retiring = True
         log.info("dispatcher of postmaster %s retires", self.postmaster.pid)
@@ -1121,6 +1143,7 @@ class Dispatcher:
         """The launcher's session is gone: its jobs run on, detached."""
         sess.closed = True
         with self.lock:
+            self.open_sessions -= 1
             jobs = list(sess.jobs.values())
             sess.jobs.clear()
         for j in jobs:  # each one, whatever happens to another
@@ -1222,6 +1245,8 @@ class Dispatcher:
                 self.retire()
                 raise PgError("this dispatcher serves a server that has stopped", sqlstate="57P04",
                               hint="Reconnect; a new dispatcher starts.")
+            if self.retiring:
+                raise PgError("this dispatcher is leaving", sqlstate="57P04", hint="Reconnect; a new dispatcher starts.")
             if req.get("db"):  # nothing is opened yet: a hello claims no database
                 with self.lock:
                     first = self.config_db is None
@@ -1407,7 +1432,43 @@ class Dispatcher:
                 continue
             sess = Session(sock=conn, peer_pid=pid, peer_start=process_start(pid),
                            budget=Budget(SESSION_ROW_BYTES, self.all_rows))
+            with self.lock:
+                self.open_sessions += 1
             threading.Thread(target=self.serve_session, args=(sess,), name=f"session-{pid}", daemon=True).start()
+
+
+def _version_key(v: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return None
+
+
+def newer_dispatcher(sockdir: str, port: int) -> str | None:
+    """The version of a running dispatcher newer than this one for the server on `port`: its lock
+    file names its pid, and that process must be a dispatcher."""
+    prefix, mine = f".s.plpy_bg.{port}.", _version_key(__version__)
+    try:
+        names = os.listdir(sockdir)
+    except OSError:
+        return None
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".lock")):
+            continue
+        version = name[len(prefix):-len(".lock")]
+        key = _version_key(version)
+        if key is None or key <= mine:
+            continue
+        try:
+            with open(os.path.join(sockdir, name)) as f:
+                pid = int(f.read().split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"plpy_bg.dispatcher" in argv:
+            return version
+    return None
 
 
 def process_start(pid: int) -> int | None:

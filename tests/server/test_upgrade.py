@@ -1,10 +1,16 @@
 """Versioned upgrades on a real server: each released version, rebuilt from git history by
 `build.py install`, is installed and upgraded with ALTER EXTENSION plpy_bg UPDATE."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+
 import psycopg
 import pytest
 
 import build
-from tests.fix_pg import launch, result, wait_for
+from tests.fix_pg import launch, pool_settings, result, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -91,8 +97,45 @@ def test_the_server_runs_this_checkouts_code(own_pg):
     """pytest alone installs the checkout first (tests/fix_pg.py): never a stale copy under test."""
     from pathlib import Path
 
-    assert (build.LIBDIR / ".stamp").read_text() == build._stamp()
+    assert (build.LIBDIR / ".stamp").read_text() == build.source_stamp()
     ext = Path(build.pg_config("--sharedir")) / "extension"
     assert (ext / f"plpy_bg--{build.VERSION}.sql").read_text() == build.build_sql()
     path = own_pg.sql("SELECT p.prosrc FROM pg_proc p WHERE p.proname = 'pg_background_launch_v2'")[0][0]
     assert str(build.LIBDIR) in path
+
+
+def test_an_older_dispatcher_leaves_once_idle_while_a_newer_version_serves(own_pg, throwaway):
+    """A real dispatcher of a newer version (this checkout's package numbered 99.0.0) serves the
+    server: this version's leaves once nothing is left of its work, and a session still on this
+    version starts it again."""
+    c = own_pg.cluster
+    lock = c.sockdir / f".s.plpy_bg.{c.port}.{build.VERSION}.lock"
+    pool_settings(own_pg, pool_idle_timeout="1s")
+    with own_pg.connect("alice") as a:
+        assert result(a, launch(a, "SELECT 'before'")) == [("before",)]
+    old = int(lock.read_text().split()[0])
+    pkg = throwaway.base("newer")  # where the OS user postgres can read
+    shutil.copytree(build.LIBDIR / "plpy_bg", pkg / "plpy_bg", ignore=shutil.ignore_patterns("__pycache__"))
+    init = pkg / "plpy_bg" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "99.0.0"', init.read_text()))
+    for p in [pkg, *pkg.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    log_at = c.logfile.stat().st_size
+    newer = subprocess.Popen(
+        ["runuser", "-u", "postgres", "--", "env", f"PYTHONPATH={pkg}:{build.LIBDIR}", "/usr/bin/python3", "-m",
+         "plpy_bg.dispatcher", "--sockdir", str(c.sockdir), "--port", str(c.port),
+         "--postmaster-pid", str(c.postmaster_pid()), "--datadir", str(c.datadir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    try:
+        wait_for(lambda: (c.sockdir / f".s.plpy_bg.{c.port}.99.0.0").exists(), timeout=20)
+        wait_for(lambda: not os.path.exists(f"/proc/{old}"), timeout=60)
+        with open(c.logfile, "rb") as f:
+            f.seek(log_at)
+            assert f"dispatcher {build.VERSION} leaves: the dispatcher of version 99.0.0 serves" in f.read().decode()
+        with own_pg.connect("alice") as a:
+            assert result(a, launch(a, "SELECT 'after'")) == [("after",)]
+        assert int(lock.read_text().split()[0]) not in (old, newer.pid)
+    finally:
+        os.killpg(newer.pid, signal.SIGTERM)
+        newer.wait(10)
+        pool_settings(own_pg, pool_idle_timeout=None)

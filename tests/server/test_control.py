@@ -79,7 +79,7 @@ def test_foreign_handle_is_refused(pg):
                   "SELECT * FROM pg_background_get_progress_v2(%s, %s)"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 a.execute(q, h)
-        with pytest.raises(psycopg.errors.Error):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
             result(a, h)
         assert job_row(pg, h[1])["state"] == "running"  # nothing touched
         assert wait(b, h)
@@ -110,7 +110,7 @@ def test_list_v2_is_per_session_and_view_is_per_role(pg):
     with pg.connect("alice") as a, pg.connect("bob") as b:
         ha = launch(a, "SELECT 'alice secret'")
         hb = launch(b, "SELECT 'bob secret'")
-        wait(a, ha), wait(b, hb)
+        assert wait(a, ha) and wait(b, hb)
         listed = [r[1] for r in a.execute(f"SELECT * FROM pg_background_list_v2() AS ({LIST_COLS})")]
         assert ha[1] in listed and hb[1] not in listed
         seen = {r[0]: r[1] for r in a.execute("SELECT cookie, sql FROM pg_background_jobs")}
@@ -221,18 +221,24 @@ def test_cancel(pg):
 
 def test_cancel_grace_terminates_without_crashing_the_cluster(local_pg):
     pm_before = local_pg.cluster.postmaster_pid()
+    log_at = local_pg.cluster.logfile.stat().st_size
     local_pg.sql("""CREATE OR REPLACE FUNCTION deaf_sleep(s float8) RETURNS void LANGUAGE plpython3u AS
               $$ import time; time.sleep(s) $$""")  # ignores SIGINT and SIGTERM while it sleeps
     with local_pg.connect() as c:
         h = launch(c, "SELECT deaf_sleep(3)")
-        time.sleep(0.2)
+        wait_for(lambda: local_pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' "
+                                      "AND query LIKE '%%deaf_sleep(3)%%'", (h[0],)))
         t = time.monotonic()
         c.execute("SELECT pg_background_cancel_v2_grace(%s, %s, 300)", h)
         assert wait(c, h)
         assert time.monotonic() - t < 8
         assert job_row(local_pg, h[1])["state"] == "canceled"
+        # terminated, not canceled: a canceled worker would go back to the pool
+        wait_for(lambda: not local_pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (h[0],)), timeout=5)
     assert local_pg.cluster.postmaster_pid() == pm_before
-    assert "terminated by signal" not in local_pg.cluster.logfile.read_text()
+    with open(local_pg.cluster.logfile, "rb") as f:
+        f.seek(log_at)
+        assert b"terminated by signal" not in f.read()
     assert local_pg.sql("SELECT 1") == [(1,)]
 
 
@@ -312,12 +318,6 @@ def test_default_queue_size(pg):
 ])
 def test_bad_input_gets_a_clear_error(pg, query, params, err):
     with pg.connect("alice") as c:
-        if err is None:  # a NUL escape that PostgreSQL itself refuses or keeps as text
-            try:
-                c.execute(query)
-            except psycopg.Error as e:
-                assert e.sqlstate
-            return
         with pytest.raises(err):
             c.execute(query, params)
         assert c.execute("SELECT 1").fetchone() == (1,)  # the backend is fine

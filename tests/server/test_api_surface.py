@@ -74,6 +74,7 @@ def test_every_function_pins_search_path_or_says_why(pg):
         SELECT p.proname, p.proconfig FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
         JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'plpy_bg'""")
     launchers = {"pg_background_launch", "pg_background_launch_v2", "pg_background_submit_v2"}
+    assert {r[0] for r in rows} >= launchers | {"pg_background_await", "pg_background_result_v2"}
     for name, config in rows:
         if name in launchers:
             assert config is None  # the job inherits the caller's search_path

@@ -54,7 +54,11 @@ def test_a_migration_awaits_create_index_concurrently_after_its_commit(pg, tmp_p
         assert r.returncode == 0, r.stderr
         cmd = [str(PG_BIN / "psql"), "-X", "-d", pg.dsn("alice"), "-v", "ON_ERROR_STOP=1", "-f", str(awaits)]
         waiter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        wait_for(lambda: pg.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CALL pg_background_await(%%' "
+                                "AND state = 'active'"))
+        wait_for(lambda: pg.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%%' "
+                                "AND wait_event_type = 'Lock'"))
+        time.sleep(0.3)  # an absence window: the await must not end while CIC waits for `old`
         assert waiter.poll() is None  # CIC waits for `old`, the await for CIC
         assert pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%%'"
                       )[0][0] == 1

@@ -40,6 +40,9 @@ GRANT EXECUTE ON FUNCTION try_personality(), try_mkdir(text), my_seccomp() TO PU
 """
 
 
+NO_PROGRAM = "could not execute command \"cat > /dev/null\""  # popen refused: the job profile allows no fork or exec
+
+
 def in_server_log(c: Cluster, text: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while text not in c.logfile.read_text():
@@ -141,7 +144,7 @@ def test_a_job_cannot_open_connections_and_still_reports_progress(sc):
     with sc.connect() as c:
         c.execute("DROP TABLE IF EXISTS dblink_damage; CREATE TABLE dblink_damage (i int)")
         h = launch(c, f"SELECT dblink_exec('{dsn}', 'INSERT INTO dblink_damage VALUES (1)')")
-        with pytest.raises(psycopg.Error, match="could not establish connection|Operation not permitted"):
+        with pytest.raises(psycopg.errors.SqlclientUnableToEstablishSqlconnection, match="could not establish connection"):
             result(c, h)
         assert c.execute("SELECT count(*) FROM dblink_damage").fetchone()[0] == 0
         h = launch(c, "SELECT try_socket(1) || ',' || try_socket(2) || ',' || try_socket(10)")
@@ -227,7 +230,7 @@ def test_a_superuser_job_cannot_turn_the_sandbox_off_until_a_restart(rs):
             time.sleep(5.5)  # past the dispatcher's settings cache
             hs = [launch(c, "SELECT pg_sleep(1)") for _ in range(3)]  # fresh workers are opened now
             h = launch(c, "COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")
-            with pytest.raises(psycopg.Error):
+            with pytest.raises(psycopg.Error, match=NO_PROGRAM):
                 result(c, h)
             for x in hs:
                 result(c, x, "r text")
@@ -316,9 +319,8 @@ def test_a_served_cluster_sandboxes_jobs_by_default(throwaway):
         s = Server(c)
         with s.connect() as conn:
             h = launch(conn, "COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")
-            with pytest.raises(psycopg.Error) as e:
+            with pytest.raises(psycopg.Error, match=NO_PROGRAM):
                 result(conn, h)
-            assert "Operation not permitted" in str(e.value) or "could not" in str(e.value)
             conn.execute("COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'")  # the session itself may
     finally:
         c.destroy()

@@ -206,11 +206,12 @@ def test_a_question_asked_early_names_no_backend_for_good(lazy):
     t = threading.Thread(target=racer, daemon=True)
     t.start()
     try:
-        got = []
+        got, pids = [], []
         for i in range(20):
             with lazy.connect("alice") as c:
+                pids.append(c.info.backend_pid)
                 got.append(c.execute(f"SELECT try_mkdir('/tmp/plpy_bg_nam_race{i}')").fetchone()[0])
     finally:
         stop.set()
         t.join(5)
-    assert got == ["ok"] * 20 and len(asked) >= 20
+    assert got == ["ok"] * 20 and len(set(pids) & asked) >= 15, (len(set(pids) & asked), got)

@@ -122,7 +122,7 @@ def test_idle_workers_are_bounded_per_role_and_in_total(own_pg):
             time.sleep(0.5)  # late prewarms land or are closed
             assert len(idle_pids(own_pg, "alice")) <= 2
             _burst(b, 4)
-            time.sleep(0.5)
+            time.sleep(0.5)  # late prewarms land or are closed
             assert len(idle_pids(own_pg, "bob")) <= 2
             assert len(workers(own_pg, state="idle")) <= 3
             assert len(idle_pids(own_pg, "bob")) >= 1  # still a pool, not none

@@ -220,7 +220,8 @@ def test_database_owner_cannot_stall_the_dispatcher_for_other_databases(own_pg):
                                                  user="staller", dbname="stalled"))
     queued.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname = 'stalled' "
+                                     "AND query LIKE 'VACUUM FULL%%' AND wait_event_type = 'Lock'"))
         sql(own_pg, "DO $$ BEGIN FOR i IN 1..3000 LOOP EXECUTE 'CREATE TEMP TABLE t' || i || ' (a int)'; "
                     "END LOOP; END $$", user="staller", dbname="flood")
         time.sleep(2.5)  # the dispatcher's housekeeping has met the lock by now
@@ -289,7 +290,7 @@ def test_a_database_name_converted_to_utf8_never_reaches_another_database(own_pg
     assert r.returncode == 0, r.stderr
     r = psql_bytes(own_pg, b"x\xe9", "SELECT * FROM pg_background_launch_v2('SELECT current_database()')")
     assert r.returncode != 0 and b"cannot be served by plpy_bg" in r.stderr, r.stdout + r.stderr
-    time.sleep(0.5)
+    time.sleep(0.5)  # an absence window: a visit of the dispatcher to the decoy database would have come
     assert not is_superuser(own_pg, "encoder")
     assert sql(own_pg, "SELECT * FROM public.calls", dbname="xé") == []
     assert not os.path.exists("/tmp/decoy_ident")
@@ -320,7 +321,7 @@ def test_shadowed_equality_forges_neither_owner_nor_trust(own_pg):
     with own_pg.connect() as c:  # a superuser runs mallory's function
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match='may not induce user "postgres"'):
             c.execute("SELECT public.mallory_report()")
-    time.sleep(0.5)
+    time.sleep(0.5)  # an absence window: a job that slipped through would have run by now
     assert not is_superuser(own_pg, "mallory")
     assert [r for r in sql(own_pg, "SELECT who, what FROM forge.calls") if r[0] != "mallory"] == []
 
@@ -545,9 +546,9 @@ def test_spool_obeys_the_roles_temp_file_limit(own_pg):
             result(c, h, "r text")
         # within the limit, spooled rows live in the server's own 0700 directory, unnamed
         h = launch(c, "SELECT 1; SELECT repeat('y', 1000), pg_sleep(0.002) FROM generate_series(1, 500)")
-        wait_for(lambda: spool_fds(own_pg), timeout=10, interval=0.01)
+        fds = wait_for(lambda: spool_fds(own_pg), timeout=10, interval=0.01)
         tmp = own_pg.cluster.datadir / "base" / "pgsql_tmp"
-        for target in spool_fds(own_pg):
+        for target in fds:
             assert target.startswith(str(tmp) + "/") and target.endswith("(deleted)"), target
         st = os.stat(tmp)
         assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.stat(own_pg.cluster.datadir).st_uid
@@ -702,8 +703,9 @@ def test_many_busy_databases_do_not_take_everyones_connection_slots(own_pg):
     finally:
         for c in conns:
             c.close()
-    time.sleep(5.5)
-    for db in dbs:
+    for db in dbs:  # their jobs end before a DROP without FORCE
+        wait_for(lambda: sql(own_pg, "SELECT count(*) FROM plpy_bg.jobs WHERE state = 'running'", dbname=db)
+                 == [(0,)], timeout=30)
         sql(own_pg, f"DROP DATABASE {db}")
 
 
@@ -762,7 +764,12 @@ def test_an_owner_keeping_its_database_busy_cannot_hide_drop_database_elsewhere(
     vac = threading.Thread(target=lambda: sql(own_pg, "VACUUM FULL plpy_bg.jobs", user="hider", dbname="aaa_hide"))
     vac.start()
     try:
-        time.sleep(3)  # the progress write now waits behind the queued VACUUM FULL
+        wait_for(lambda: sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname = 'aaa_hide' "
+                                     "AND query LIKE 'VACUUM FULL%%' AND wait_event_type = 'Lock'"))
+        # the progress write now waits behind the queued VACUUM FULL (5 s lock timeout, then again)
+        wait_for(lambda: sql(own_pg, "SELECT 1 FROM pg_stat_activity WHERE datname = 'aaa_hide' "
+                                     "AND application_name = 'plpy_bg dispatcher' AND wait_event_type = 'Lock'"),
+                 timeout=15)
         with own_pg.connect("alice", "elsewhere") as c:
             assert result(c, launch(c, "SELECT '1'")) == [("1",)]
         start = time.monotonic()
@@ -797,7 +804,7 @@ def test_drop_database_with_force_while_jobs_are_launched_there(own_pg):
     for t in ts:
         t.start()
     try:
-        time.sleep(1)
+        wait_for(lambda: sql(own_pg, "SELECT count(*) FROM plpy_bg.jobs", dbname="racedb")[0][0] >= 10)  # launching
         start = time.monotonic()
         sql(own_pg, "DROP DATABASE racedb WITH (FORCE)")
         assert time.monotonic() - start < 5
@@ -882,7 +889,9 @@ def test_a_write_racing_a_failed_drop_leaves_no_session_behind(own_pg):
                 failed.append(True)
         t = threading.Thread(target=drop)
         t.start()
-        time.sleep(2.2)  # the dispatcher has let go of owendb; the DROP still holds its lock
+        ours = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'owendb' AND application_name LIKE 'plpy_bg %%'"
+        wait_for(lambda: sql(own_pg, ours) == [(0,)], timeout=4)  # the dispatcher has let go of owendb
+        assert t.is_alive()  # and the DROP still holds its lock
         assert result(s, h, "x int") == [(42,)]  # queues a write whose session waits for that lock
         t.join(20)
         assert failed
@@ -902,8 +911,7 @@ def test_drop_database_right_after_a_job(own_pg):
         with own_pg.connect("alice", db) as c:
             for _ in range(3):
                 assert result(c, launch(c, "SELECT 'here'")) == [("here",)]
-            c.execute("SELECT * FROM pg_background_submit_v2('SELECT 1')")
-        time.sleep(0.5)
+            assert wait(c, c.execute("SELECT * FROM pg_background_submit_v2('SELECT 1')").fetchone())
     start = time.monotonic()
     sql(own_pg, "DROP DATABASE dropme")  # waits up to 5 s for other sessions: the dispatcher's leave
     sql(own_pg, "CREATE DATABASE copied TEMPLATE tmpl")  # a template must have no sessions either

@@ -59,6 +59,12 @@ def loot(server):
     return server.sql("SELECT s FROM trapm.loot")
 
 
+def jobs_since(server, t0) -> list[str]:
+    """The statements of jobs launched since `t0`: a job runs only once its row is committed, so a
+    refused launch that left no row ran nothing (exact, where a sleep would only make it likely)."""
+    return [r[0] for r in server.sql("SELECT sql FROM plpy_bg.jobs WHERE launched_at >= %s ORDER BY cookie", (t0,))]
+
+
 def test_a_read_only_rolled_back_call_cannot_be_made_to_write_autonomously(scene):
     with scene.connect("admin") as c:
         c.execute("BEGIN READ ONLY")
@@ -298,6 +304,7 @@ def test_a_view_copied_out_launches_nothing(nested):
 
 
 def test_a_superuser_doing_maintenance_in_a_planted_table_makes_nobody_superuser(nested):
+    t0 = nested.sql("SELECT clock_timestamp()")[0][0]
     nested.sql("CREATE ROLE marker_nested NOLOGIN")
     nested.sql("""CREATE TABLE trapm.maint (x int);
         CREATE FUNCTION trapm.mk() RETURNS int LANGUAGE sql VOLATILE
@@ -312,7 +319,7 @@ def test_a_superuser_doing_maintenance_in_a_planted_table_makes_nobody_superuser
             with pytest.raises(psycopg.Error) as e:
                 c.execute(sql)
             assert e.value.sqlstate == "42501", (sql, e.value)
-    time.sleep(0.5)
+    assert jobs_since(nested, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert nested.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_nested'") == [(False,)]
 
 
@@ -417,11 +424,12 @@ def resolution(scene):
     ("SELECT count(*) FROM public.acct WHERE 'x'::text = d", "public.eq_trap(text, dtext)"),  # a domain operand
 ])
 def test_a_planted_overload_the_server_would_pick_is_refused(resolution, job, picked):
+    t0 = resolution.sql("SELECT clock_timestamp()")[0][0]
     with resolution.connect("admin") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
             launch(c, job)
         assert picked in e.value.diag.message_primary
-    time.sleep(0.3)
+    assert jobs_since(resolution, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert loot(resolution) == []
 
 
@@ -540,6 +548,7 @@ def test_a_trusted_caller_may_pass_a_whole_statement(wrappers):
 
 
 def test_a_superusers_wrapper_makes_nobody_superuser(wrappers):
+    t0 = wrappers.sql("SELECT clock_timestamp()")[0][0]
     wrappers.sql("""CREATE ROLE marker_wrap NOLOGIN;
         CREATE FUNCTION public.su_report(p text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$
         BEGIN RETURN (public.pg_background_submit_v2('SELECT count(*) FROM pg_roles WHERE rolname = ''' || p || '''')).pid; END $$""")
@@ -547,7 +556,7 @@ def test_a_superusers_wrapper_makes_nobody_superuser(wrappers):
         assert c.execute("SELECT public.su_report('marker_wrap')").fetchone()[0]  # data: allowed
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="changes the statement launched by"):
             c.execute("SELECT public.su_report(%s)", ("x'; ALTER ROLE marker_wrap SUPERUSER; CREATE ROLE x2 SUPERUSER; --",))
-    time.sleep(0.5)
+    assert jobs_since(wrappers, t0) == ["SELECT count(*) FROM pg_roles WHERE rolname = 'marker_wrap'"]  # the allowed job only
     assert wrappers.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_wrap'") == [(False,)]
     assert wrappers.sql("SELECT 1 FROM pg_roles WHERE rolname = 'x2'") == []
 
@@ -581,6 +590,7 @@ BEGIN EXECUTE 'PREPARE planted AS SELECT 1 WHERE public.pg_background_submit_v2(
 def test_a_cursor_or_prepared_statement_planted_earlier_launches_nothing(scene):
     """Mallory's function leaves a cursor or a prepared statement in the victim's session; the
     victim fetches or executes it later, with nothing of mallory's on the stack."""
+    t0 = scene.sql("SELECT clock_timestamp()")[0][0]
     scene.sql("CREATE ROLE marker_stored NOLOGIN")
     scene.sql(STORED, user="mallory")
     with scene.connect("postgres") as c:
@@ -594,7 +604,7 @@ def test_a_cursor_or_prepared_statement_planted_earlier_launches_nothing(scene):
         c.execute("ROLLBACK")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="made earlier"):
             c.execute("EXECUTE planted")
-    time.sleep(0.5)
+    assert jobs_since(scene, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert scene.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_stored'") == [(False,)]
 
 
@@ -613,6 +623,7 @@ def test_a_launch_in_a_cursor_declared_at_the_top_level_is_refused_with_the_reas
 def test_the_job_path_is_the_path_the_server_will_use(scene):
     """A quoted schema name keeps its case, and a path a transaction block of the job sets and
     then ends is unknown: neither hides mallory's function from the job's own check."""
+    t0 = scene.sql("SELECT clock_timestamp()")[0][0]
     scene.sql("""CREATE SCHEMA "Tools"; GRANT USAGE ON SCHEMA "Tools" TO PUBLIC;
         CREATE FUNCTION "Tools".report() RETURNS int LANGUAGE plpgsql AS $$
         BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN 1; END $$;
@@ -628,13 +639,14 @@ def test_the_job_path_is_the_path_the_server_will_use(scene):
             launch(c, "BEGIN; SET search_path = public; ROLLBACK; SELECT summary()")
         h = launch(c, "BEGIN; SET LOCAL search_path = public; SELECT lower('A'); COMMIT")
         assert result(c, h) == [("a",)]
-    time.sleep(0.3)
+    assert jobs_since(scene, t0) == ["BEGIN; SET LOCAL search_path = public; SELECT lower('A'); COMMIT"]  # the allowed job only
     assert loot(scene) == []
 
 
 def test_a_job_does_not_run_code_of_a_role_its_owner_does_not_trust_through_a_table(scene):
     """Rule 2 for what a job's statement runs beyond its plan: triggers of the relations it writes,
     and defaults, constraints and policies of the relations it touches."""
+    t0 = scene.sql("SELECT clock_timestamp()")[0][0]
     scene.sql("""CREATE TABLE trapm.guestbook (s text); GRANT INSERT ON trapm.guestbook TO PUBLIC;
         CREATE FUNCTION trapm.gb() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN INSERT INTO trapm.loot SELECT s FROM vault.secrets; RETURN NEW; END $$;
@@ -656,7 +668,7 @@ def test_a_job_does_not_run_code_of_a_role_its_owner_does_not_trust_through_a_ta
         h = launch(c, "INSERT INTO public.own_log VALUES ('fine')")
         wait_for(lambda: job_row(scene, h[1])["state"] != "running")
         assert job_row(scene, h[1])["state"] == "completed"
-    time.sleep(0.3)
+    assert jobs_since(scene, t0) == ["INSERT INTO public.own_log VALUES ('fine')"]  # the allowed job only
     assert loot(scene) == []
 
 
@@ -708,13 +720,14 @@ GRANT SELECT ON trapm.dsrc TO PUBLIC;
 def test_a_domain_check_reached_without_a_frame_makes_nobody_superuser(scene, sql):
     """A domain's CHECK runs as whoever makes a value of it: through a cast in a stored
     expression, a partition key, a range's bounds, the victim's own cast or a record's input."""
+    t0 = scene.sql("SELECT clock_timestamp()")[0][0]
     if not scene.sql("SELECT 1 FROM pg_roles WHERE rolname = 'marker_dom'"):
         scene.sql("CREATE ROLE marker_dom NOLOGIN")
         scene.sql(DOMAIN_TRAPS, user="mallory")
     with scene.connect("postgres") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not induce"):
             c.execute(sql)
-    time.sleep(0.3)
+    assert jobs_since(scene, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert scene.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_dom'") == [(False,)]
 
 
@@ -749,24 +762,27 @@ def round3(scene):
     "INSERT INTO public.inbox3_v VALUES ('via a view')",  # a cast inside a domain's CHECK
 ])
 def test_a_domain_check_cannot_hide_behind_trusted_code_in_the_same_statement(round3, sql):
+    t0 = round3.sql("SELECT clock_timestamp()")[0][0]
     with round3.connect("postgres") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not induce"):
             c.execute(sql)
-    time.sleep(0.3)
+    assert jobs_since(round3, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert round3.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_r3'") == [(False,)]
 
 
 def test_a_jobs_table_reaching_a_function_through_a_cast_in_a_domain_check(round3):
+    t0 = round3.sql("SELECT clock_timestamp()")[0][0]
     with round3.connect("admin") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="trapm.evil3"):
             launch(c, "INSERT INTO trapm.inbox4 VALUES ('hi')")
-    time.sleep(0.3)
+    assert jobs_since(round3, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert loot(round3) == []
 
 
 def test_a_call_the_server_reads_as_a_cast_to_a_planted_domain(round3):
     """mallory names a schema after the victim ("$user" comes first on the default path) and puts a
     domain there named like a function: upper('x') becomes a cast whose CHECK launches."""
+    t0 = round3.sql("SELECT clock_timestamp()")[0][0]
     round3.sql("CREATE SCHEMA postgres; GRANT USAGE ON SCHEMA postgres TO PUBLIC;"
                "CREATE DOMAIN postgres.upper AS text CHECK ("
                "(public.pg_background_launch_v2('ALTER ROLE marker_r3 SUPERUSER')).pid IS NOT NULL)", user="mallory")
@@ -778,7 +794,7 @@ def test_a_call_the_server_reads_as_a_cast_to_a_planted_domain(round3):
                 c.execute("RESET search_path")
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match='domain postgres.upper owned by "mallory"'):
                     c.execute(sql)
-        time.sleep(0.3)
+        assert jobs_since(round3, t0) == []  # refused: no row, so no job ran (rows commit first)
         assert round3.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'marker_r3'") == [(False,)]
     finally:
         round3.sql("DROP SCHEMA postgres CASCADE")
@@ -788,8 +804,9 @@ def test_a_call_the_server_reads_as_a_cast_to_a_planted_domain(round3):
                                  "SELECT 'x'::trapm.outer4"])
 def test_a_job_casting_to_a_domain_whose_check_runs_untrusted_code(round3, job):
     """Rule 2 for domains a job's own text makes values of (PostgreSQL 15 plans do not list them)."""
+    t0 = round3.sql("SELECT clock_timestamp()")[0][0]
     with round3.connect("admin") as c:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="trapm.evil3"):
             launch(c, job)
-    time.sleep(0.3)
+    assert jobs_since(round3, t0) == []  # refused: no row, so no job ran (rows commit first)
     assert loot(round3) == []

@@ -156,7 +156,12 @@ def pool_settings(server: Server, **settings) -> None:
             current[f"plpy_bg.{k}"] = f"'{v}'"
     inc.write_text("".join(f"{k} = {v}\n" for k, v in current.items()))
     server.sql("SELECT pg_reload_conf()")
-    time.sleep(0.3)  # the reload reaches every backend
+    want = {f"plpy_bg.{k}": ((None, "") if v is None else (str(v),)) for k, v in settings.items()}
+
+    def applied():  # a backend started now reads the reloaded file (a removed one reads as unset or empty)
+        with server.connect() as c:
+            return all(c.execute("SELECT current_setting(%s, true)", (k,)).fetchone()[0] in v for k, v in want.items())
+    wait_for(applied, timeout=10)
     server.sql("SELECT count(*) FROM plpy_bg.pool_workers()")  # makes the dispatcher read the settings now
 
 

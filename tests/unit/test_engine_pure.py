@@ -1,7 +1,6 @@
 """Pure logic of the job engine: row literals, framing, the ident map, settings, sinks."""
 import socket
 import threading
-import time
 
 import pytest
 
@@ -11,6 +10,7 @@ from plpy_bg.dispatcher.sink import RowSink
 from plpy_bg.errors import InvalidParameter, NullValue, cut_utf8
 from plpy_bg.jobs import identmap
 from plpy_bg.jobs.settings import Baseline
+from tests.fix_pg import wait_for
 
 
 @pytest.mark.parametrize("values, literal", [
@@ -149,8 +149,8 @@ def test_streaming_sink_applies_backpressure():
         done.set()
 
     threading.Thread(target=writer, daemon=True).start()
-    time.sleep(0.2)
-    assert not done.is_set() and sink.mem_bytes <= 120  # blocked on the full queue
+    wait_for(lambda: sink.rows_total == 6 and sink.mem_bytes == 100, timeout=5)  # the 6th row is counted, not queued
+    assert not done.is_set() and sink.mem_bytes == 100  # blocked on the full queue until a read
     got = []
     final = None
     while final is None:
@@ -205,7 +205,7 @@ def test_discard_unblocks_the_writer():
     sink.put(b"z" * 10)
     t = threading.Thread(target=lambda: sink.put(b"z" * 10), daemon=True)
     t.start()
-    time.sleep(0.1)
+    wait_for(lambda: sink.rows_total == 2, timeout=5)  # the second put is counted and waits for room
     assert t.is_alive()
     sink.discard()
     t.join(2)
@@ -223,7 +223,7 @@ def test_a_chunk_is_one_entry_and_a_chunk_larger_than_the_queue_waits_on_disk():
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
-    time.sleep(0.1)
+    wait_for(lambda: sink.file_unread == 1, timeout=5)
     # in the file at once, not in memory, and the writer waits until it is read
     assert sink.mem_bytes == 11 and sink.file_unread == 1 and not big and t.is_alive()
     chunks, final = sink.take(1000, 1.0)
@@ -270,7 +270,7 @@ def test_a_writer_waiting_for_room_goes_on_when_wait_turns_spilling_on():
     sink.put_many([b"12345678"])
     t = threading.Thread(target=lambda: sink.put_many([b"abcdefgh"]), daemon=True)
     t.start()
-    time.sleep(0.1)
+    wait_for(lambda: sink.rows_total == 2, timeout=5)  # counted, and waiting for room
     assert t.is_alive()  # the queue is full
     sink.allow_spill()
     t.join(2)

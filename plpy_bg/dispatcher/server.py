@@ -1446,7 +1446,7 @@ def _version_key(v: str) -> tuple[int, ...] | None:
 
 def newer_dispatcher(sockdir: str, port: int) -> str | None:
     """The version of a running dispatcher newer than this one for the server on `port`: its lock
-    file names its pid, and that process must be a dispatcher."""
+    file names its pid, and that process must be another dispatcher of this server."""
     prefix, mine = f".s.plpy_bg.{port}.", _version_key(__version__)
     try:
         names = os.listdir(sockdir)
@@ -1466,7 +1466,8 @@ def newer_dispatcher(sockdir: str, port: int) -> str | None:
                 argv = f.read().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if b"plpy_bg.dispatcher" in argv:
+        if pid != os.getpid() and b"plpy_bg.dispatcher" in argv and str(port).encode() in argv \
+                and sockdir.encode() in argv:
             return version
     return None
 

@@ -59,6 +59,21 @@ def launch_result(conn, runs):
     return out
 
 
+def cold(c: Cluster, runs: int, setup: str | None = None, body=launch_result) -> list[float]:
+    """The first call in a new session (its connection, and a first `SELECT 1`, not counted)."""
+    out = []
+    for _ in range(runs):
+        with psycopg.connect(c.dsn(), autocommit=True) as k:
+            k.execute(setup or "SELECT 1")
+            out += body(k, 1)
+    return out
+
+
+def plpython_start(conn, runs):
+    """PL/Python's own first call in a session: the floor under plpy_bg's cold launch."""
+    return timed(conn, "SELECT plpy_bg_bench_noop()", runs)
+
+
 def at_once(conns, body) -> float:
     """Run body(conn) in a thread per session, all released together; returns the release time
     (time.perf_counter()) once all have ended."""
@@ -197,6 +212,7 @@ def main() -> None:
             dbl = timed(k, "SELECT * FROM dblink(%s, 'SELECT 1') AS t(x int)", args.runs,
                         (f"host={c.sockdir} port={c.port} dbname=postgres user=postgres",))
             plain = timed(k, "SELECT 1", args.runs)
+            k.execute("CREATE FUNCTION plpy_bg_bench_noop() RETURNS int LANGUAGE plpython3u AS 'return 1'")
         rows = [("plpy_bg launch+result SELECT 1", ours), ("dblink connect+query+disconnect", dbl),
                 ("plain SELECT 1 round trip", plain)]
         if has_pgbg:
@@ -204,6 +220,18 @@ def main() -> None:
                 k.execute("CREATE SCHEMA pgbg; CREATE EXTENSION pg_background SCHEMA pgbg")
                 k.execute("SET search_path = pgbg, public")
                 rows.append(("pg_background launch+result SELECT 1", launch_result(k, args.runs)))
+        # a new session's first launch+result, interleaved in blocks so both meet the same machine
+        n_cold = max(10, args.runs // 10)
+        ours_cold, theirs_cold, floor = [], [], []
+        for _ in range(0, n_cold, 5):
+            ours_cold += cold(c, 5)
+            floor += cold(c, 5, body=plpython_start)
+            if has_pgbg:
+                theirs_cold += cold(c, 5, setup="SET search_path = pgbg, public")
+        rows.append((f"plpy_bg first launch+result in a new session (N={len(ours_cold)})", ours_cold))
+        rows.append(("PL/Python's first call in a new session (the floor under it)", floor))
+        if has_pgbg:
+            rows.append((f"pg_background first launch+result in a new session (N={len(theirs_cold)})", theirs_cold))
         lines.append(f"| measure (N={args.runs}) | median ms | p95 ms |")
         lines.append("|---|---|---|")
         for name, xs in rows:

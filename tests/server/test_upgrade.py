@@ -139,3 +139,44 @@ def test_an_older_dispatcher_leaves_once_idle_while_a_newer_version_serves(own_p
         os.killpg(newer.pid, signal.SIGTERM)
         newer.wait(10)
         pool_settings(own_pg, pool_idle_timeout=None)
+
+
+PLANTED_NE = """
+CREATE TABLE public.trap_log (who text);
+GRANT INSERT ON public.trap_log TO PUBLIC;
+CREATE FUNCTION public.trap_ne(a regrole, b regrole) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.trap_log VALUES (current_user);
+    BEGIN EXECUTE 'ALTER ROLE ' || session_user || ' SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+    RETURN a::oid OPERATOR(pg_catalog.<>) b::oid;
+END $$;
+CREATE OPERATOR public.<> (LEFTARG = regrole, RIGHTARG = regrole, FUNCTION = public.trap_ne);
+"""
+
+
+@pytest.mark.parametrize("installed", [None] + sorted(build.RELEASED))
+def test_an_operator_a_database_owner_planted_never_becomes_the_trust_checks(own_pg, installed):
+    """The trust table's role columns change type (oid to regrole) in an install or update, which
+    rebuilds its CHECK from text: an owner's public.<>(regrole, regrole), an exact match where
+    pg_catalog has none, must not become the constraint's operator (run as the superuser by every
+    declaration of trust, through SECURITY DEFINER code)."""
+    db = planter = f"planted_{installed or 'fresh'}".replace(".", "_")
+    own_pg.sql(f"CREATE ROLE {planter} LOGIN")
+    own_pg.sql(f"CREATE DATABASE {db} OWNER {planter}")
+    own_pg.sql(PLANTED_NE, user=planter, dbname=db)
+    with own_pg.connect(dbname=db) as c:
+        c.execute(f"CREATE EXTENSION plpy_bg {f'VERSION {installed!r}' if installed else ''} CASCADE")
+        c.execute("SELECT grant_pg_background_privileges('alice')")
+    if installed:
+        own_pg.sql("SELECT pg_background_trust('bob')", user="alice", dbname=db)
+        own_pg.sql("ALTER EXTENSION plpy_bg UPDATE", dbname=db)
+    own_pg.sql("SELECT pg_background_trust('admin')", user="alice", dbname=db)
+    with pytest.raises(psycopg.errors.CheckViolation):  # the check still holds, with pg_catalog's operator
+        own_pg.sql("INSERT INTO plpy_bg.trust VALUES ('alice', 'alice')", dbname=db)
+    ops = own_pg.sql("SELECT o.oprnamespace::regnamespace::text FROM pg_constraint k JOIN pg_depend d "
+                     "ON d.classid = 'pg_constraint'::regclass AND d.objid = k.oid "
+                     "AND d.refclassid = 'pg_operator'::regclass JOIN pg_operator o ON o.oid = d.refobjid "
+                     "WHERE k.conrelid = 'plpy_bg.trust'::regclass AND k.contype = 'c'", dbname=db)
+    assert ops == []  # pg_catalog's operators are pinned: only another one would be a dependency
+    assert own_pg.sql("SELECT count(*) FROM public.trap_log", dbname=db) == [(0,)]
+    assert own_pg.sql("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (planter,)) == [(False,)]

@@ -209,6 +209,7 @@ def other_database(db: str, want: int, got: int) -> PgError:
 
 
 SANDBOX_WARNING_EVERY = 60  # housekeeping ticks (seconds)
+EXIT_WRITES_WAIT = 3.0  # seconds an orderly exit gives queued job-table writes to commit
 SUPERSEDED_CHECK_EVERY = 10  # housekeeping ticks between two looks for a newer version's dispatcher
 PR_SET_DUMPABLE = 4
 UNSANDBOXED_WARNING = ("DO $w$ BEGIN RAISE WARNING 'plpy_bg: pgseccomp.enabled is on but {what}; no session, job "
@@ -894,6 +895,7 @@ class Dispatcher:
             if not self.postmaster.alive():
                 log.info("postmaster %s is gone; dispatcher exits", self.postmaster.pid)
                 self.stopping.set()
+                self._say_unwritten("the server is gone")  # nothing can commit them now
                 self._release_lock()
                 os._exit(0)
 
@@ -1090,8 +1092,33 @@ class Dispatcher:
                 os.unlink(self.socket_path)
         except OSError:
             pass
+        threading.Thread(target=self._exit_after_writes, name="exit", daemon=True).start()
+
+    def _exit_after_writes(self) -> None:
+        """Give queued job-table writes a bounded time to commit (the caller's reply goes out
+        meanwhile), say what is left unwritten, then end the process."""
+        deadline = time.monotonic() + EXIT_WRITES_WAIT
+        with self.lock:
+            stores = list(self.stores.values())
+        for st in stores:
+            if st.queued():
+                try:
+                    st.barrier(max(0.1, deadline - time.monotonic()))
+                except Exception:
+                    pass  # said below
+        self._say_unwritten(f"they were not committed within {EXIT_WRITES_WAIT:.0f} s")
         self._release_lock()
-        threading.Timer(0.2, lambda: os._exit(0)).start()
+        time.sleep(0.2)  # a reply being sent goes out
+        os._exit(0)
+
+    def _say_unwritten(self, why: str) -> None:
+        """Job-table writes still queued as the process ends: logged, never dropped unsaid (the
+        next dispatcher settles their jobs)."""
+        with self.lock:
+            left = [(dbk[0], st.queued()) for dbk, st in self.stores.items() if st.queued()]
+        for db, n in left:
+            log.warning("%d job-table write(s) in database %s are not recorded: %s; the next dispatcher "
+                        "settles their jobs", n, db, why)
 
     def _release_lock(self) -> None:
         """An orderly end: no pid left behind (the next dispatcher warns of one), and the flock goes

@@ -108,6 +108,9 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # a cancel or termination acts wholly before the job's outcome is decided, or not at all: its
+    # worker goes back to the pool after that, to run another role's job
+    ctl: threading.Lock = field(default_factory=threading.Lock)
     sink: RowSink | None = None
     worker: Worker | None = None
     thread: "concurrent.futures.Future | None" = None
@@ -209,6 +212,7 @@ def other_database(db: str, want: int, got: int) -> PgError:
 
 
 SANDBOX_WARNING_EVERY = 60  # housekeeping ticks (seconds)
+EXIT_WRITES_WAIT = 3.0  # seconds an orderly exit gives queued job-table writes to commit
 SUPERSEDED_CHECK_EVERY = 10  # housekeeping ticks between two looks for a newer version's dispatcher
 PR_SET_DUMPABLE = 4
 UNSANDBOXED_WARNING = ("DO $w$ BEGIN RAISE WARNING 'plpy_bg: pgseccomp.enabled is on but {what}; no session, job "
@@ -730,38 +734,41 @@ class Dispatcher:
         }
 
     def _finish(self, job: Job, error: dict | None, tag: str | None, had_rows: bool) -> None:
-        if error is not None:
-            canceled = job.cancel_requested and error["sqlstate"] in ("57014", "57P01", "08006")
-            state = "canceled" if canceled else "failed"
-            if canceled and job.last_error:
-                error = job.last_error
-        else:
-            state = "completed"
+        sink = job.sink  # a reader may swap job.sink once the job is done: count this one's rows
         if not had_rows and error is None:  # the command tag, as a text column (as pg_background)
-            job.sink.new_set(P.TAG_COLUMNS, {})
-            job.sink.put(P.row_literal([(tag or "").encode()]))
-        job.command_tag = tag
-        with self.lock:
-            job.state = state
-            job.last_error = error
-            job.finished = time.monotonic()
-            self.by_worker_pid.pop(job.pid, None) if self.by_worker_pid.get(job.pid) is job else None
-            s = job.session
-            if s is not None:
-                s.running.discard(job.cookie)
-            self._forget_if_done(job)
-        job.sink.finish({"tag": tag, "error": error, "state": state})
-        job.done.set()
+            sink.new_set(P.TAG_COLUMNS, {})
+            sink.put(P.row_literal([(tag or "").encode()]))  # may wait for the reader: not under ctl
+        with job.ctl:
+            if error is not None:
+                canceled = job.cancel_requested and error["sqlstate"] in ("57014", "57P01", "08006")
+                state = "canceled" if canceled else "failed"
+                if canceled and job.last_error:
+                    error = job.last_error
+            else:
+                state = "completed"
+            job.command_tag = tag
+            with self.lock:
+                job.state = state
+                job.last_error = error
+                job.finished = time.monotonic()
+                self.by_worker_pid.pop(job.pid, None) if self.by_worker_pid.get(job.pid) is job else None
+                s = job.session
+                if s is not None:
+                    s.running.discard(job.cookie)
+                self._forget_if_done(job)
+            sink.finish({"tag": tag, "error": error, "state": state})
+            job.done.set()
+            job.worker = None  # from here the worker is the pool's
         self.note_activity(job.dbk)
         self.store(job.dbk).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
             "tag": tag, "last_error": cut_utf8(error["message"], LAST_ERROR_LIMIT) if error else None,
-            "error": json.dumps(error) if error else None, "rows": job.sink.rows_total,
+            "error": json.dumps(error) if error else None, "rows": sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
         job.sql, job.text, job.settings, job.provenance, job.classification = "", None, [], None, None
-        job.worker = job.thread = None
-        if job.sink.discarding:
+        job.thread = None
+        if sink.discarding:
             job.sink = ENDED
 
     def _trim(self, sess: "Session") -> None:
@@ -855,23 +862,28 @@ class Dispatcher:
         self.store(job.dbk).write(FLAGS, {"cookie": job.cookie, "consumed": job.consumed, "detached": True})
 
     def cancel(self, job: Job, grace_ms: int, reason: str = "canceling statement due to user request") -> None:
-        if job.done.is_set():
-            return
-        job.last_error = {"sqlstate": "57014", "message": reason, "detail": None, "hint": None, "context": None}
-        job.cancel_requested = True  # after the reason: the job may end as soon as this is seen
-        job.sink.discard() if job.session is None or job.detached else job.sink.allow_spill()
-        try:
-            job.worker.pgconn.get_cancel().cancel()
-        except Exception as e:
-            log.warning("cancel request for job %s failed: %s", job.pid, e)
-        job.terminate_at = time.monotonic() + grace_ms / 1000.0
+        with job.ctl:
+            if job.done.is_set():
+                return
+            job.last_error = {"sqlstate": "57014", "message": reason, "detail": None, "hint": None, "context": None}
+            job.cancel_requested = True  # after the reason: the job may end as soon as this is seen
+            job.sink.discard() if job.session is None or job.detached else job.sink.allow_spill()
+            if job.worker is not None:
+                try:
+                    job.worker.pgconn.get_cancel().cancel()
+                except Exception as e:
+                    log.warning("cancel request for job %s failed: %s", job.pid, e)
+            job.terminate_at = time.monotonic() + grace_ms / 1000.0
 
     def _terminate(self, job: Job) -> None:
         """SIGTERM the job's backend through its pidfd; never SIGKILL, which would crash-restart the cluster."""
-        job.terminated = True
-        w = job.worker
-        if w is None or not w.terminate():
-            log.warning("could not terminate job %s: its backend is gone", job.pid)
+        with job.ctl:
+            if job.done.is_set():  # its worker may run another job now
+                return
+            job.terminated = True
+            w = job.worker
+            if w is None or not w.terminate():
+                log.warning("could not terminate job %s: its backend is gone", job.pid)
 
     # ---- the watchdog ----
     def watchdog(self) -> None:
@@ -894,6 +906,7 @@ class Dispatcher:
             if not self.postmaster.alive():
                 log.info("postmaster %s is gone; dispatcher exits", self.postmaster.pid)
                 self.stopping.set()
+                self._say_unwritten("the server is gone")  # nothing can commit them now
                 self._release_lock()
                 os._exit(0)
 
@@ -1090,8 +1103,33 @@ class Dispatcher:
                 os.unlink(self.socket_path)
         except OSError:
             pass
+        threading.Thread(target=self._exit_after_writes, name="exit", daemon=True).start()
+
+    def _exit_after_writes(self) -> None:
+        """Give queued job-table writes a bounded time to commit (the caller's reply goes out
+        meanwhile), say what is left unwritten, then end the process."""
+        deadline = time.monotonic() + EXIT_WRITES_WAIT
+        with self.lock:
+            stores = list(self.stores.values())
+        for st in stores:
+            if st.queued():
+                try:
+                    st.barrier(max(0.1, deadline - time.monotonic()))
+                except Exception:
+                    pass  # said below
+        self._say_unwritten(f"they were not committed within {EXIT_WRITES_WAIT:.0f} s")
         self._release_lock()
-        threading.Timer(0.2, lambda: os._exit(0)).start()
+        time.sleep(0.2)  # a reply being sent goes out
+        os._exit(0)
+
+    def _say_unwritten(self, why: str) -> None:
+        """Job-table writes still queued as the process ends: logged, never dropped unsaid (the
+        next dispatcher settles their jobs)."""
+        with self.lock:
+            left = [(dbk[0], st.queued()) for dbk, st in self.stores.items() if st.queued()]
+        for db, n in left:
+            log.warning("%d job-table write(s) in database %s are not recorded: %s; the next dispatcher "
+                        "settles their jobs", n, db, why)
 
     def _release_lock(self) -> None:
         """An orderly end: no pid left behind (the next dispatcher warns of one), and the flock goes

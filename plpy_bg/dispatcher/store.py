@@ -184,6 +184,15 @@ RETRY_MAX = 5.0  # seconds between tries of a write the server refuses for a whi
 BATCH_BYTES = 8 << 20  # one transaction's worth of parameters: one big job text cannot wedge a batch
 
 
+def no_answer(e: Exception) -> bool:
+    """The server did not answer (it restarts, our session was killed, no connection could be
+    made): worth another try. A refusal has its SQLSTATE; anything else is a fault of ours."""
+    state = getattr(e, "sqlstate", None) or ""
+    if state:
+        return state[:2] == "08"
+    return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
+
+
 def _size(item: tuple) -> int:
     params = item[1] if isinstance(item[1], dict) else {}
     return sum(len(v) for v in params.values() if isinstance(v, str))
@@ -323,39 +332,49 @@ class Lane:
     def _run(self) -> None:
         while True:
             try:
-                first = self.q.get(timeout=IDLE_EXIT)
-            except queue.Empty:
-                # released (no usable session) or given up, and idle: the thread ends (closing its
-                # session); the next write starts one
-                if self.busy.acquire(blocking=False):
-                    try:
-                        with self.life:
-                            if self.q.empty() and (self.forgotten or not self._usable()):
-                                self._drop()
-                                self.thread = None
-                                return
-                    finally:
-                        self.busy.release()
-                continue
-            batch, size = [first], _size(first)
-            while len(batch) < 500 and size < BATCH_BYTES:
+                if self._step():
+                    return
+            except Exception:  # the thread must outlive a fault of ours: a dead one wedges the lane
+                log.exception("job table writer of %s", self.dbname)
+                time.sleep(0.1)
+
+    def _step(self) -> bool:
+        """Commit one batch of queued writes; True when the thread ends (idle and released)."""
+        try:
+            first = self.q.get(timeout=IDLE_EXIT)
+        except queue.Empty:
+            # released (no usable session) or given up, and idle: the thread ends (closing its
+            # session); the next write starts one
+            if self.busy.acquire(blocking=False):
                 try:
-                    item = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(item)
-                size += _size(item)
-            batch = [item for item in map(self._resolve, batch) if not item[3].get("abandoned")]
-            if not batch:
-                continue
-            waited = any(item[2] is not None for item in batch)
-            if not self._with_retry(lambda: self._apply(batch), keep=not waited):
-                for item in batch:  # one row failed: apply one by one, report each failure
-                    self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
-            if time.monotonic() - self.last_purge > PURGE_EVERY:
-                self.last_purge = time.monotonic()
-                self.write(PURGE, {})
-                self.write(REDACT, {})
+                    with self.life:
+                        if self.q.empty() and (self.forgotten or not self._usable()):
+                            self._drop()
+                            self.thread = None
+                            return True
+                finally:
+                    self.busy.release()
+            return False
+        batch, size = [first], _size(first)
+        while len(batch) < 500 and size < BATCH_BYTES:
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(item)
+            size += _size(item)
+        batch = [item for item in map(self._resolve, batch) if not item[3].get("abandoned")]
+        if not batch:
+            return False
+        waited = any(item[2] is not None for item in batch)
+        if not self._with_retry(lambda: self._apply(batch), keep=not waited):
+            for item in batch:  # one row failed: apply one by one, report each failure
+                self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
+        if time.monotonic() - self.last_purge > PURGE_EVERY:
+            self.last_purge = time.monotonic()
+            self.write(PURGE, {})
+            self.write(REDACT, {})
+        return False
 
     def _resolve(self, item: tuple) -> tuple:
         """A queued coalesced write becomes its latest statement (taken off the table of pending ones)."""
@@ -397,14 +416,16 @@ class Lane:
             if self.conn is None and f'database "{self.dbname}" does not exist' in str(e):
                 self._note(f"database {self.dbname} was dropped: its job-table writes are discarded")
                 return self._fail(item, e)
-            if not state or state[:2] == "08":
-                # no answer from the server (it restarts, our session was killed): retry
+            if no_answer(e):
                 self._note(f"job table connection for {self.dbname} lost ({str(e).strip()}); retrying")
             elif keep and self.durable and state[:2] in TRANSIENT_CLASSES:
                 self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
                 self._note(f"job table write refused in {self.dbname} ({self.failing}); retrying")
-            else:
+            elif isinstance(e, psycopg.Error):
                 log.warning("job table write failed: %s", e)
+                return self._fail(item, e)
+            else:  # a fault of ours: retrying would wedge every write behind it
+                log.error("job table write failed", exc_info=e)
                 return self._fail(item, e)
             time.sleep(backoff)
             backoff = min(backoff * 2, RETRY_MAX)

@@ -116,7 +116,7 @@ def job_row(server: Server, cookie: int) -> dict:
 def dispatcher_log(server: Server) -> str:
     """The dispatcher's records in the server's log (where it writes), with their continuation lines."""
     out, mine = [], False
-    for line in server.cluster.logfile.read_text(errors="replace").splitlines():
+    for line in server.cluster.logfile.read_text(errors="replace").split("\n"):  # records end at newlines only
         if line[:4].isdigit():  # a record of its own starts with a timestamp
             mine = " plpy_bg dispatcher " in line
         if mine:

@@ -1552,6 +1552,10 @@ def pool_setting(name: str, raw: str | None, current, default, units: dict, base
 LEVELS = {"DEBUG": "DEBUG1", "INFO": "LOG", "WARNING": "WARNING", "ERROR": "ERROR", "CRITICAL": "FATAL"}
 
 
+_LOG_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, 0x85] if c not in (0x09, 0x0a)}
+_LOG_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
 class _ServerLogFormat(logging.Formatter):
     """Lines shaped like the server's own (Debian's log_line_prefix '%m [%p] '), so a DBA's grep
     and logrotate treat them alike."""
@@ -1559,9 +1563,10 @@ class _ServerLogFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
         text = record.getMessage() + (f"\n{self.formatException(record.exc_info)}" if record.exc_info else "")
-        # continuation lines start with a tab, as the server writes them: a name or a message
-        # holding a newline never makes a line that reads as a record of its own
-        text = text.replace("\r", "\\r").replace("\n", "\n\t")
+        # continuation lines start with a tab, as the server writes them, and every other character
+        # a reader may take for a line break (or a terminal for a command) is escaped: a name or a
+        # message never makes a line that reads as a record of its own
+        text = text.translate(_LOG_ESCAPES).replace("\n", "\n\t")
         return (f"{stamp}.{int(record.msecs):03d} UTC [{record.process}] plpy_bg dispatcher "
                 f"{LEVELS.get(record.levelname, record.levelname)}:  {text}")
 

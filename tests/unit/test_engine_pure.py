@@ -276,3 +276,20 @@ def test_a_writer_waiting_for_room_goes_on_when_wait_turns_spilling_on():
     t.join(2)
     assert not t.is_alive() and sink.file_unread == 1
     sink.discard()
+
+
+def test_a_dispatcher_log_record_is_one_record_whatever_its_text_holds():
+    """Every character a reader (Python's splitlines, a terminal) takes for a line break or a
+    command is escaped; a newline starts a tab-indented continuation line, as the server's do."""
+    import logging
+
+    from plpy_bg.dispatcher.server import _ServerLogFormat
+    forged = "2031-01-01 00:00:00.000 UTC [1] LOG:  forged"
+    breaks = ["\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x1b[2J", "\x00"]
+    for b in breaks:
+        rec = logging.LogRecord("plpy_bg", logging.INFO, __file__, 1, "released database %s", (f"x{b}{forged}",), None)
+        line = _ServerLogFormat().format(rec)
+        assert len(line.splitlines()) == 1 and line.isprintable(), repr(line)
+    rec = logging.LogRecord("plpy_bg", logging.INFO, __file__, 1, "database %s", (f"x\n{forged}",), None)
+    first, second = _ServerLogFormat().format(rec).split("\n")
+    assert second == "\t" + forged

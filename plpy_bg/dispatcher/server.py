@@ -760,10 +760,12 @@ class Dispatcher:
             job.done.set()
             job.worker = None  # from here the worker is the pool's
         self.note_activity(job.dbk)
+        # JSON with its characters as they are: jsonb of a SQL_ASCII database refuses \u escapes of
+        # non-ASCII ones, and a refused final state would leave the job `running` for ever
         self.store(job.dbk).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
             "tag": tag, "last_error": cut_utf8(error["message"], LAST_ERROR_LIMIT) if error else None,
-            "error": json.dumps(error) if error else None, "rows": sink.rows_total,
+            "error": json.dumps(error, ensure_ascii=False) if error else None, "rows": sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
         job.sql, job.text, job.settings, job.provenance, job.classification = "", None, [], None, None

@@ -140,3 +140,23 @@ def test_a_name_holding_a_newline_makes_no_log_record_of_its_own(own_pg):
     own_pg.sql(psycopg.sql.SQL("ALTER DATABASE {} RENAME TO inj_renamed").format(name))  # released: logged
     wait_for(lambda: "released database inj" in dispatcher_log(own_pg))
     assert not any(line.startswith("2031-") for line in own_pg.cluster.logfile.read_text().splitlines())
+
+
+def test_a_sql_ascii_database_records_outcomes_with_any_characters(own_pg):
+    """jsonb there refuses \\u escapes of non-ASCII characters: a job failing with one in its
+    message must still read `failed`, never stay `running` (found by fresh eyes)."""
+    own_pg.sql("CREATE DATABASE ascii_db ENCODING SQL_ASCII TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    with own_pg.connect(dbname="ascii_db") as c:
+        c.execute("CREATE EXTENSION plpy_bg CASCADE")
+        c.execute("SELECT grant_pg_background_privileges('alice')")
+    with own_pg.connect("alice", dbname="ascii_db") as a:
+        h = launch(a, "DO $$BEGIN RAISE EXCEPTION 'caf\u00e9'; END$$")
+        assert wait(a, h)
+        with pytest.raises(psycopg.errors.RaiseException):
+            result(a, h)
+        ok = launch(a, "SELECT 'fine'")
+        assert result(a, ok) == [(b"fine",)]  # psycopg reads a SQL_ASCII database's text as bytes
+    wait_for(lambda: own_pg.sql("SELECT state FROM plpy_bg.jobs WHERE cookie = %s", (h[1],), dbname="ascii_db")
+             == [(b"failed",)], timeout=15)
+    assert own_pg.sql("SELECT error->>'message' FROM plpy_bg.jobs WHERE cookie = %s", (h[1],),
+                      dbname="ascii_db") == [("caf\u00e9".encode(),)]

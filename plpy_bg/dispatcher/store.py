@@ -131,7 +131,7 @@ class Store:
 
     def idle(self) -> bool:
         """No connection open and nothing queued: released, or never used."""
-        return all(lane.conn is None and lane.q.empty() for lane in (self.fast, self.durable))
+        return all(lane.conn is None and lane.empty() for lane in (self.fast, self.durable))
 
     def connected(self) -> bool:
         """A session of ours is open in this database (it holds a connection slot)."""
@@ -143,7 +143,7 @@ class Store:
         lanes = (self.fast, self.durable)
         for lane in lanes:
             with lane.life:
-                if lane.thread is not None or lane.conn is not None or not lane.q.empty():
+                if lane.thread is not None or lane.conn is not None or not lane.empty():
                     return False
         for lane in lanes:
             lane.forgotten = True
@@ -169,7 +169,7 @@ class Store:
         return self.durable.failing or self.fast.failing
 
     def queued(self) -> int:
-        return self.durable.q.qsize() + self.fast.q.qsize()
+        return self.durable.pending() + self.fast.pending()
 
     def barrier(self, timeout: float = 5.0) -> None:
         """Return once every write queued before the call is committed."""
@@ -180,6 +180,8 @@ class Store:
 
 LATEST = object()  # marks a queued write whose statement is looked up when applied
 IDLE_EXIT = 5.0  # a released lane's thread ends after this long without a write
+DEFER_RETRY = 1.0  # seconds between tries of writes put aside for a locked row
+DEFER_LOCK_MS = 200  # how long such a try waits for the row's lock
 RETRY_MAX = 5.0  # seconds between tries of a write the server refuses for a while
 BATCH_BYTES = 8 << 20  # one transaction's worth of parameters: one big job text cannot wedge a batch
 
@@ -223,6 +225,16 @@ class Lane:
         self.latest: dict = {}  # key -> (sql, params) of a coalesced write waiting in the queue
         self.latest_lock = threading.Lock()
         self.noted_at = -60.0
+        # writes that met a row another session keeps locked (a job's own transaction holds its row):
+        # put aside and tried again alone, so the writes queued behind them go on
+        self.deferred: list = []
+        self.deferred_at = 0.0
+
+    def empty(self) -> bool:
+        return self.q.empty() and not self.deferred
+
+    def pending(self) -> int:
+        return self.q.qsize() + len(self.deferred)
 
     def _put(self, item: tuple) -> None:
         """Queue an item; start the lane's thread if it ended (a released lane's thread ends)."""
@@ -248,10 +260,10 @@ class Lane:
 
     def release(self) -> bool:
         """Drop the connection when nothing is queued or being written; True when it is closed."""
-        if not self.q.empty() or not self.busy.acquire(blocking=False):
+        if not self.empty() or not self.busy.acquire(blocking=False):
             return False
         try:
-            if not self.q.empty():
+            if not self.empty():
                 return False
             self._drop()
             return True
@@ -277,7 +289,7 @@ class Lane:
         """Commit one write in the caller's thread if nothing is queued or being written; False
         when the lane is busy or its connection is down (queue the write then). A refusal
         by the server is raised."""
-        if not self.q.empty() or not self.busy.acquire(blocking=False):
+        if not self.empty() or not self.busy.acquire(blocking=False):
             return False
         try:
             if not self._usable():
@@ -340,15 +352,24 @@ class Lane:
 
     def _step(self) -> bool:
         """Commit one batch of queued writes; True when the thread ends (idle and released)."""
+        if self.deferred and time.monotonic() - self.deferred_at >= DEFER_RETRY:
+            items, self.deferred = self.deferred, []
+            self.deferred_at = time.monotonic()
+            for item in items:  # in order: a later write to a locked row waits behind the earlier one
+                if self.deferred:
+                    self.deferred.append(item)
+                else:
+                    self._with_retry(lambda: self._apply_brief(item), item, keep=item[2] is None,
+                                     on_lock=lambda item=item: self._defer(item))
         try:
-            first = self.q.get(timeout=IDLE_EXIT)
+            first = self.q.get(timeout=DEFER_RETRY if self.deferred else IDLE_EXIT)
         except queue.Empty:
             # released (no usable session) or given up, and idle: the thread ends (closing its
             # session); the next write starts one
             if self.busy.acquire(blocking=False):
                 try:
                     with self.life:
-                        if self.q.empty() and (self.forgotten or not self._usable()):
+                        if self.empty() and (self.forgotten or not self._usable()):
                             self._drop()
                             self.thread = None
                             return True
@@ -367,9 +388,16 @@ class Lane:
         if not batch:
             return False
         waited = any(item[2] is not None for item in batch)
-        if not self._with_retry(lambda: self._apply(batch), keep=not waited):
+        aside = []  # a lone write met a locked row: put aside already
+
+        def whole():
+            if len(batch) == 1:
+                self._defer(batch[0])
+                aside.append(True)
+        if not self._with_retry(lambda: self._apply(batch), keep=not waited, on_lock=whole) and not aside:
             for item in batch:  # one row failed: apply one by one, report each failure
-                self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None)
+                self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None,
+                                 on_lock=lambda item=item: self._defer(item))
         if time.monotonic() - self.last_purge > PURGE_EVERY:
             self.last_purge = time.monotonic()
             self.write(PURGE, {})
@@ -403,10 +431,11 @@ class Lane:
                     self._drop()
                 return e
 
-    def _with_retry(self, fn, item=None, keep: bool = True) -> bool:
+    def _with_retry(self, fn, item=None, keep: bool = True, on_lock=None) -> bool:
         """Run fn until the server takes it. A refusal that passes is retried on the durable lane
-        when nobody waits (`keep`); otherwise False, the error in item. The lane's lock is free
-        while it waits between tries, so control questions on its session go on."""
+        when nobody waits (`keep`); otherwise False, the error in item. A row lock that outlasts
+        lock_timeout goes to `on_lock` instead (the write is put aside, not retried in place). The
+        lane's lock is free while it waits between tries, so control questions go on."""
         backoff = 0.1
         while True:
             e = self._attempt(fn)
@@ -418,6 +447,9 @@ class Lane:
                 return self._fail(item, e)
             if no_answer(e):
                 self._note(f"job table connection for {self.dbname} lost ({str(e).strip()}); retrying")
+            elif state == "55P03" and on_lock is not None:
+                on_lock()
+                return False
             elif keep and self.durable and state[:2] in TRANSIENT_CLASSES:
                 self.failing = f"SQLSTATE {state}: {str(e).strip().splitlines()[0]}"
                 self._note(f"job table write refused in {self.dbname} ({self.failing}); retrying")
@@ -429,6 +461,21 @@ class Lane:
                 return self._fail(item, e)
             time.sleep(backoff)
             backoff = min(backoff * 2, RETRY_MAX)
+
+    def _defer(self, item: tuple) -> None:
+        if not self.deferred:
+            self.deferred_at = time.monotonic()
+        self.deferred.append(item)
+        self._note(f"a job-table write in {self.dbname} waits for a row another session keeps locked; "
+                   "the writes after it go on")
+
+    def _apply_brief(self, item: tuple) -> None:
+        """One put-aside write, waiting for its row's lock only briefly: the lane does not stall on it."""
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (str(DEFER_LOCK_MS),))
+            self.conn.execute(item[0], item[1])
+        if item[2]:
+            item[2].set()
 
     def _note(self, msg: str) -> None:
         """A retry worth a log line: the first, then one a minute (a refusal can last for days)."""

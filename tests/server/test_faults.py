@@ -274,3 +274,31 @@ def test_a_committed_job_is_never_recorded_lost(own_pg):
     wait_for(lambda: job_row(own_pg, bad[1])["state"] == "lost")
     assert job_row(own_pg, h[1])["state"] == "completed"
     assert own_pg.sql("SELECT v FROM committed_marks") == [("done",)]
+
+
+def test_a_job_holding_its_own_row_does_not_hold_up_another_roles_outcome(own_pg):
+    """alice's job records its outcome early in its own transaction (job_committed) and keeps that
+    transaction open: its row stays locked, and the dispatcher's writes to it wait. bob's outcome,
+    queued after them, is still written at once (found by fresh eyes: it read `running`)."""
+    own_pg.sql("GRANT CREATE ON SCHEMA public TO alice")
+    with own_pg.connect("alice") as a:
+        a.execute("""CREATE OR REPLACE FUNCTION alice_hold(secs float8) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE c int8;
+BEGIN
+    SELECT cookie INTO c FROM plpy_bg.jobs WHERE pid = pg_backend_pid() AND state = 'running';
+    CALL plpy_bg.job_committed(c);
+    PERFORM pg_background_progress(10, 'holding');
+    PERFORM pg_sleep(secs);
+    RETURN 1;
+END $$""")
+        hold = launch(a, "SELECT alice_hold(40)")
+        try:
+            wait_for(lambda: own_pg.sql("SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                                        "'plpy_bg dispatcher' AND wait_event_type = 'Lock'"), timeout=15)
+            with own_pg.connect("bob") as b:
+                h = launch(b, "SELECT 1", fn="pg_background_submit_v2")
+                assert wait(b, h)
+            wait_for(lambda: job_row(own_pg, h[1])["state"] == "completed", timeout=5)
+        finally:
+            a.execute("SELECT pg_background_cancel_v2(%s, %s)", hold)
+    wait_for(lambda: job_row(own_pg, hold[1])["state"] != "running", timeout=20)

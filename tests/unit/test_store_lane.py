@@ -1,4 +1,5 @@
 """The job-table writer's lane with a fake connection: what it retries and what it gives up."""
+import contextlib
 import time
 
 import psycopg
@@ -22,13 +23,16 @@ class FakeConn:
     def execute(self, sql, params=None):
         outcome = self.always.get(sql) or (self.script.pop(0) if self.script else None)
         if outcome is not None:
-            if isinstance(outcome, psycopg.OperationalError):
+            if isinstance(outcome, psycopg.OperationalError) and not outcome.sqlstate:
                 self.broken = True  # as psycopg leaves a connection whose server went away
             raise outcome
         self.executed.append(sql)
 
     def close(self):
         self.closed = True
+
+    def transaction(self):
+        return contextlib.nullcontext()
 
 
 def lane(*conns) -> S.Lane:
@@ -95,3 +99,24 @@ def test_no_answer_is_a_connection_failure_only():
     assert not S.no_answer(psycopg.errors.UniqueViolation("x"))
     assert not S.no_answer(psycopg.errors.AdminShutdown("x"))  # a refusal by its class (57): transient
     assert not S.no_answer(psycopg.ProgrammingError("x"))
+
+
+def test_a_write_to_a_locked_row_is_put_aside_and_the_writes_after_it_go_on():
+    """A job's own transaction holds its row (lock_timeout ends the write): that write waits aside
+    and is tried again alone; another role's outcome, queued after it, is written at once."""
+    locked = psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+    conn = FakeConn([], {"UPDATE held": locked})
+    ln = lane(conn)
+    ln.write("UPDATE held", {})
+    deadline = time.monotonic() + 5
+    while not ln.deferred and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ln.deferred and ln.pending() == 1
+    t = time.monotonic()
+    S.Lane.wait(ln.submit("UPDATE other", {}), timeout=5)
+    assert time.monotonic() - t < 1 and "UPDATE other" in conn.executed
+    del conn.always["UPDATE held"]  # the job's transaction ends
+    deadline = time.monotonic() + 5
+    while "UPDATE held" not in conn.executed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert conn.executed.count("UPDATE held") == 1 and ln.pending() == 0

@@ -388,14 +388,11 @@ class Lane:
         if not batch:
             return False
         waited = any(item[2] is not None for item in batch)
-        aside = []  # a lone write met a locked row: put aside already
-
-        def whole():
-            if len(batch) == 1:
-                self._defer(batch[0])
-                aside.append(True)
-        if not self._with_retry(lambda: self._apply(batch), keep=not waited, on_lock=whole) and not aside:
-            for item in batch:  # one row failed: apply one by one, report each failure
+        # a lone write, or a batch one of whose rows failed (or was locked): one by one, each
+        # failure reported, each locked row's write put aside
+        if len(batch) == 1 or not self._with_retry(lambda: self._apply(batch), keep=not waited,
+                                                   on_lock=lambda: None):
+            for item in batch:
                 self._with_retry(lambda: self._apply([item]), item, keep=item[2] is None,
                                  on_lock=lambda item=item: self._defer(item))
         if time.monotonic() - self.last_purge > PURGE_EVERY:

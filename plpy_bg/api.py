@@ -155,9 +155,7 @@ def _launch(plpy, GD, sql, queue_size, mode: str) -> dict:
         "worker_timeout_ms": worker_timeout, "settings": settings,
         "statements": len(classification["statements"]), "preview": policy.preview(sql),
         "one_transaction": policy.commits_its_outcome(classification),
-        # as they are: jsonb of a SQL_ASCII database refuses \u escapes of non-ASCII characters
-        "provenance_json": json.dumps(prov, ensure_ascii=False),
-        "classification_json": json.dumps(classification, ensure_ascii=False),
+        "provenance_json": P.jsonb_text(prov), "classification_json": P.jsonb_text(classification),
     }
     if mode != "submit":  # rows are kept: let the worker write them as record literals
         row_sql = policy.row_statement(sql, classification)

@@ -32,7 +32,17 @@ def socket_path_for(sockdir: str, port: int) -> str:
     """Where the dispatcher of this version for the server on `port` listens (mode 0600: the
     server's OS user only). One per version: a session keeps the version it loaded until it
     reconnects, so after ALTER EXTENSION plpy_bg UPDATE the old dispatcher serves its sessions."""
-    return os.path.join(sockdir, f".s.plpy_bg.{port}.{__version__}")
+    return os.path.join(sockdir, socket_name(port, __version__))
+
+
+def socket_name(port: int, version: str) -> str:
+    return f".s.plpy_bg.{port}.{version}"
+
+
+def jsonb_text(obj) -> str:
+    """JSON for a jsonb column of the job table, its characters as they are: jsonb of a SQL_ASCII
+    database refuses \\u escapes of non-ASCII ones (a refused final state leaves a job `running`)."""
+    return json.dumps(obj, ensure_ascii=False)
 
 
 def pack(kind: bytes, payload: bytes) -> bytes:

@@ -760,12 +760,10 @@ class Dispatcher:
             job.done.set()
             job.worker = None  # from here the worker is the pool's
         self.note_activity(job.dbk)
-        # JSON with its characters as they are: jsonb of a SQL_ASCII database refuses \u escapes of
-        # non-ASCII ones, and a refused final state would leave the job `running` for ever
         self.store(job.dbk).write(FINISH, {
             **self._row(job, job.session), "state": state, "finished_at": datetime.now(timezone.utc),
             "tag": tag, "last_error": cut_utf8(error["message"], LAST_ERROR_LIMIT) if error else None,
-            "error": json.dumps(error, ensure_ascii=False) if error else None, "rows": sink.rows_total,
+            "error": P.jsonb_text(error) if error else None, "rows": sink.rows_total,
         })
         # the table has them now: an ended job kept for its session holds only what it answers with
         job.sql, job.text, job.settings, job.provenance, job.classification = "", None, [], None, None
@@ -950,7 +948,7 @@ class Dispatcher:
             self.retiring = True  # under the lock that counts sessions: a hello from now on is sent away
         log.info("dispatcher %s leaves: the dispatcher of version %s serves this server, and nothing "
                  "is left of this one's work", __version__, newer)
-        self.retire(claimed=True)
+        self._leave()
 
     def warn_if_unsandboxed(self) -> None:
         """While the settings say sandboxed and the server is not, a WARNING in the server's log
@@ -1088,14 +1086,18 @@ class Dispatcher:
             log.info("dispatcher exits: no jobs left and the server is shutting down")
             self.retire()
 
-    def retire(self, claimed: bool = False) -> None:
-        """Leave the socket to a dispatcher of the restarted server (or of this version, started
-        again when needed), then exit (once; `claimed`: the caller set `retiring` itself)."""
+    def retire(self) -> None:
+        """Leave the socket to a dispatcher of the restarted server, then exit (once)."""
         with self.lock:
-            if self.retiring and not claimed:
+            if self.retiring:
                 return
             self.retiring = True
         log.info("dispatcher of postmaster %s retires", self.postmaster.pid)
+        self._leave()
+
+    def _leave(self) -> None:
+        """Stop taking sessions and let the socket go (the caller set `retiring`), then exit once
+        the queued job-table writes are in."""
         self.stopping.set()
         try:
             if self.listener is not None:
@@ -1487,7 +1489,7 @@ def _version_key(v: str) -> tuple[int, ...] | None:
 def newer_dispatcher(sockdir: str, port: int) -> str | None:
     """The version of a running dispatcher newer than this one for the server on `port`: its lock
     file names its pid, and that process must be another dispatcher of this server."""
-    prefix, mine = f".s.plpy_bg.{port}.", _version_key(__version__)
+    prefix, mine = P.socket_name(port, ""), _version_key(__version__)
     try:
         names = os.listdir(sockdir)
     except OSError:
